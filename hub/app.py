@@ -1,0 +1,176 @@
+"""The HTTP API: ``/events`` (SSE), ``/publish``, ``/healthz``, ``/readyz``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .backend import Backend
+from .broker import Broker
+from .config import Settings
+from .errors import BackendUnavailable, BadRequest, HubError, PayloadTooLarge
+from .keys import check_channels
+from .sse import event_stream, preamble, retry_frame
+
+__all__ = ["create_app", "drain"]
+
+logger = logging.getLogger("hub")
+
+_PUBLISH_FIELDS = {"channel", "channels", "data", "event"}
+#: Room in a publish body for everything but ``data`` (channel names, keys, quoting).
+_ENVELOPE = 64 * 1024
+
+
+def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> Starlette:
+    """The hub as an ASGI app. Without a backend it connects to ``settings.redis_url``,
+    or runs on the embedded in-memory backend when that is ``None``."""
+    settings = settings or Settings.from_env()
+    backend = backend or Backend(settings.redis_url, pool_size=settings.redis_pool_size)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if backend.embedded:
+            logger.warning(
+                "no HUB_REDIS_URL: running on the embedded in-memory backend "
+                "(one process only, history is lost on exit)"
+            )
+        else:
+            logger.info("using Redis at %s", backend.describe())
+        async with Broker(backend, settings) as broker:
+            app.state.broker = broker
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/events", events, methods=["GET"]),
+            Route("/publish", publish, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers={HubError: _hub_error},
+    )
+    app.state.settings = settings
+    return app
+
+
+def drain(app: Starlette) -> None:
+    """Shutdown, first step: end every open stream with a jittered ``retry:`` hint, so
+    clients come back spread out (to another node) instead of all at once."""
+    broker: Broker | None = getattr(app.state, "broker", None)
+    if broker is None:
+        return
+    retry_ms = broker.settings.retry_ms
+    for_each = broker.connections
+    broker.close_all("shutdown", lambda: retry_frame(int(retry_ms * random.uniform(1.0, 2.0))))
+    if for_each:
+        logger.info("closed %d streams for shutdown", for_each)
+
+
+async def _hub_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HubError)
+    headers = {"Retry-After": "5"} if isinstance(exc, BackendUnavailable) else None
+    return JSONResponse(
+        {"error": exc.code, "message": str(exc)}, status_code=exc.status_code, headers=headers
+    )
+
+
+async def events(request: Request) -> Response:
+    """Subscribe: ``GET /events?channel=A&channel=B`` with an optional cursor."""
+    broker: Broker = request.app.state.broker
+    settings = broker.settings
+    channels = check_channels(request.query_params.getlist("channel"), settings.max_channels)
+    # The header is what EventSource sends on its own reconnects: it is newer than a cursor
+    # the page put in the URL when it first connected.
+    cursor = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+
+    async def body() -> AsyncIterator[bytes]:
+        yield preamble(settings.retry_ms)
+        try:
+            async for chunk in broker.stream(channels, cursor or None):
+                yield chunk
+        except BackendUnavailable as exc:
+            # Never a silent hang and never an error status (EventSource would give up for
+            # good): say why in a comment and let the browser come back after the hint.
+            logger.warning("closing a stream: %s", exc)
+            note = str(exc).replace("\n", " ").encode()
+            yield b": " + note + b"\n" + retry_frame(settings.retry_ms)
+
+    return event_stream(body(), settings)
+
+
+async def publish(request: Request) -> Response:
+    """``POST /publish`` ``{"channel": "news", "data": ..., "event": "update"}``."""
+    broker: Broker = request.app.state.broker
+    settings = broker.settings
+    raw = await _read_body(request, settings.max_payload + _ENVELOPE)
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest('the body must be a JSON object like {"channel": "news", "data": "hi"}')
+    unknown = sorted(set(body) - _PUBLISH_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field(s) {unknown}; allowed: {sorted(_PUBLISH_FIELDS)}")
+    channels = _publish_channels(body)
+    if "data" not in body:
+        raise BadRequest('"data" is required (a string is sent as-is, other JSON as JSON)')
+    event_id = await broker.publisher.publish(channels, body["data"], event=body.get("event"))
+    return JSONResponse({"id": event_id}, status_code=201)
+
+
+def _publish_channels(body: dict[str, Any]) -> list[str]:
+    if ("channel" in body) == ("channels" in body):
+        raise BadRequest('give either "channel": "name" or "channels": ["a", "b"]')
+    if "channel" in body:
+        return check_channels([body["channel"]], 1)
+    channels = body["channels"]
+    if not isinstance(channels, list):
+        raise BadRequest('"channels" must be a list of channel names')
+    return channels  # names and their number are checked by the publisher
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"the body is {declared} bytes; the limit is {limit} (raise HUB_MAX_PAYLOAD)"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes (raise HUB_MAX_PAYLOAD)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def healthz(request: Request) -> Response:
+    """The process is up (for liveness probes)."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Redis answers and the live path is subscribed (for load balancers)."""
+    broker: Broker = request.app.state.broker
+    try:
+        await broker.ping()
+    except BackendUnavailable as exc:
+        return JSONResponse({"status": "unavailable", "message": str(exc)}, status_code=503)
+    if not broker.live:
+        return JSONResponse(
+            {"status": "starting", "message": "the live Redis connection is not up yet"},
+            status_code=503,
+        )
+    return JSONResponse({"status": "ok", "connections": broker.connections})

@@ -1,0 +1,97 @@
+"""One settings object for the hub: keyword arguments, ``HUB_*`` variables, CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a hub node or a publisher needs to know.
+
+    Every field can be set as a keyword argument, or from the environment as
+    ``HUB_<FIELD>`` (``HUB_REDIS_URL``, ``HUB_HISTORY_SIZE``, ...) through
+    :meth:`from_env`. Keyword arguments win over the environment.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: ``redis://...``; ``None`` runs on the embedded in-memory backend (one process only).
+    redis_url: str | None = None
+    #: Prefix of every Redis key and pub/sub channel the hub uses.
+    key_prefix: str = "hub:"
+    #: Events kept per channel for resuming clients.
+    history_size: int = 1000
+    #: Seconds an event is kept for resuming clients; 0 keeps it until ``history_size`` pushes
+    #: it out.
+    history_ttl: float = 0.0
+    #: Seconds between heartbeat comments on an idle stream (keeps proxies from closing it).
+    heartbeat: float = 15.0
+    #: Reconnect delay, in milliseconds, that streams suggest to the browser.
+    retry_ms: int = 3000
+    #: Channels one ``/events`` connection may subscribe to.
+    max_channels: int = 100
+    #: Bytes of events queued for one client before it is cut off as too slow.
+    client_buffer: int = 1 << 20
+    #: Seconds one write to a client may take before the client is cut off as stuck.
+    send_timeout: float = 30.0
+    #: Largest ``/publish`` request body, in bytes.
+    max_payload: int = 1 << 20
+    #: Redis connections for commands (publish, history reads) per process.
+    redis_pool_size: int = 10
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (0 < self.port < 65536, "port must be between 1 and 65535"),
+            (self.history_size >= 1, "history_size must be at least 1"),
+            (self.history_ttl >= 0, "history_ttl must be 0 (no age limit) or positive seconds"),
+            (self.heartbeat > 0, "heartbeat must be a positive number of seconds"),
+            (self.retry_ms >= 0, "retry_ms must be 0 or more"),
+            (self.max_channels >= 1, "max_channels must be at least 1"),
+            (self.client_buffer >= 1024, "client_buffer must be at least 1024 bytes"),
+            (self.send_timeout > 0, "send_timeout must be a positive number of seconds"),
+            (self.max_payload >= 1, "max_payload must be at least 1 byte"),
+            (self.redis_pool_size >= 1, "redis_pool_size must be at least 1"),
+            (bool(self.key_prefix), "key_prefix must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``HUB_*`` variables, then apply ``overrides`` (``None`` skipped)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(f"HUB_{field.name.upper()}")
+            if raw is not None and raw != "":
+                values[field.name] = _convert(field, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(field: dataclasses.Field[Any], raw: str) -> Any:
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    name = f"HUB_{field.name.upper()}"
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    return raw

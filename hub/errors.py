@@ -1,0 +1,47 @@
+"""The hub's exceptions: one base class, each message says how to fix the problem."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "BadRequest",
+    "ConfigError",
+    "HubError",
+    "PayloadTooLarge",
+]
+
+
+class HubError(Exception):
+    """Base class of every error the hub raises on purpose."""
+
+    #: HTTP status the HTTP API answers with when this error reaches it.
+    status_code = 500
+    #: Short machine-readable name, sent as ``error`` in JSON error bodies.
+    code = "internal"
+
+
+class ConfigError(HubError):
+    """A setting is missing or has an impossible value."""
+
+    code = "config"
+
+
+class BadRequest(HubError):
+    """The request cannot be served as it is; the message says what to change."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class PayloadTooLarge(BadRequest):
+    """The request body is larger than ``HUB_MAX_PAYLOAD`` allows."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class BackendUnavailable(HubError):
+    """Redis did not answer; nothing was published or read."""
+
+    status_code = 503
+    code = "backend_unavailable"

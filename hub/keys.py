@@ -1,0 +1,94 @@
+"""Channel names, and every Redis key and pub/sub channel name the hub uses.
+
+The key schema (documented in the README for publishers in other languages):
+
+- ``{prefix}clock``: hash ``ms``, ``n`` (the last id handed out), ``since`` (when this
+  Redis started keeping hub history, in ms: a cursor older than that predates it).
+- ``{prefix}stream:{channel}``: the channel's history, a Redis Stream whose entry ids are
+  the event ids; fields ``e`` (event type), ``d`` (data), ``p`` (the previous event id on
+  this channel, empty for the first).
+- ``{prefix}live:{channel}``: pub/sub channel that carries each new event to hub nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .errors import BadRequest
+
+__all__ = ["MAX_CHANNEL_BYTES", "Keys", "check_channel", "check_channels", "check_event_type"]
+
+MAX_CHANNEL_BYTES = 256
+MAX_EVENT_TYPE_BYTES = 128
+
+
+class Keys:
+    """Builds key names under one configurable prefix."""
+
+    def __init__(self, prefix: str = "hub:") -> None:
+        self.prefix = prefix
+        self.clock = f"{prefix}clock"
+        self._stream = f"{prefix}stream:"
+        self._live = f"{prefix}live:"
+
+    def stream(self, channel: str) -> str:
+        return self._stream + channel
+
+    def live(self, channel: str) -> str:
+        return self._live + channel
+
+    def channel_of_live(self, live_name: str) -> str:
+        """The channel a ``live:`` pub/sub name belongs to."""
+        return live_name[len(self._live) :]
+
+
+def check_channel(channel: object) -> str:
+    """Return ``channel`` if it is a usable channel name, else raise :class:`BadRequest`."""
+    if not isinstance(channel, str):
+        raise BadRequest(f"a channel name must be a string, not {type(channel).__name__}")
+    if not channel:
+        raise BadRequest("a channel name must not be empty")
+    if len(channel.encode("utf-8", "surrogatepass")) > MAX_CHANNEL_BYTES:
+        raise BadRequest(
+            f"channel name {channel[:40]!r}... is longer than {MAX_CHANNEL_BYTES} bytes; "
+            "use a shorter name"
+        )
+    for char in channel:
+        if char.isspace() or not char.isprintable():
+            raise BadRequest(
+                f"channel name {channel[:60]!r} contains whitespace or a control character; "
+                "use letters, digits and punctuation such as - _ . : /"
+            )
+    return channel
+
+
+def check_channels(channels: Iterable[object], limit: int) -> list[str]:
+    """Validate a list of channel names; duplicates are dropped, order is kept."""
+    seen: dict[str, None] = {}
+    for channel in channels:
+        seen[check_channel(channel)] = None
+    if not seen:
+        raise BadRequest("name at least one channel")
+    if len(seen) > limit:
+        raise BadRequest(
+            f"{len(seen)} channels requested, at most {limit} are allowed per request "
+            "(HUB_MAX_CHANNELS)"
+        )
+    return list(seen)
+
+
+def check_event_type(event: object) -> str:
+    """Validate a publisher-chosen event type; ``hub.*`` is reserved for the hub's signals."""
+    if event is None:
+        return "message"
+    if not isinstance(event, str):
+        raise BadRequest(f"event must be a string, not {type(event).__name__}")
+    if not event:
+        raise BadRequest("event must not be empty; leave it out for the default 'message'")
+    if "\r" in event or "\n" in event or "\0" in event:
+        raise BadRequest("event must not contain CR, LF or NUL characters")
+    if len(event.encode()) > MAX_EVENT_TYPE_BYTES:
+        raise BadRequest(f"event is longer than {MAX_EVENT_TYPE_BYTES} bytes")
+    if event.startswith("hub."):
+        raise BadRequest("event types starting with 'hub.' are reserved for the hub's own signals")
+    return event

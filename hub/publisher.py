@@ -1,0 +1,147 @@
+"""Publish straight into Redis with the hub's own script: no hub node in the way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from .config import Settings
+from .errors import BackendUnavailable, BadRequest, HubError, PayloadTooLarge
+from .keys import Keys, check_channels, check_event_type
+
+__all__ = ["PUBLISH_SCRIPT", "Publisher", "SyncPublisher", "encode_data"]
+
+#: The Lua source of the publish script (``hub/lua/publish.lua``).
+PUBLISH_SCRIPT = (resources.files("hub") / "lua" / "publish.lua").read_text(encoding="utf-8")
+
+#: Channels one publish may name; the hub's HTTP API applies its own HUB_MAX_CHANNELS.
+MAX_PUBLISH_CHANNELS = 1000
+
+
+def encode_data(data: Any) -> bytes:
+    """A ``str`` is sent as it is, ``bytes`` too; any other value as compact JSON."""
+    if isinstance(data, str):
+        return data.encode("utf-8", "surrogatepass")
+    if isinstance(data, bytes):
+        return data
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"data must be a string or a JSON value: {exc}") from exc
+
+
+class _Prepared:
+    """Validated script keys and arguments for one publish; shared by both publishers."""
+
+    def __init__(self, settings: Settings, max_channels: int) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.max_channels = max_channels
+
+    def call(
+        self, channels: str | Sequence[str], data: Any, event: str | None
+    ) -> tuple[list[str], list[bytes | str | int]]:
+        names = check_channels([channels] if isinstance(channels, str) else channels,
+                               self.max_channels)
+        event_type = check_event_type(event)
+        payload = encode_data(data)
+        if len(payload) > self.settings.max_payload:
+            raise PayloadTooLarge(
+                f"data is {len(payload)} bytes; the limit is {self.settings.max_payload} "
+                "(HUB_MAX_PAYLOAD)"
+            )
+        keys = [self.keys.clock, *(self.keys.stream(c) for c in names)]
+        ttl_ms = int(self.settings.history_ttl * 1000)
+        args: list[bytes | str | int] = [event_type, payload, self.settings.history_size, ttl_ms]
+        args.extend(self.keys.live(c) for c in names)
+        return keys, args
+
+
+def _translate(exc: RedisError, where: str) -> HubError:
+    if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
+        return HubError(f"Redis refused the publish script at {where}: {exc}")
+    return BackendUnavailable(
+        f"Redis at {where} did not answer ({exc}); nothing was published. "
+        "Check that Redis is running and HUB_REDIS_URL points at it, then retry."
+    )
+
+
+class Publisher:
+    """Publishes events into Redis with the hub's atomic publish script (asyncio).
+
+    >>> publisher = Publisher.from_url("redis://localhost:6379/0")
+    >>> event_id = await publisher.publish("news", {"title": "hello"}, event="update")
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        settings: Settings | None = None,
+        *,
+        max_channels: int = MAX_PUBLISH_CHANNELS,
+    ) -> None:
+        self._client = client
+        self._prepared = _Prepared(settings or Settings.from_env(), max_channels)
+        self._script = client.register_script(PUBLISH_SCRIPT)
+        self._where = settings.redis_url if settings and settings.redis_url else "the backend"
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings | None = None) -> Publisher:
+        """A publisher with its own connection pool to the Redis at ``url``."""
+        settings = (settings or Settings.from_env()).replace(redis_url=url)
+        return cls(redis.asyncio.Redis.from_url(url), settings)
+
+    async def publish(
+        self, channels: str | Sequence[str], data: Any, *, event: str | None = None
+    ) -> str:
+        """Publish ``data`` to one channel or several (as one event); return the event id."""
+        keys, args = self._prepared.call(channels, data, event)
+        try:
+            result = await self._script(keys=keys, args=args)
+        except RedisError as exc:
+            raise _translate(exc, self._where) from exc
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class SyncPublisher:
+    """The blocking twin of :class:`Publisher`, for scripts and threaded code."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings | None = None,
+        *,
+        max_channels: int = MAX_PUBLISH_CHANNELS,
+    ) -> None:
+        self._client = client
+        self._prepared = _Prepared(settings or Settings.from_env(), max_channels)
+        self._script = client.register_script(PUBLISH_SCRIPT)
+        self._where = settings.redis_url if settings and settings.redis_url else "the backend"
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings | None = None) -> SyncPublisher:
+        settings = (settings or Settings.from_env()).replace(redis_url=url)
+        return cls(redis.Redis.from_url(url), settings)
+
+    def publish(
+        self, channels: str | Sequence[str], data: Any, *, event: str | None = None
+    ) -> str:
+        """Publish ``data`` to one channel or several (as one event); return the event id."""
+        keys, args = self._prepared.call(channels, data, event)
+        try:
+            result = self._script(keys=keys, args=args)
+        except RedisError as exc:
+            raise _translate(exc, self._where) from exc
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,95 @@
+"""One client's end of the live path: a bounded queue of ready-made SSE frames."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .ids import EventId
+
+__all__ = ["Subscriber"]
+
+
+class Subscriber:
+    """Frames queued for one client, in id order, each id at most once.
+
+    The broker's reader calls :meth:`deliver` (synchronously, for every event of the
+    client's channels); the client's response task drains the queue with
+    :meth:`next_batch`, one write for everything that piled up. While the client's
+    history is being replayed, live frames are held back and released afterwards, so
+    replay and live events come out merged, in order, without duplicates.
+    """
+
+    __slots__ = (
+        "_frames",
+        "_held",
+        "_limit",
+        "_size",
+        "_wake",
+        "channels",
+        "closed",
+        "last",
+    )
+
+    def __init__(self, channels: list[str], limit: int) -> None:
+        self.channels = channels
+        #: The id of the last frame handed to this client; older or equal ids are skipped.
+        self.last: EventId = (0, 0)
+        #: Why the subscriber was closed (``"slow"``, ``"shutdown"``, ...), or ``None``.
+        self.closed: str | None = None
+        self._frames: list[bytes] = []
+        self._held: list[tuple[EventId, bytes]] | None = []
+        self._size = 0
+        self._limit = limit
+        self._wake = asyncio.Event()
+
+    def deliver(self, event_id: EventId, frame: bytes) -> None:
+        """Queue one frame; a client whose queue overflows is cut off (it resumes later)."""
+        if self.closed is not None:
+            return
+        if self._held is not None:
+            self._held.append((event_id, frame))
+        elif event_id > self.last:
+            self.last = event_id
+            self._frames.append(frame)
+        else:
+            return
+        self._size += len(frame)
+        if self._size > self._limit:
+            self.close("slow", drop=True)
+        else:
+            self._wake.set()
+
+    def go_live(self) -> bytes:
+        """End the replay: return the held live frames that the replay did not cover."""
+        held, self._held = self._held or [], None
+        out = []
+        for event_id, frame in held:
+            if event_id > self.last:
+                self.last = event_id
+                out.append(frame)
+        self._size = sum(len(f) for f in self._frames)
+        return b"".join(out)
+
+    def close(self, reason: str, *, drop: bool = False, final: bytes = b"") -> None:
+        """Stop delivering; the stream ends after the queued frames (unless ``drop``)."""
+        if self.closed is not None:
+            return
+        self.closed = reason
+        if drop:
+            self._frames.clear()
+            self._held = None
+        if final:
+            self._frames.append(final)
+        self._size = 0
+        self._wake.set()
+
+    async def next_batch(self) -> bytes | None:
+        """Wait for frames; return them joined, or ``None`` once closed and drained."""
+        while not self._frames:
+            if self.closed is not None:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
+        frames, self._frames = self._frames, []
+        self._size = 0
+        return b"".join(frames)
