@@ -19,7 +19,7 @@ from .broker import Broker
 from .config import Settings
 from .errors import BackendUnavailable, BadRequest, HubError, PayloadTooLarge
 from .keys import check_channels
-from .sse import event_stream, preamble, retry_frame
+from .sse import event_stream, preamble, quiet_cut_off_streams, retry_frame
 
 __all__ = ["create_app", "drain"]
 
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     or runs on the embedded in-memory backend when that is ``None``."""
     settings = settings or Settings.from_env()
     backend = backend or Backend(settings.redis_url, pool_size=settings.redis_pool_size)
+    quiet_cut_off_streams()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -93,10 +94,13 @@ async def events(request: Request) -> Response:
     # the page put in the URL when it first connected.
     cursor = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
 
+    def cut_off() -> None:
+        response.abort("too slow: its queue overflowed HUB_CLIENT_BUFFER")
+
     async def body() -> AsyncIterator[bytes]:
-        yield preamble(settings.retry_ms)
+        opening = preamble(settings.retry_ms)
         try:
-            async for chunk in broker.stream(channels, cursor or None):
+            async for chunk in broker.stream(channels, cursor or None, opening, cut_off):
                 yield chunk
         except BackendUnavailable as exc:
             # Never a silent hang and never an error status (EventSource would give up for
@@ -105,7 +109,8 @@ async def events(request: Request) -> Response:
             note = str(exc).replace("\n", " ").encode()
             yield b": " + note + b"\n" + retry_frame(settings.retry_ms)
 
-    return event_stream(body(), settings)
+    response = event_stream(body(), settings)
+    return response
 
 
 async def publish(request: Request) -> Response:

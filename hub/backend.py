@@ -61,7 +61,7 @@ class Backend:
     def command_client(self) -> Redis:
         """A pooled client for commands; its connection count is bounded by ``pool_size``."""
         if self._server is not None:
-            return fakeredis.FakeAsyncRedis(server=self._server)  # type: ignore[no-any-return]
+            return fakeredis.FakeAsyncRedis(server=self._server)
         assert self.url is not None
         pool = BlockingConnectionPool.from_url(
             self.url,
@@ -72,12 +72,12 @@ class Backend:
             client_name=f"{self._client_name}:cmd",
             retry=_no_retry(),
         )
-        return Redis(connection_pool=pool)
+        return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
     def live_client(self) -> Redis:
         """A client for the one pub/sub connection that carries the live path."""
         if self._server is not None:
-            return fakeredis.FakeAsyncRedis(server=self._server)  # type: ignore[no-any-return]
+            return fakeredis.FakeAsyncRedis(server=self._server)
         assert self.url is not None
         # No socket_timeout: the reader waits with its own bounded get_message timeout
         # and probes liveness with PING, so an idle channel is not mistaken for a dead one.

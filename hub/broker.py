@@ -22,6 +22,7 @@ How nothing is lost:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -124,18 +125,30 @@ class Broker:
 
     # -- one client's stream ------------------------------------------------------------
 
-    async def stream(self, channels: list[str], cursor: str | None) -> AsyncIterator[bytes]:
+    async def stream(
+        self,
+        channels: list[str],
+        cursor: str | None,
+        opening: bytes = b"",
+        on_cut_off: Callable[[], None] | None = None,
+    ) -> AsyncIterator[bytes]:
         """The SSE frames for one client: replay after ``cursor`` (if any), then live.
 
         ``cursor`` is a ``Last-Event-ID``, ``"earliest"`` for all retained history, or
         ``None`` for live events only. A cursor that cannot be honoured exactly gives a
-        ``hub.reset`` frame first, then live events.
+        ``hub.reset`` frame first, then live events. ``opening`` is sent once Redis has
+        confirmed the subscription: every event published after a client has read it is
+        delivered to that client. ``on_cut_off`` is called if the client falls so far
+        behind that its queue overflows: it should drop the connection.
         """
-        sub = Subscriber(channels, self.settings.client_buffer)
+        sub = Subscriber(channels, self.settings.client_buffer, on_cut_off)
         to_confirm = self._attach(sub)
         try:
             await self._confirm(to_confirm)
-            async for chunk in self._replay(sub, cursor):
+            clock = await self._clock()
+            if opening:
+                yield opening
+            async for chunk in self._replay(sub, cursor, clock):
                 yield chunk
             tail = sub.go_live()
             if tail:
@@ -146,8 +159,6 @@ class Broker:
             raise BackendUnavailable(f"Redis failed while serving a stream: {exc}") from exc
         finally:
             self._detach(sub)
-            if sub.closed == "slow":
-                logger.info("cut off a client that could not keep up (%s)", ",".join(channels))
 
     def _attach(self, sub: Subscriber) -> list[_Channel]:
         self._subscribers.add(sub)
@@ -180,10 +191,9 @@ class Broker:
             for channel in unsent:
                 channel.session = ps
                 channel.pending += 1
-            try:
+            # On failure the reader notices the broken connection and resubscribes everything.
+            with contextlib.suppress(RedisError):
                 await ps.subscribe(*(self.keys.live(c.name) for c in unsent))
-            except RedisError:
-                pass  # the reader notices the broken connection and resubscribes everything
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONFIRM_TIMEOUT
         for channel in channels:
@@ -195,8 +205,10 @@ class Broker:
                     f"{CONFIRM_TIMEOUT:.0f}s; is Redis up?"
                 ) from None
 
-    async def _replay(self, sub: Subscriber, cursor: str | None) -> AsyncIterator[bytes]:
-        head, since, now_ms = await self._clock()
+    async def _replay(
+        self, sub: Subscriber, cursor: str | None, clock: tuple[EventId, int | None, int]
+    ) -> AsyncIterator[bytes]:
+        head, since, now_ms = clock
         if cursor is None:
             sub.last = head
             return
@@ -213,19 +225,27 @@ class Broker:
                 strict = False
             elif after > head:
                 yield await self._reset(
-                    sub, "unknown", f"{cursor} is not in this hub's history (it is newer than "
-                    "the last event: from another hub, or from before Redis lost its data)"
+                    sub,
+                    "unknown",
+                    f"{cursor} is not in this hub's history (it is newer than "
+                    "the last event: from another hub, or from before Redis lost its data)",
                 )
                 return
             elif since is not None and after[0] < since:
                 yield await self._reset(
-                    sub, "history_lost", f"{cursor} predates this Redis's history (it started "
-                    "again empty); events after it may be lost"
+                    sub,
+                    "history_lost",
+                    f"{cursor} predates this Redis's history (it started "
+                    "again empty); events after it may be lost",
                 )
                 return
         ttl_ms = int(self.settings.history_ttl * 1000)
         reader = HistoryReader(
-            self.redis, self.keys, sub.channels, after, strict=strict,
+            self.redis,
+            self.keys,
+            sub.channels,
+            after,
+            strict=strict,
             expired_before=(now_ms - ttl_ms, 0) if ttl_ms else None,
         )
         sub.last = after
@@ -248,9 +268,12 @@ class Broker:
         if reader.gaps:
             names = ", ".join(repr(c) for c in reader.gaps[:5])
             yield await self._reset(
-                sub, "expired", f"history of {names} no longer reaches back to "
+                sub,
+                "expired",
+                f"history of {names} no longer reaches back to "
                 f"{format_id(after)}: events after it were trimmed (HUB_HISTORY_SIZE / "
-                "HUB_HISTORY_TTL)", channels=reader.gaps,
+                "HUB_HISTORY_TTL)",
+                channels=reader.gaps,
             )
 
     async def _reset(
@@ -279,7 +302,7 @@ class Broker:
         ps = self._live_redis.pubsub(ignore_subscribe_messages=False)
         watch = _ReconnectWatch()
         try:
-            await ps.connect()
+            await ps.connect()  # type: ignore[no-untyped-call]
             if ps.connection is not None and hasattr(ps.connection, "register_connect_callback"):
                 ps.connection.register_connect_callback(watch.on_connect)
             self._pubsub = ps
@@ -309,10 +332,8 @@ class Broker:
             for channel in self._channels.values():
                 channel.session, channel.pending = None, 0
                 channel.confirmed.clear()
-            try:
-                await asyncio.wait_for(ps.aclose(), 2.0)
-            except (RedisError, OSError, asyncio.TimeoutError):
-                pass
+            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(ps.aclose(), 2.0)  # type: ignore[no-untyped-call]
 
     async def _await_confirmations(
         self, ps: PubSub, channels: list[_Channel]
@@ -342,8 +363,12 @@ class Broker:
         ttl_ms = int(self.settings.history_ttl * 1000)
         _, _, now_ms = await self._clock()
         reader = HistoryReader(
-            self.redis, self.keys, list(by_name), self._watermark,
-            expired_before=(now_ms - ttl_ms, 0) if ttl_ms else None, dedupe=False,
+            self.redis,
+            self.keys,
+            list(by_name),
+            self._watermark,
+            expired_before=(now_ms - ttl_ms, 0) if ttl_ms else None,
+            dedupe=False,
         )
         recovered = 0
         async for entry in reader:
@@ -359,7 +384,8 @@ class Broker:
         if recovered or reader.gaps:
             logger.warning(
                 "recovered %d events published while the live connection was down%s",
-                recovered, f"; history too short for {reader.gaps}" if reader.gaps else "",
+                recovered,
+                f"; history too short for {reader.gaps}" if reader.gaps else "",
             )
 
     async def _read(self, ps: PubSub, watch: _ReconnectWatch) -> None:
@@ -383,8 +409,9 @@ class Broker:
             next_chores = now + 1.0
             await self._unsubscribe_idle(ps, now)
             if ping_sent is not None and now - ping_sent > PROBE_TIMEOUT:
-                raise BackendUnavailable(f"no answer to PING on the live connection in "
-                                         f"{PROBE_TIMEOUT:.0f}s")
+                raise BackendUnavailable(
+                    f"no answer to PING on the live connection in {PROBE_TIMEOUT:.0f}s"
+                )
             if ping_sent is None and now - last_rx > PROBE_AFTER and ps.subscribed:
                 await ps.ping()
                 ping_sent = now
@@ -400,8 +427,11 @@ class Broker:
 
     async def _unsubscribe_idle(self, ps: PubSub, now: float) -> None:
         idle = [
-            live for live, c in self._channels.items()
-            if not c.subscribers and c.idle_since is not None and now - c.idle_since > IDLE_LINGER
+            live
+            for live, c in self._channels.items()
+            if not c.subscribers
+            and c.idle_since is not None
+            and now - c.idle_since > IDLE_LINGER
             and c.pending == 0
         ]
         if not idle:

@@ -77,9 +77,15 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     settings = Settings.from_env(
-        host=args.host, port=args.port, redis_url=args.redis_url, key_prefix=args.key_prefix,
-        history_size=args.history_size, history_ttl=args.history_ttl,
-        heartbeat=args.heartbeat, max_channels=args.max_channels, log_level=args.log_level,
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis_url,
+        key_prefix=args.key_prefix,
+        history_size=args.history_size,
+        history_ttl=args.history_ttl,
+        heartbeat=args.heartbeat,
+        max_channels=args.max_channels,
+        log_level=args.log_level,
     )
     serve(settings)
     return 0

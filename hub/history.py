@@ -91,7 +91,7 @@ class HistoryReader:
             for channel in channels:
                 pipe.xrange(self._keys.stream(channel), self._next[channel], b"+", self._page)
             pages = await pipe.execute()
-        for channel, page in zip(channels, pages):
+        for channel, page in zip(channels, pages, strict=True):
             if len(page) < self._page:
                 self._done.add(channel)
             if not page:
@@ -104,9 +104,7 @@ class HistoryReader:
                 continue
             buffer = self._buffers[channel]
             for raw_id, fields in page:
-                buffer.append(
-                    Entry(parse_id(raw_id), raw_id, fields[b"e"], fields[b"d"], channel)
-                )
+                buffer.append(Entry(parse_id(raw_id), raw_id, fields[b"e"], fields[b"d"], channel))
             last = page[-1][0]
             self._last[channel] = last
             self._next[channel] = b"(" + last

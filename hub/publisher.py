@@ -47,8 +47,9 @@ class _Prepared:
     def call(
         self, channels: str | Sequence[str], data: Any, event: str | None
     ) -> tuple[list[str], list[bytes | str | int]]:
-        names = check_channels([channels] if isinstance(channels, str) else channels,
-                               self.max_channels)
+        names = check_channels(
+            [channels] if isinstance(channels, str) else channels, self.max_channels
+        )
         event_type = check_event_type(event)
         payload = encode_data(data)
         if len(payload) > self.settings.max_payload:
@@ -132,9 +133,7 @@ class SyncPublisher:
         settings = (settings or Settings.from_env()).replace(redis_url=url)
         return cls(redis.Redis.from_url(url), settings)
 
-    def publish(
-        self, channels: str | Sequence[str], data: Any, *, event: str | None = None
-    ) -> str:
+    def publish(self, channels: str | Sequence[str], data: Any, *, event: str | None = None) -> str:
         """Publish ``data`` to one channel or several (as one event); return the event id."""
         keys, args = self._prepared.call(channels, data, event)
         try:

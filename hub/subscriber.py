@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from .ids import EventId
 
@@ -28,9 +29,12 @@ class Subscriber:
         "channels",
         "closed",
         "last",
+        "on_cut_off",
     )
 
-    def __init__(self, channels: list[str], limit: int) -> None:
+    def __init__(
+        self, channels: list[str], limit: int, on_cut_off: Callable[[], None] | None = None
+    ) -> None:
         self.channels = channels
         #: The id of the last frame handed to this client; older or equal ids are skipped.
         self.last: EventId = (0, 0)
@@ -41,6 +45,8 @@ class Subscriber:
         self._size = 0
         self._limit = limit
         self._wake = asyncio.Event()
+        #: Called when the client is cut off as too slow, to drop its connection at once.
+        self.on_cut_off = on_cut_off
 
     def deliver(self, event_id: EventId, frame: bytes) -> None:
         """Queue one frame; a client whose queue overflows is cut off (it resumes later)."""
@@ -56,6 +62,8 @@ class Subscriber:
         self._size += len(frame)
         if self._size > self._limit:
             self.close("slow", drop=True)
+            if self.on_cut_off is not None:
+                self.on_cut_off()
         else:
             self._wake.set()
 

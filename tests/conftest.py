@@ -18,11 +18,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import uvicorn
 
 from hub import Backend, Settings, create_app
 from hub.server import HubServer
-
-import uvicorn
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +63,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self._binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while not _answers(self.url):
@@ -120,12 +131,12 @@ class Backends:
     prefix: str = field(default_factory=lambda: f"test:{uuid.uuid4().hex[:10]}:")
     _embedded: Backend | None = None
 
-    def backend(self) -> Backend:
+    def backend(self, pool_size: int = 10) -> Backend:
         if self.url is None:
             if self._embedded is None:
                 self._embedded = Backend(None)
             return self._embedded
-        return Backend(self.url, client_name=f"hub-{self.prefix}")
+        return Backend(self.url, pool_size=pool_size, client_name=f"hub-{self.prefix}")
 
     def settings(self, **changes: Any) -> Settings:
         return Settings(redis_url=self.url, key_prefix=self.prefix, **changes)
@@ -195,7 +206,11 @@ async def start_hub() -> AsyncIterator[StartHub]:
         settings = settings.replace(port=free_port(), log_level="warning")
         app = create_app(settings, backend=backend)
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on",
+            app,
+            host="127.0.0.1",
+            port=settings.port,
+            log_level="warning",
+            lifespan="on",
             timeout_graceful_shutdown=5,
         )
         server = _TestServer(config, app)

@@ -84,12 +84,11 @@ class SSEStream:
 
     async def wait_for(self, count: int, timeout: float = 10) -> list[Event]:
         """Wait until ``count`` events (``hub.*`` signals included) have arrived."""
+
         async def enough() -> None:
             while len(self.events) < count:
                 if self.ended.is_set():
-                    raise AssertionError(
-                        f"stream ended after {len(self.events)} of {count} events"
-                    )
+                    raise AssertionError(f"stream ended after {len(self.events)} of {count} events")
                 self._changed.clear()
                 await self._changed.wait()
 

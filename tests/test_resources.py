@@ -1,0 +1,91 @@
+"""Resource shape: Redis connections per node, and clients that cannot keep up."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import redis.asyncio
+
+from conftest import Backends, StartHub
+from sse_client import SSEStream
+
+pytestmark = pytest.mark.anyio
+
+
+async def _hub_connections(url: str, prefix: str) -> dict[str, int]:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        clients = await client.client_list()
+    finally:
+        await client.aclose()
+    counts: dict[str, int] = {}
+    for entry in clients:
+        name = entry.get("name", "")
+        if name.startswith(f"hub-{prefix}"):
+            role = name.rsplit(":", 1)[-1]
+            counts[role] = counts.get(role, 0) + 1
+    return counts
+
+
+async def test_two_hundred_clients_share_one_live_redis_connection(
+    redis_url: str, start_hub: StartHub
+) -> None:
+    backends = Backends("redis", redis_url)
+    try:
+        hub = await start_hub(backends.settings(), backends.backend(pool_size=2))
+        async with SSEStream(hub.url, ["conn"]) as first:
+            before = await _hub_connections(redis_url, backends.prefix)
+            streams = [SSEStream(hub.url, ["conn", f"own-{i}"]) for i in range(200)]
+            await asyncio.gather(*(s.__aenter__() for s in streams))
+            try:
+                async with httpx.AsyncClient() as client:
+                    response = await client.post(
+                        f"{hub.url}/publish", json={"channel": "conn", "data": "to all"}
+                    )
+                assert response.status_code == 201
+                for stream in [first, *streams]:
+                    assert [e.data for e in await stream.wait_for(1)] == ["to all"]
+                after = await _hub_connections(redis_url, backends.prefix)
+            finally:
+                await asyncio.gather(*(s.close() for s in streams))
+        assert before["live"] == after["live"] == 1
+        assert after.get("cmd", 0) <= 2  # the pool's bound, whatever the number of clients
+    finally:
+        backends.cleanup()
+
+
+async def test_stuck_client_is_cut_off_and_does_not_hold_back_others(
+    backends: Backends, start_hub: StartHub
+) -> None:
+    hub = await start_hub(backends.settings(client_buffer=256 * 1024), backends.backend())
+    host, port = hub.url.removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        # A client that sends its request and then never reads a byte.
+        writer.write(b"GET /events?channel=s HTTP/1.1\r\nHost: hub\r\n\r\n")
+        await writer.drain()
+        async with SSEStream(hub.url, ["s"]) as healthy, httpx.AsyncClient() as client:
+            await _wait_connections(client, hub.url, 2)
+            # ~10 MB in all: more than socket buffers can hide; one event is a small share
+            # of the 256 KiB buffer, so the healthy reader has ample headroom.
+            blob = "x" * 16 * 1024
+            for i in range(600):
+                response = await client.post(
+                    f"{hub.url}/publish", json={"channel": "s", "data": f"{i}:{blob}"}
+                )
+                assert response.status_code == 201
+            events = await healthy.wait_for(600, timeout=30)
+            assert [e.data.split(":")[0] for e in events] == [str(i) for i in range(600)]
+            await _wait_connections(client, hub.url, 1)
+    finally:
+        writer.close()
+
+
+async def _wait_connections(client: httpx.AsyncClient, url: str, count: int) -> None:
+    for _ in range(200):
+        if (await client.get(f"{url}/readyz")).json().get("connections") == count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the hub never got to {count} open streams")
