@@ -1,0 +1,119 @@
+"""Faults, each against a redis-server of the test's own (never the shared 6379)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import redis.asyncio
+
+from conftest import Backends, RedisServer, StartHub
+from hub import BackendUnavailable, Publisher
+from sse_client import SSEStream
+
+pytestmark = pytest.mark.anyio
+
+
+class SteadyPublisher:
+    """Publishes numbered events until stopped; keeps what Redis acknowledged."""
+
+    def __init__(self, publisher: Publisher, channel: str) -> None:
+        self.acknowledged: list[tuple[str, str]] = []
+        self.failures = 0
+        self._publisher = publisher
+        self._channel = channel
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            data = str(n)
+            try:
+                event_id = await self._publisher.publish(self._channel, data)
+            except BackendUnavailable:
+                self.failures += 1
+                await asyncio.sleep(0.02)
+                continue
+            self.acknowledged.append((event_id, data))
+            n += 1
+            await asyncio.sleep(0.002)
+
+
+async def _kill_pubsub_connections(url: str) -> int:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        return int(await client.client_kill_filter(_type="pubsub"))
+    finally:
+        await client.aclose()
+
+
+async def test_killed_live_connection_recovers_what_was_published_meanwhile(
+    redis_server: RedisServer, start_hub: StartHub
+) -> None:
+    backends = Backends("redis", redis_server.url)
+    hub = await start_hub(backends.settings(), backends.backend())
+    publisher = Publisher(backends.backend().command_client(), backends.settings())
+    steady = SteadyPublisher(publisher, "f")
+    try:
+        async with SSEStream(hub.url, ["f"]) as stream:
+            steady.start()
+            killed = 0
+            for _ in range(3):
+                await asyncio.sleep(0.3)
+                killed += await _kill_pubsub_connections(redis_server.url)
+            await asyncio.sleep(0.3)
+            await steady.stop()
+            await stream.wait_for(len(steady.acknowledged), timeout=20)
+            await asyncio.sleep(0.2)
+            assert not stream.ended.is_set(), "the client had to reconnect by itself"
+            got = [(e.id, e.data) for e in stream.events]
+    finally:
+        await steady.stop()
+        await publisher.aclose()
+    assert killed >= 3
+    assert got == steady.acknowledged
+
+
+async def test_redis_restart_loses_no_acknowledged_event_for_open_streams(
+    redis_server: RedisServer, start_hub: StartHub
+) -> None:
+    backends = Backends("redis", redis_server.url)
+    hub = await start_hub(backends.settings(), backends.backend())
+    publisher = Publisher(backends.backend().command_client(), backends.settings())
+    steady = SteadyPublisher(publisher, "r")
+    try:
+        async with SSEStream(hub.url, ["r"]) as stream:
+            steady.start()
+            await asyncio.sleep(0.3)
+            redis_server.stop()
+            async with httpx.AsyncClient() as client:
+                for _ in range(100):  # not ready within a couple of seconds
+                    if (await client.get(f"{hub.url}/readyz")).status_code == 503:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("/readyz kept answering 200 with Redis down")
+                assert (await client.get(f"{hub.url}/healthz")).status_code == 200
+            await asyncio.sleep(0.5)
+            redis_server.start()
+            await asyncio.sleep(1.0)
+            await steady.stop()
+            await stream.wait_for(len(steady.acknowledged), timeout=20)
+            got = [(e.id, e.data) for e in stream.events]
+    finally:
+        await steady.stop()
+        await publisher.aclose()
+        if redis_server.process is None:
+            redis_server.start()
+    assert steady.failures > 0, "the publisher never noticed that Redis was down"
+    assert got == steady.acknowledged
