@@ -14,7 +14,15 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "redact"]
+
+
+def redact(url: str) -> str:
+    """``url`` without its user and password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
 
 def _no_retry() -> Retry:
@@ -52,11 +60,7 @@ class Backend:
 
     def describe(self) -> str:
         """For log lines: where the data lives, without credentials."""
-        if self.url is None:
-            return "embedded in-memory backend"
-        tail = self.url.rsplit("@", 1)[-1]
-        scheme = self.url.split("://", 1)[0]
-        return f"{scheme}://{tail.split('://', 1)[-1]}"
+        return "embedded in-memory backend" if self.url is None else redact(self.url)
 
     def command_client(self) -> Redis:
         """A pooled client for commands; its connection count is bounded by ``pool_size``."""

@@ -9,8 +9,18 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
 
+from .backend import redact
 from .config import Settings
 from .errors import BackendUnavailable, BadRequest, HubError, PayloadTooLarge
 from .keys import Keys, check_channels, check_event_type
@@ -65,10 +75,18 @@ class _Prepared:
 
 
 def _translate(exc: RedisError, where: str) -> HubError:
+    if isinstance(exc, (ReadOnlyError, OutOfMemoryError)):
+        # A replica after a failover, or a full Redis: passing states worth a retry.
+        return BackendUnavailable(f"Redis at {where} cannot take writes now ({exc}); retry")
     if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
         return HubError(f"Redis refused the publish script at {where}: {exc}")
+    if isinstance(exc, RedisTimeoutError):
+        return BackendUnavailable(
+            f"Redis at {where} did not answer in time ({exc}); the event may or may not "
+            "have been published"
+        )
     return BackendUnavailable(
-        f"Redis at {where} did not answer ({exc}); nothing was published. "
+        f"Redis at {where} is unreachable ({exc}); nothing was published. "
         "Check that Redis is running and HUB_REDIS_URL points at it, then retry."
     )
 
@@ -90,7 +108,9 @@ class Publisher:
         self._client = client
         self._prepared = _Prepared(settings or Settings.from_env(), max_channels)
         self._script = client.register_script(PUBLISH_SCRIPT)
-        self._where = settings.redis_url if settings and settings.redis_url else "the backend"
+        self._where = (
+            redact(settings.redis_url) if settings and settings.redis_url else "the backend"
+        )
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Publisher:
@@ -126,7 +146,9 @@ class SyncPublisher:
         self._client = client
         self._prepared = _Prepared(settings or Settings.from_env(), max_channels)
         self._script = client.register_script(PUBLISH_SCRIPT)
-        self._where = settings.redis_url if settings and settings.redis_url else "the backend"
+        self._where = (
+            redact(settings.redis_url) if settings and settings.redis_url else "the backend"
+        )
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> SyncPublisher:
