@@ -54,12 +54,23 @@ IDLE_LINGER = 5.0
 PROBE_AFTER = 5.0
 #: ...and seconds the probe may go unanswered before the connection counts as dead.
 PROBE_TIMEOUT = 5.0
+#: Seconds an event may take from publish to this node before the position check
+#: counts it as missed (capped at half the check interval).
+POSITION_GRACE = 2.0
 #: Replay frames are written in chunks of about this many bytes.
 REPLAY_CHUNK = 64 * 1024
 
 
 class _Channel:
-    __slots__ = ("confirmed", "idle_since", "name", "pending", "session", "subscribers")
+    __slots__ = (
+        "confirmed",
+        "floor",
+        "idle_since",
+        "name",
+        "pending",
+        "session",
+        "subscribers",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -69,6 +80,9 @@ class _Channel:
         self.pending = 0
         self.session: PubSub | None = None
         self.idle_since: float | None = None
+        #: The newest id when the subscription was confirmed: older events were never
+        #: this node's to deliver live (clients replayed them from history).
+        self.floor: EventId = (0, 0)
 
 
 class Broker:
@@ -146,6 +160,8 @@ class Broker:
         try:
             await self._confirm(to_confirm)
             clock = await self._clock()
+            for channel in to_confirm:
+                channel.floor = max(channel.floor, clock[0])
             if opening:
                 yield opening
             async for chunk in self._replay(sub, cursor, clock):
@@ -393,6 +409,7 @@ class Broker:
         last_rx = loop.time()
         ping_sent: float | None = None
         next_chores = last_rx + 1.0
+        next_position_check = last_rx + self.settings.position_check
         while True:
             if watch.reconnected:
                 raise BackendUnavailable("the live connection was re-established; recovering")
@@ -415,6 +432,41 @@ class Broker:
             if ping_sent is None and now - last_rx > PROBE_AFTER and ps.subscribed:
                 await ps.ping()
                 ping_sent = now
+            if now >= next_position_check:
+                next_position_check = now + self.settings.position_check
+                await self._check_positions()
+
+    async def _check_positions(self) -> None:
+        """Notice a lost *last* event: nothing later arrives to reveal that gap.
+
+        The newest entry of each followed channel's history must not be newer than what
+        this node has seen, unless it is too recent to have arrived yet. If one is, the
+        session is restarted: that resubscribes (a wedged subscription is fixed too) and
+        recovers everything after the watermark, in order.
+        """
+        channels = [c for c in self._channels.values() if c.subscribers and c.confirmed.is_set()]
+        if not channels or self._watermark is None:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for channel in channels:
+                pipe.xrevrange(self.keys.stream(channel.name), b"+", b"-", 1)
+            pipe.time()
+            *lasts, (secs, micros) = await pipe.execute()
+        settled_ms = secs * 1000 + micros // 1000 - int(
+            min(POSITION_GRACE, self.settings.position_check / 2) * 1000
+        )
+        missed = []
+        for channel, last in zip(channels, lasts, strict=True):
+            if not last:
+                continue
+            newest = parse_id(last[0][0])
+            if newest > max(self._watermark, channel.floor) and newest[0] < settled_ms:
+                missed.append(channel.name)
+        if missed:
+            raise BackendUnavailable(
+                f"the live connection missed the newest event of {missed[:5]}; "
+                "resubscribing and recovering"
+            )
 
     def _control(self, ps: PubSub, message: dict[str, Any]) -> None:
         if message["type"] != "subscribe":

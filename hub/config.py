@@ -47,6 +47,10 @@ class Settings:
     max_payload: int = 1 << 20
     #: Redis connections for commands (publish, history reads) per process.
     redis_pool_size: int = 10
+    #: Seconds between checks that this node has not missed the newest event of a channel.
+    position_check: float = 10.0
+    #: Open ``/events`` streams one process accepts; beyond it a new one gets ``503``.
+    max_connections: int = 10000
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -61,6 +65,8 @@ class Settings:
             (self.send_timeout > 0, "send_timeout must be a positive number of seconds"),
             (self.max_payload >= 1, "max_payload must be at least 1 byte"),
             (self.redis_pool_size >= 1, "redis_pool_size must be at least 1"),
+            (self.position_check > 0, "position_check must be a positive number of seconds"),
+            (self.max_connections >= 1, "max_connections must be at least 1"),
             (bool(self.key_prefix), "key_prefix must not be empty"),
         ]
         for ok, message in checks:

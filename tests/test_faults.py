@@ -10,6 +10,8 @@ import redis.asyncio
 
 from conftest import Backends, RedisServer, StartHub
 from hub import BackendUnavailable, Publisher
+from hub.keys import Keys
+from hub.publisher import PUBLISH_SCRIPT
 from sse_client import SSEStream
 
 pytestmark = pytest.mark.anyio
@@ -117,3 +119,40 @@ async def test_redis_restart_loses_no_acknowledged_event_for_open_streams(
             redis_server.start()
     assert steady.failures > 0, "the publisher never noticed that Redis was down"
     assert got == steady.acknowledged
+
+
+async def test_lost_last_message_is_found_by_the_position_check(
+    backends: Backends, start_hub: StartHub
+) -> None:
+    backend = backends.backend()
+    hub = await start_hub(backends.settings(position_check=0.3), backend)
+    keys = Keys(backends.prefix)
+    # The publish script minus its PUBLISH: the event reaches history but never the live
+    # path, as if its pub/sub message had been lost on the way, and nothing follows it.
+    lossy = PUBLISH_SCRIPT.replace("redis.call('PUBLISH'", "-- redis.call('PUBLISH'")
+    assert lossy != PUBLISH_SCRIPT
+    client = backend.command_client()
+    try:
+        async with SSEStream(hub.url, ["quiet"]) as stream:
+            async with httpx.AsyncClient() as http:
+                response = await http.post(
+                    f"{hub.url}/publish", json={"channel": "quiet", "data": "delivered"}
+                )
+                assert response.status_code == 201
+            await stream.wait_for(1)
+            raw = await client.eval(
+                lossy,
+                2,
+                keys.clock,
+                keys.stream("quiet"),
+                "message",
+                "lost",
+                1000,
+                0,
+                keys.live("quiet"),
+            )
+            events = await stream.wait_for(2, timeout=10)
+            assert not stream.ended.is_set()
+    finally:
+        await client.aclose()
+    assert (events[1].id, events[1].data) == (raw.decode(), "lost")
