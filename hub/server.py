@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import socket
+from collections.abc import Iterator
 
 import uvicorn
 from starlette.applications import Starlette
@@ -25,6 +28,19 @@ class HubServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self.hub_app = app
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                # uvicorn re-raises the signal after a graceful shutdown, so the process
+                # dies of SIGTERM (exit -15) and orchestrators count a crash. A hub that
+                # drained cleanly on SIGTERM exits 0.
+                self._captured_signals = [
+                    s for s in self._captured_signals if s != signal.SIGTERM
+                ]
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:

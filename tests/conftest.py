@@ -237,9 +237,13 @@ async def wait_ready(url: str, timeout: float = 10) -> None:
     async with httpx.AsyncClient() as client:
         deadline = time.monotonic() + timeout
         while True:
-            response = await client.get(f"{url}/readyz")
-            if response.status_code == 200:
-                return
+            try:
+                response = await client.get(f"{url}/readyz")
+                if response.status_code == 200:
+                    return
+                state = response.text
+            except httpx.TransportError as exc:  # not listening yet
+                state = repr(exc)
             if time.monotonic() > deadline:
-                raise AssertionError(f"hub at {url} not ready: {response.text}")
-            await asyncio.sleep(0.02)
+                raise AssertionError(f"hub at {url} not ready: {state}")
+            await asyncio.sleep(0.05)

@@ -9,46 +9,13 @@ import pytest
 import redis.asyncio
 
 from conftest import Backends, RedisServer, StartHub
-from hub import BackendUnavailable, Publisher
+from hub import Publisher
 from hub.keys import Keys
 from hub.publisher import PUBLISH_SCRIPT
 from sse_client import SSEStream
+from support import SteadyPublisher
 
 pytestmark = pytest.mark.anyio
-
-
-class SteadyPublisher:
-    """Publishes numbered events until stopped; keeps what Redis acknowledged."""
-
-    def __init__(self, publisher: Publisher, channel: str) -> None:
-        self.acknowledged: list[tuple[str, str]] = []
-        self.failures = 0
-        self._publisher = publisher
-        self._channel = channel
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-
-    async def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            data = str(n)
-            try:
-                event_id = await self._publisher.publish(self._channel, data)
-            except BackendUnavailable:
-                self.failures += 1
-                await asyncio.sleep(0.02)
-                continue
-            self.acknowledged.append((event_id, data))
-            n += 1
-            await asyncio.sleep(0.002)
 
 
 async def _kill_pubsub_connections(url: str) -> int:
