@@ -48,6 +48,8 @@ logger = logging.getLogger("hub")
 
 #: Seconds a subscriber waits for Redis to confirm its channels before giving up.
 CONFIRM_TIMEOUT = 10.0
+#: ...and while the live connection is known to be down.
+DOWN_CONFIRM_TIMEOUT = 2.0
 #: Seconds a channel nobody follows stays subscribed (cheap reconnects, no churn).
 IDLE_LINGER = 5.0
 #: Seconds of silence on the live connection before it is probed with PING...
@@ -211,14 +213,18 @@ class Broker:
             with contextlib.suppress(RedisError):
                 await ps.subscribe(*(self.keys.live(c.name) for c in unsent))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONFIRM_TIMEOUT
+        # With the live connection known to be down, say so soon rather than keep a new
+        # client waiting in silence; a slow but working Redis gets the full timeout.
+        timeout = CONFIRM_TIMEOUT if self.live else DOWN_CONFIRM_TIMEOUT
+        deadline = loop.time() + timeout
         for channel in channels:
             try:
                 await asyncio.wait_for(channel.confirmed.wait(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
+                state = "" if self.live else " (the live connection to Redis is down)"
                 raise BackendUnavailable(
                     f"Redis did not confirm the subscription to {channel.name!r} within "
-                    f"{CONFIRM_TIMEOUT:.0f}s; is Redis up?"
+                    f"{timeout:.0f}s{state}; retry later"
                 ) from None
 
     async def _replay(
@@ -452,8 +458,10 @@ class Broker:
                 pipe.xrevrange(self.keys.stream(channel.name), b"+", b"-", 1)
             pipe.time()
             *lasts, (secs, micros) = await pipe.execute()
-        settled_ms = secs * 1000 + micros // 1000 - int(
-            min(POSITION_GRACE, self.settings.position_check / 2) * 1000
+        settled_ms = (
+            secs * 1000
+            + micros // 1000
+            - int(min(POSITION_GRACE, self.settings.position_check / 2) * 1000)
         )
         missed = []
         for channel, last in zip(channels, lasts, strict=True):

@@ -123,3 +123,30 @@ async def test_lost_last_message_is_found_by_the_position_check(
     finally:
         await client.aclose()
     assert (events[1].id, events[1].data) == (raw.decode(), "lost")
+
+
+async def test_with_redis_down_publish_fails_fast_and_new_streams_get_a_retry_hint(
+    redis_server: RedisServer, start_hub: StartHub
+) -> None:
+    backends = Backends("redis", redis_server.url)
+    hub = await start_hub(backends.settings(retry_ms=2000), backends.backend())
+    redis_server.stop()
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(timeout=30) as client:
+        started = loop.time()
+        response = await client.post(f"{hub.url}/publish", json={"channel": "x", "data": "1"})
+        took = loop.time() - started
+    assert response.status_code == 503
+    assert "Redis" in response.json()["message"]
+    assert response.headers["retry-after"]
+    assert took < 6
+    stream = SSEStream(hub.url, ["x"])
+    try:
+        await stream.__aenter__()
+        await stream.wait_ended(timeout=20)
+        assert stream.status == 200  # EventSource would give up for good on an error status
+        assert stream.retry == 2000
+        assert any("Redis" in comment for comment in stream.comments)
+        assert stream.events == []
+    finally:
+        await stream.close()
