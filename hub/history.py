@@ -13,13 +13,35 @@ import heapq
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 
 from .ids import EventId, format_id, parse_id
 from .keys import Keys
 
-__all__ = ["Entry", "HistoryReader"]
+__all__ = ["Clock", "Entry", "HistoryReader", "read_clock"]
+
+
+class Clock(NamedTuple):
+    """The publish clock as read from Redis."""
+
+    #: The last id handed out, ``(0, 0)`` before the first publish.
+    head: EventId
+    #: When this Redis started keeping hub history (ms), ``None`` before the first publish.
+    since: int | None
+    #: The Redis server's time, in ms.
+    now_ms: int
+
+
+async def read_clock(redis: Redis, keys: Keys) -> Clock:
+    """Read the publish clock and the server's time in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hmget(keys.clock, "ms", "n", "since")
+        pipe.time()
+        (ms, n, since), (secs, micros) = await pipe.execute()
+    head = (int(ms), int(n)) if ms is not None else (0, 0)
+    return Clock(head, int(since) if since is not None else None, secs * 1000 + micros // 1000)
 
 
 @dataclass(frozen=True, slots=True)

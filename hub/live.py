@@ -1,0 +1,357 @@
+"""The live path: one pub/sub connection per process, fanning events out to subscribers.
+
+Every hub process keeps ONE pub/sub connection, subscribed to the ``live:`` names of the
+channels its clients follow; a reader task turns each message into SSE bytes once and
+queues those bytes for every subscriber of the channel.
+
+Redis delivers pub/sub messages on a connection in publish order, and drops the
+connection rather than a message; so what a node received is a prefix of the event
+order, and its *watermark* (the last id it saw) says where that prefix ends. After a
+reconnect the node reads every followed channel's history after the watermark and
+delivers it, in order, before any new live event. A periodic position check catches
+the one loss that no later event reveals: the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from .config import Settings
+from .errors import BackendUnavailable
+from .history import HistoryReader, read_clock
+from .ids import EventId, parse_id
+from .keys import Keys
+from .sse import encode_frame, retry_frame
+from .subscriber import Subscriber
+
+__all__ = ["LivePath"]
+
+logger = logging.getLogger("hub")
+
+#: Seconds a subscriber waits for Redis to confirm its channels before giving up.
+CONFIRM_TIMEOUT = 10.0
+#: ...and while the live connection is known to be down.
+DOWN_CONFIRM_TIMEOUT = 2.0
+#: Seconds a channel nobody follows stays subscribed (cheap reconnects, no churn).
+IDLE_LINGER = 5.0
+#: Seconds of silence on the live connection before it is probed with PING...
+PROBE_AFTER = 5.0
+#: ...and seconds the probe may go unanswered before the connection counts as dead.
+PROBE_TIMEOUT = 5.0
+#: Seconds an event may take from publish to this node before the position check
+#: counts it as missed (capped at half the check interval).
+POSITION_GRACE = 2.0
+
+
+class Channel:
+    __slots__ = (
+        "confirmed",
+        "floor",
+        "idle_since",
+        "name",
+        "pending",
+        "session",
+        "subscribers",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subscribers: set[Subscriber] = set()
+        self.confirmed = asyncio.Event()
+        #: SUBSCRIBE commands sent on ``session`` and not yet confirmed.
+        self.pending = 0
+        self.session: PubSub | None = None
+        self.idle_since: float | None = None
+        #: The newest id when the subscription was confirmed: older events were never
+        #: this node's to deliver live (clients replayed them from history).
+        self.floor: EventId = (0, 0)
+
+
+class LivePath:
+    """The channel registry and the reader of the live connection (run it supervised)."""
+
+    def __init__(self, redis: Redis, live_redis: Redis, keys: Keys, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.redis = redis
+        self._live_redis = live_redis
+        self._channels: dict[bytes, Channel] = {}
+        #: Every open client stream of this process.
+        self.subscribers: set[Subscriber] = set()
+        self._pubsub: PubSub | None = None
+        self._watermark: EventId | None = None
+        self._cached: tuple[bytes, bytes] = (b"", b"")
+        #: True while the live connection is up and subscribed.
+        self.live = False
+
+    def attach(self, sub: Subscriber) -> list[Channel]:
+        self.subscribers.add(sub)
+        attached = []
+        for name in sub.channels:
+            live = self.keys.live(name).encode()
+            channel = self._channels.get(live)
+            if channel is None:
+                channel = self._channels[live] = Channel(name)
+            channel.subscribers.add(sub)
+            channel.idle_since = None
+            attached.append(channel)
+        return attached
+
+    def detach(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        now = asyncio.get_running_loop().time()
+        for name in sub.channels:
+            channel = self._channels.get(self.keys.live(name).encode())
+            if channel is not None:
+                channel.subscribers.discard(sub)
+                if not channel.subscribers:
+                    channel.idle_since = now
+
+    async def confirm(self, channels: list[Channel]) -> None:
+        """Make sure the live connection has confirmed a subscription to each channel."""
+        ps = self._pubsub
+        unsent = [c for c in channels if c.session is None]
+        if ps is not None and unsent and _usable(ps):
+            for channel in unsent:
+                channel.session = ps
+                channel.pending += 1
+            # On failure the reader notices the broken connection and resubscribes everything.
+            with contextlib.suppress(RedisError):
+                await ps.subscribe(*(self.keys.live(c.name) for c in unsent))
+        loop = asyncio.get_running_loop()
+        # With the live connection known to be down, say so soon rather than keep a new
+        # client waiting in silence; a slow but working Redis gets the full timeout.
+        timeout = CONFIRM_TIMEOUT if self.live else DOWN_CONFIRM_TIMEOUT
+        deadline = loop.time() + timeout
+        for channel in channels:
+            try:
+                await asyncio.wait_for(channel.confirmed.wait(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                state = "" if self.live else " (the live connection to Redis is down)"
+                raise BackendUnavailable(
+                    f"Redis did not confirm the subscription to {channel.name!r} within "
+                    f"{timeout:.0f}s{state}; retry later"
+                ) from None
+
+    async def run(self) -> None:
+        """One life of the live connection: subscribe, recover, then read until it breaks."""
+        ps = self._live_redis.pubsub(ignore_subscribe_messages=False)
+        watch = _ReconnectWatch()
+        try:
+            await ps.connect()  # type: ignore[no-untyped-call]
+            if ps.connection is not None and hasattr(ps.connection, "register_connect_callback"):
+                ps.connection.register_connect_callback(watch.on_connect)
+            self._pubsub = ps
+            for live, channel in list(self._channels.items()):
+                if not channel.subscribers:
+                    del self._channels[live]
+            initial = list(self._channels.values())
+            for channel in initial:
+                channel.session, channel.pending = ps, 1
+                channel.confirmed.clear()
+            if initial:
+                await ps.subscribe(*(self.keys.live(c.name) for c in initial))
+            held = await self._await_confirmations(ps, initial)
+            if self._watermark is None:
+                self._watermark = (await read_clock(self.redis, self.keys)).head
+            else:
+                await self._recover()
+            for message in held:
+                self._dispatch(message["channel"], message["data"])
+            self.live = True
+            logger.info("live path connected (%d channels)", len(self._channels))
+            await self._read(ps, watch)
+        finally:
+            self.live = False
+            if self._pubsub is ps:
+                self._pubsub = None
+            for channel in self._channels.values():
+                channel.session, channel.pending = None, 0
+                channel.confirmed.clear()
+            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(ps.aclose(), 2.0)  # type: ignore[no-untyped-call]
+
+    async def _await_confirmations(
+        self, ps: PubSub, channels: list[Channel]
+    ) -> list[dict[str, Any]]:
+        held: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONFIRM_TIMEOUT
+        while any(not c.confirmed.is_set() for c in channels):
+            if loop.time() > deadline:
+                raise BackendUnavailable("Redis did not confirm the live subscriptions")
+            message = await ps.get_message(timeout=1.0)
+            if message is None:
+                continue
+            if message["type"] == "message":
+                held.append(message)
+            else:
+                self._control(ps, message)
+        return held
+
+    async def _recover(self) -> None:
+        """Deliver what was published on subscribed channels while the connection was down."""
+        assert self._watermark is not None
+        channels = [c for c in self._channels.values() if c.subscribers]
+        if not channels:
+            return
+        by_name = {c.name: c for c in channels}
+        ttl_ms = int(self.settings.history_ttl * 1000)
+        now_ms = (await read_clock(self.redis, self.keys)).now_ms
+        reader = HistoryReader(
+            self.redis,
+            self.keys,
+            list(by_name),
+            self._watermark,
+            expired_before=(now_ms - ttl_ms, 0) if ttl_ms else None,
+            dedupe=False,
+        )
+        recovered = 0
+        async for entry in reader:
+            frame = encode_frame(entry.raw_id, entry.event, entry.data)
+            for sub in list(by_name[entry.channel].subscribers):
+                sub.deliver(entry.id, frame)
+            self._watermark = max(self._watermark, entry.id)
+            recovered += 1
+        for name in reader.gaps:
+            # Trimmed before we could read it: these clients reconnect and get hub.reset.
+            for sub in list(by_name[name].subscribers):
+                sub.close("gap", final=retry_frame(self.settings.retry_ms))
+        if recovered or reader.gaps:
+            logger.warning(
+                "recovered %d events published while the live connection was down%s",
+                recovered,
+                f"; history too short for {reader.gaps}" if reader.gaps else "",
+            )
+
+    async def _read(self, ps: PubSub, watch: _ReconnectWatch) -> None:
+        loop = asyncio.get_running_loop()
+        last_rx = loop.time()
+        ping_sent: float | None = None
+        next_chores = last_rx + 1.0
+        next_position_check = last_rx + self.settings.position_check
+        while True:
+            if watch.reconnected:
+                raise BackendUnavailable("the live connection was re-established; recovering")
+            message = await ps.get_message(timeout=1.0)
+            now = loop.time()
+            if message is not None:
+                last_rx, ping_sent = now, None
+                if message["type"] == "message":
+                    self._dispatch(message["channel"], message["data"])
+                else:
+                    self._control(ps, message)
+                if now < next_chores:
+                    continue
+            next_chores = now + 1.0
+            await self._unsubscribe_idle(ps, now)
+            if ping_sent is not None and now - ping_sent > PROBE_TIMEOUT:
+                raise BackendUnavailable(
+                    f"no answer to PING on the live connection in {PROBE_TIMEOUT:.0f}s"
+                )
+            if ping_sent is None and now - last_rx > PROBE_AFTER and ps.subscribed:
+                await ps.ping()
+                ping_sent = now
+            if now >= next_position_check:
+                next_position_check = now + self.settings.position_check
+                await self._check_positions()
+
+    async def _check_positions(self) -> None:
+        """Notice a lost *last* event: nothing later arrives to reveal that gap.
+
+        The newest entry of each followed channel's history must not be newer than what
+        this node has seen, unless it is too recent to have arrived yet. If one is, the
+        session is restarted: that resubscribes (a wedged subscription is fixed too) and
+        recovers everything after the watermark, in order.
+        """
+        channels = [c for c in self._channels.values() if c.subscribers and c.confirmed.is_set()]
+        if not channels or self._watermark is None:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for channel in channels:
+                pipe.xrevrange(self.keys.stream(channel.name), b"+", b"-", 1)
+            pipe.time()
+            *lasts, (secs, micros) = await pipe.execute()
+        settled_ms = (
+            secs * 1000
+            + micros // 1000
+            - int(min(POSITION_GRACE, self.settings.position_check / 2) * 1000)
+        )
+        missed = []
+        for channel, last in zip(channels, lasts, strict=True):
+            if not last:
+                continue
+            newest = parse_id(last[0][0])
+            if newest > max(self._watermark, channel.floor) and newest[0] < settled_ms:
+                missed.append(channel.name)
+        if missed:
+            raise BackendUnavailable(
+                f"the live connection missed the newest event of {missed[:5]}; "
+                "resubscribing and recovering"
+            )
+
+    def _control(self, ps: PubSub, message: dict[str, Any]) -> None:
+        if message["type"] != "subscribe":
+            return
+        channel = self._channels.get(message["channel"])
+        if channel is not None and channel.session is ps:
+            channel.pending -= 1
+            if channel.pending <= 0:
+                channel.confirmed.set()
+
+    async def _unsubscribe_idle(self, ps: PubSub, now: float) -> None:
+        idle = [
+            live
+            for live, c in self._channels.items()
+            if not c.subscribers
+            and c.idle_since is not None
+            and now - c.idle_since > IDLE_LINGER
+            and c.pending == 0
+        ]
+        if not idle:
+            return
+        for live in idle:
+            del self._channels[live]
+        await ps.unsubscribe(*idle)
+
+    def _dispatch(self, live: bytes, payload: bytes) -> None:
+        """One live message: encode it once, queue it for every subscriber of the channel."""
+        raw_id, _prev, event, data = payload.split(b"\n", 3)
+        ms, _, n = raw_id.partition(b"-")
+        event_id = (int(ms), int(n))
+        if self._watermark is None or event_id > self._watermark:
+            self._watermark = event_id
+        channel = self._channels.get(live)
+        if channel is None or not channel.subscribers:
+            return
+        # An event published to several channels arrives once per channel, back to back.
+        cached_id, frame = self._cached
+        if cached_id != raw_id:
+            frame = encode_frame(raw_id, event, data)
+            self._cached = (raw_id, frame)
+        for sub in channel.subscribers:
+            sub.deliver(event_id, frame)
+
+
+class _ReconnectWatch:
+    """redis-py reconnects a dropped pub/sub connection by itself and resubscribes; what
+    was published in between would be lost without a word. This notices, so the reader
+    starts a proper session (with recovery) instead."""
+
+    def __init__(self) -> None:
+        self.reconnected = False
+
+    async def on_connect(self, _connection: Any) -> None:
+        self.reconnected = True
+
+
+def _usable(ps: PubSub) -> bool:
+    connection = ps.connection
+    return connection is None or bool(getattr(connection, "is_connected", True))
