@@ -1,4 +1,5 @@
-"""The HTTP API: ``/events`` (SSE), ``/publish``, ``/healthz``, ``/readyz``."""
+"""The HTTP API: ``/events`` (SSE), ``/publish``, ``/healthz``, ``/readyz``, and its
+OpenAPI description at ``/openapi.json`` (:mod:`hub.openapi`)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,15 @@ from starlette.routing import Route
 from .backend import Backend
 from .broker import Broker
 from .config import Settings
-from .errors import BackendUnavailable, BadRequest, HubError, PayloadTooLarge
+from .errors import (
+    BackendUnavailable,
+    BadRequest,
+    HubError,
+    PayloadTooLarge,
+    TooManyConnections,
+)
 from .keys import check_channels
+from .openapi import openapi_endpoint
 from .sse import event_stream, preamble, quiet_cut_off_streams, retry_frame
 
 __all__ = ["create_app", "drain"]
@@ -56,6 +64,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             Route("/publish", publish, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={HubError: _hub_error},
@@ -79,7 +88,8 @@ def drain(app: Starlette) -> None:
 
 async def _hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
-    headers = {"Retry-After": "5"} if isinstance(exc, BackendUnavailable) else None
+    retry_later = isinstance(exc, (BackendUnavailable, TooManyConnections))
+    headers = {"Retry-After": "5"} if retry_later else None
     return JSONResponse(
         {"error": exc.code, "message": str(exc)}, status_code=exc.status_code, headers=headers
     )
@@ -90,6 +100,13 @@ async def events(request: Request) -> Response:
     broker: Broker = request.app.state.broker
     settings = broker.settings
     channels = check_channels(request.query_params.getlist("channel"), settings.max_channels)
+    if broker.connections >= settings.max_connections:
+        # Checked before the stream exists. A 503 makes a browser's EventSource give up,
+        # but it protects the node: the client (or the load balancer) goes elsewhere.
+        raise TooManyConnections(
+            f"this node has {broker.connections} open streams (HUB_MAX_CONNECTIONS); "
+            "retry, or connect to another node"
+        )
     # The header is what EventSource sends on its own reconnects: it is newer than a cursor
     # the page put in the URL when it first connected.
     cursor = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
@@ -122,6 +139,13 @@ async def publish(request: Request) -> Response:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except ValueError:
+        # Python's own limit on integer digits (4300): not the client's JSON being wrong.
+        raise BadRequest("a number in the body has too many digits; send it as a string") from None
+    except RecursionError:
+        raise BadRequest(
+            "the body's JSON is nested too deeply; flatten data, or send it as a string"
+        ) from None
     if not isinstance(body, dict):
         raise BadRequest('the body must be a JSON object like {"channel": "news", "data": "hi"}')
     unknown = sorted(set(body) - _PUBLISH_FIELDS)

@@ -8,6 +8,7 @@ __all__ = [
     "ConfigError",
     "HubError",
     "PayloadTooLarge",
+    "TooManyConnections",
 ]
 
 
@@ -45,3 +46,11 @@ class BackendUnavailable(HubError):
 
     status_code = 503
     code = "backend_unavailable"
+
+
+class TooManyConnections(HubError):
+    """This node already has ``HUB_MAX_CONNECTIONS`` open streams; answered with
+    ``Retry-After``, so the client comes back later or to another node."""
+
+    status_code = 503
+    code = "too_many_connections"

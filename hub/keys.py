@@ -48,7 +48,13 @@ def check_channel(channel: object) -> str:
         raise BadRequest(f"a channel name must be a string, not {type(channel).__name__}")
     if not channel:
         raise BadRequest("a channel name must not be empty")
-    if len(channel.encode("utf-8", "surrogatepass")) > MAX_CHANNEL_BYTES:
+    try:
+        size = len(channel.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequest(
+            "a channel name contains a lone surrogate; use valid Unicode text"
+        ) from None
+    if size > MAX_CHANNEL_BYTES:
         raise BadRequest(
             f"channel name {channel[:40]!r}... is longer than {MAX_CHANNEL_BYTES} bytes; "
             "use a shorter name"
@@ -87,8 +93,14 @@ def check_event_type(event: object) -> str:
         raise BadRequest("event must not be empty; leave it out for the default 'message'")
     if "\r" in event or "\n" in event or "\0" in event:
         raise BadRequest("event must not contain CR, LF or NUL characters")
-    if len(event.encode()) > MAX_EVENT_TYPE_BYTES:
-        raise BadRequest(f"event is longer than {MAX_EVENT_TYPE_BYTES} bytes")
+    try:
+        size = len(event.encode())
+    except UnicodeEncodeError:
+        raise BadRequest(
+            "event contains an unpaired UTF-16 surrogate (such as \\ud800); use valid Unicode text"
+        ) from None
+    if size > MAX_EVENT_TYPE_BYTES:
+        raise BadRequest(f"event is longer than {MAX_EVENT_TYPE_BYTES} bytes; use a shorter type")
     if event.startswith("hub."):
         raise BadRequest("event types starting with 'hub.' are reserved for the hub's own signals")
     return event

@@ -36,12 +36,18 @@ MAX_PUBLISH_CHANNELS = 1000
 
 def encode_data(data: Any) -> bytes:
     """A ``str`` is sent as it is, ``bytes`` too; any other value as compact JSON."""
-    if isinstance(data, str):
-        return data.encode("utf-8", "surrogatepass")
     if isinstance(data, bytes):
         return data
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        if isinstance(data, str):
+            return data.encode("utf-8")
+        # NaN and Infinity are not JSON: a browser's JSON.parse would reject the event.
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            "data contains a lone surrogate (not valid Unicode text); fix its encoding"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"data must be a string or a JSON value: {exc}") from exc
 

@@ -38,9 +38,7 @@ class HubServer(uvicorn.Server):
                 # uvicorn re-raises the signal after a graceful shutdown, so the process
                 # dies of SIGTERM (exit -15) and orchestrators count a crash. A hub that
                 # drained cleanly on SIGTERM exits 0.
-                self._captured_signals = [
-                    s for s in self._captured_signals if s != signal.SIGTERM
-                ]
+                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
