@@ -5,8 +5,16 @@ from __future__ import annotations
 from .app import create_app
 from .backend import Backend
 from .broker import Broker
+from .client import Event, HubClient
 from .config import Settings
-from .errors import BackendUnavailable, BadRequest, ConfigError, HubError, PayloadTooLarge
+from .errors import (
+    BackendUnavailable,
+    BadRequest,
+    ConfigError,
+    HubError,
+    PayloadTooLarge,
+    TooManyConnections,
+)
 from .publisher import Publisher, SyncPublisher
 
 __all__ = [
@@ -15,11 +23,14 @@ __all__ = [
     "BadRequest",
     "Broker",
     "ConfigError",
+    "Event",
+    "HubClient",
     "HubError",
     "PayloadTooLarge",
     "Publisher",
     "Settings",
     "SyncPublisher",
+    "TooManyConnections",
     "create_app",
 ]
 

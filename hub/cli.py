@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -111,6 +112,9 @@ async def _publish(args: argparse.Namespace) -> int:
 
 async def _tail(args: argparse.Namespace) -> int:
     from .client import HubClient
+
+    # Reconnect notices go to stderr, marked as ours; events alone go to stdout.
+    logging.basicConfig(level=logging.WARNING, format="hub: %(message)s")
 
     async with HubClient(_hub_url(args)) as client:
         async for event in client.subscribe(args.channels, last_event_id=args.last_event_id):
