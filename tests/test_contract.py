@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from conftest import Backends, StartHub
-from hub import Publisher
+from hub import Publisher, SyncPublisher
 from hub.keys import Keys
 from sse_client import SSEStream
 
@@ -365,3 +365,29 @@ async def test_events_with_too_many_channels_is_a_clear_400(
     assert ok.status_code == 200
     assert response.status_code == 400
     assert "HUB_MAX_CHANNELS" in response.json()["message"]
+
+
+async def test_sync_publisher_writes_straight_into_redis(
+    redis_url: str, start_hub: StartHub
+) -> None:
+    backends = Backends("redis", redis_url)
+    try:
+        settings = backends.settings()
+        hub = await start_hub(settings, backends.backend())
+        publisher = SyncPublisher.from_url(redis_url, settings)
+        try:
+            async with SSEStream(hub.url, ["sync", "other"]) as stream:
+                # A blocking client, as in a script or a thread: keep it off the event loop.
+                first = await asyncio.to_thread(publisher.publish, "sync", "one")
+                second = await asyncio.to_thread(
+                    publisher.publish, ["sync", "other"], {"n": 2}, event="pair"
+                )
+                events = await stream.wait_for(2)
+        finally:
+            publisher.close()
+        assert [(e.id, e.event, e.data) for e in events] == [
+            (first, "message", "one"),
+            (second, "pair", '{"n":2}'),
+        ]
+    finally:
+        backends.cleanup()
