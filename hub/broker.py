@@ -13,10 +13,12 @@ once. A cursor that cannot be honoured exactly gets ``hub.reset`` and live event
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
@@ -26,9 +28,9 @@ from .errors import BackendUnavailable
 from .history import Clock, HistoryReader, read_clock
 from .ids import format_id, parse_id
 from .keys import Keys
-from .live import LivePath
+from .live import Channel, LivePath
 from .publisher import Publisher
-from .sse import encode_frame, signal_frame
+from .sse import HEARTBEAT, encode_frame, signal_frame
 from .subscriber import Subscriber
 from .supervise import Supervised
 
@@ -38,6 +40,14 @@ logger = logging.getLogger("hub")
 
 #: Replay frames are written in chunks of about this many bytes.
 REPLAY_CHUNK = 64 * 1024
+
+
+class StreamControl(Protocol):
+    """What the broker needs of the HTTP response a stream is written to."""
+
+    def abort(self, reason: str) -> None: ...
+
+    def on_abort(self, callback: Callable[[], None]) -> None: ...
 
 
 class Broker:
@@ -53,9 +63,11 @@ class Broker:
         self._reader = Supervised(
             "hub live reader", self._live.run, quiet=(RedisError, OSError, BackendUnavailable)
         )
+        self._sweeper = Supervised("hub stream sweeper", self._sweep)
 
     async def __aenter__(self) -> Broker:
         await self._reader.__aenter__()
+        await self._sweeper.__aenter__()
         return self
 
     async def __aexit__(
@@ -65,6 +77,7 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         self.close_all("shutdown")
+        await self._sweeper.__aexit__(exc_type, exc, tb)
         await self._reader.__aexit__(exc_type, exc, tb)
         await self._live_redis.aclose(close_connection_pool=True)
         await self.redis.aclose(close_connection_pool=True)
@@ -98,37 +111,72 @@ class Broker:
         channels: list[str],
         cursor: str | None,
         opening: bytes = b"",
-        on_cut_off: Callable[[], None] | None = None,
-    ) -> AsyncIterator[bytes]:
+        response: StreamControl | None = None,
+    ) -> AsyncGenerator[bytes, None]:
         """The SSE frames for one client: replay after ``cursor`` (if any), then live.
 
         ``cursor`` is a ``Last-Event-ID``, ``"earliest"`` for all retained history, or
         ``None`` for live events only. A cursor that cannot be honoured exactly gives a
         ``hub.reset`` frame first, then live events. ``opening`` is sent once Redis has
         confirmed the subscription: every event published after a client has read it is
-        delivered to that client. ``on_cut_off`` is called if the client falls so far
-        behind that its queue overflows: it should drop the connection.
+        delivered to that client. ``response.abort(reason)`` is called when the client
+        must be dropped at once (its queue overflowed, or a write blocked too long), and
+        an abort from the response's side (the client went away) ends this stream.
+
+        Each chunk is yielded when the previous one has been written: the time between
+        is how long a write to this client takes, which the sweeper watches.
         """
+        on_cut_off = response.abort if response is not None else None
         sub = Subscriber(channels, self.settings.client_buffer, on_cut_off)
+        if response is not None:
+            response.on_abort(lambda: sub.close("aborted", drop=True))
         to_confirm = self._live.attach(sub)
+        loop = asyncio.get_running_loop()
+        frames = self._frames(sub, to_confirm, cursor, opening)
         try:
-            await self._live.confirm(to_confirm)
-            clock = await read_clock(self.redis, self.keys)
-            for channel in to_confirm:
-                channel.floor = max(channel.floor, clock.head)
-            if opening:
-                yield opening
-            async for chunk in self._replay(sub, cursor, clock):
-                yield chunk
-            tail = sub.go_live()
-            if tail:
-                yield tail
-            while (batch := await sub.next_batch()) is not None:
-                yield batch
+            async with contextlib.aclosing(frames):
+                async for chunk in frames:
+                    sub.writing_since = sub.last_out = loop.time()
+                    yield chunk
+                    sub.writing_since = None
         except RedisError as exc:
             raise BackendUnavailable(f"Redis failed while serving a stream: {exc}") from exc
         finally:
             self._live.detach(sub)
+
+    async def _frames(
+        self, sub: Subscriber, to_confirm: list[Channel], cursor: str | None, opening: bytes
+    ) -> AsyncGenerator[bytes, None]:
+        await self._live.confirm(to_confirm)
+        clock = await read_clock(self.redis, self.keys)
+        for channel in to_confirm:
+            channel.floor = max(channel.floor, clock.head)
+        if opening:
+            yield opening
+        async for chunk in self._replay(sub, cursor, clock):
+            yield chunk
+        tail = sub.go_live()
+        if tail:
+            yield tail
+        while (batch := await sub.next_batch()) is not None:
+            yield batch
+
+    async def _sweep(self) -> None:
+        """For every open stream: a heartbeat when it has been idle for ``HUB_HEARTBEAT``,
+        and a cut-off when one write has been blocked for ``HUB_SEND_TIMEOUT``. One pass
+        over all clients per period, instead of a timer per client per write."""
+        settings = self.settings
+        period = min(1.0, settings.heartbeat / 2, settings.send_timeout / 2)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for sub in list(self._live.subscribers):
+                if sub.writing_since is not None:
+                    if now - sub.writing_since > settings.send_timeout:
+                        sub.cut_off(f"stuck: one write blocked for {settings.send_timeout:g}s")
+                elif now - sub.last_out >= settings.heartbeat:
+                    sub.heartbeat(HEARTBEAT)
 
     async def _replay(
         self, sub: Subscriber, cursor: str | None, clock: Clock

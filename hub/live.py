@@ -131,14 +131,22 @@ class LivePath:
         timeout = CONFIRM_TIMEOUT if self.live else DOWN_CONFIRM_TIMEOUT
         deadline = loop.time() + timeout
         for channel in channels:
+            if channel.confirmed.is_set():
+                continue
+            # asyncio.wait, not wait_for: on Python < 3.12 wait_for swallows a cancellation
+            # that lands as the awaited event fires, and the client's stream would outlive
+            # the client.
+            waiter = loop.create_task(channel.confirmed.wait())
             try:
-                await asyncio.wait_for(channel.confirmed.wait(), max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
+                await asyncio.wait({waiter}, timeout=max(0.0, deadline - loop.time()))
+            finally:
+                waiter.cancel()
+            if not channel.confirmed.is_set():
                 state = "" if self.live else " (the live connection to Redis is down)"
                 raise BackendUnavailable(
                     f"Redis did not confirm the subscription to {channel.name!r} within "
                     f"{timeout:.0f}s{state}; retry later"
-                ) from None
+                )
 
     async def run(self) -> None:
         """One life of the live connection: subscribe, recover, then read until it breaks."""

@@ -29,11 +29,13 @@ class Subscriber:
         "channels",
         "closed",
         "last",
+        "last_out",
         "on_cut_off",
+        "writing_since",
     )
 
     def __init__(
-        self, channels: list[str], limit: int, on_cut_off: Callable[[], None] | None = None
+        self, channels: list[str], limit: int, on_cut_off: Callable[[str], None] | None = None
     ) -> None:
         self.channels = channels
         #: The id of the last frame handed to this client; older or equal ids are skipped.
@@ -45,8 +47,12 @@ class Subscriber:
         self._size = 0
         self._limit = limit
         self._wake = asyncio.Event()
-        #: Called when the client is cut off as too slow, to drop its connection at once.
+        #: Called with a reason when the client is cut off, to drop its connection at once.
         self.on_cut_off = on_cut_off
+        #: Loop time when the current write to the client began (``None``: not writing),
+        #: and when the last one began; the broker's sweeper reads both.
+        self.writing_since: float | None = None
+        self.last_out = 0.0
 
     def deliver(self, event_id: EventId, frame: bytes) -> None:
         """Queue one frame; a client whose queue overflows is cut off (it resumes later)."""
@@ -61,10 +67,21 @@ class Subscriber:
             return
         self._size += len(frame)
         if self._size > self._limit:
-            self.close("slow", drop=True)
-            if self.on_cut_off is not None:
-                self.on_cut_off()
+            self.cut_off("too slow: its queue overflowed HUB_CLIENT_BUFFER")
         else:
+            self._wake.set()
+
+    def cut_off(self, reason: str) -> None:
+        """Drop the client now, queued frames included; it resumes with its last id."""
+        if self.closed is None:
+            self.close("cut off", drop=True)
+            if self.on_cut_off is not None:
+                self.on_cut_off(reason)
+
+    def heartbeat(self, frame: bytes) -> None:
+        """Queue a comment on an idle stream (no id: it does not move the cursor)."""
+        if self.closed is None and not self._frames:
+            self._frames.append(frame)
             self._wake.set()
 
     def go_live(self) -> bytes:
