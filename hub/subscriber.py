@@ -24,8 +24,9 @@ class Subscriber:
         "_frames",
         "_held",
         "_limit",
+        "_loop",
         "_size",
-        "_wake",
+        "_waiter",
         "channels",
         "closed",
         "last",
@@ -46,7 +47,10 @@ class Subscriber:
         self._held: list[tuple[EventId, bytes]] | None = []
         self._size = 0
         self._limit = limit
-        self._wake = asyncio.Event()
+        # A bare future per wait, not an asyncio.Event: this runs once per client per
+        # event, and Event's bookkeeping (waiter list, loop lookup) showed in profiles.
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
         #: Called with a reason when the client is cut off, to drop its connection at once.
         self.on_cut_off = on_cut_off
         #: Loop time when the current write to the client began (``None``: not writing),
@@ -69,7 +73,7 @@ class Subscriber:
         if self._size > self._limit:
             self.cut_off("too slow: its queue overflowed HUB_CLIENT_BUFFER")
         else:
-            self._wake.set()
+            self._wake()
 
     def cut_off(self, reason: str) -> None:
         """Drop the client now, queued frames included; it resumes with its last id."""
@@ -82,7 +86,7 @@ class Subscriber:
         """Queue a comment on an idle stream (no id: it does not move the cursor)."""
         if self.closed is None and not self._frames:
             self._frames.append(frame)
-            self._wake.set()
+            self._wake()
 
     def go_live(self) -> bytes:
         """End the replay: return the held live frames that the replay did not cover."""
@@ -106,15 +110,23 @@ class Subscriber:
         if final:
             self._frames.append(final)
         self._size = 0
-        self._wake.set()
+        self._wake()
 
     async def next_batch(self) -> bytes | None:
         """Wait for frames; return them joined, or ``None`` once closed and drained."""
         while not self._frames:
             if self.closed is not None:
                 return None
-            self._wake.clear()
-            await self._wake.wait()
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         frames, self._frames = self._frames, []
         self._size = 0
         return b"".join(frames)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
