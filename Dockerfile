@@ -31,5 +31,10 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('HUB_PORT', '8000'), timeout=2)"]
 
-# Exec form: hub is PID 1 and receives SIGTERM itself, for a graceful drain of streams.
-CMD ["hub", "serve", "--host", "0.0.0.0"]
+# Listen on every interface of the container, whatever `hub serve` options are given.
+# HUB_WORKERS=N runs N processes on the port, each with its own Redis connections.
+ENV HUB_HOST=0.0.0.0
+
+# Exec form: hub is PID 1 and receives SIGTERM itself, for a graceful drain of streams
+# (with HUB_WORKERS > 1, the supervisor passes it on to every worker and reaps them).
+CMD ["hub", "serve"]

@@ -3,11 +3,10 @@ OpenAPI description at ``/openapi.json`` (:mod:`hub.openapi`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,7 +28,7 @@ from .errors import (
 )
 from .keys import check_channels
 from .openapi import openapi_endpoint
-from .sse import EventStream, event_stream, preamble, quiet_cut_off_streams, retry_frame
+from .sse import EventStream, quiet_cut_off_streams, retry_frame
 
 __all__ = ["create_app", "drain"]
 
@@ -140,24 +139,8 @@ async def events(request: Request) -> Response | EventStream:
     # the page put in the URL when it first connected.
     cursor = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
 
-    async def body() -> AsyncGenerator[bytes, None]:
-        opening = preamble(settings.retry_ms)
-        # aclosing: when the response ends early, the broker's generator must run its
-        # cleanup now, not whenever the garbage collector gets to it.
-        stream = broker.stream(channels, cursor or None, opening, response)
-        try:
-            async with contextlib.aclosing(stream):
-                async for chunk in stream:
-                    yield chunk
-        except BackendUnavailable as exc:
-            # Never a silent hang and never an error status (EventSource would give up for
-            # good): say why in a comment and let the browser come back after the hint.
-            logger.warning("closing a stream: %s", exc)
-            note = str(exc).replace("\n", " ").encode()
-            yield b": " + note + b"\n" + retry_frame(settings.retry_ms)
-
-    # body() runs only once the response is being sent, so it can name the response.
-    response = event_stream(body())
+    response = EventStream()
+    response.body = broker.stream(channels, cursor or None, response)
     return response
 
 

@@ -3,18 +3,31 @@
 The embedded backend is fakeredis running in-process, with Lua (lupa), so it runs the
 very same publish script and pub/sub code path as a real Redis. It lives in one
 process only: use a real Redis as soon as there is more than one hub process.
+
+A Redis watched by Sentinel is named by a ``redis+sentinel://`` URL (see
+:func:`parse_sentinel_url`); clients then ask the sentinels where the master is, and
+ask again after a failover.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 import fakeredis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["Backend", "redact"]
+from .errors import ConfigError
+
+__all__ = ["SENTINEL_SCHEME", "Backend", "SentinelURL", "parse_sentinel_url", "redact"]
+
+SENTINEL_SCHEME = "redis+sentinel"
+#: Seconds a sentinel may take to say where the master is, before the next one is asked.
+SENTINEL_TIMEOUT = 2.0
 
 
 def redact(url: str) -> str:
@@ -23,6 +36,86 @@ def redact(url: str) -> str:
     if not sep:
         return url
     return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """What a ``redis+sentinel://`` URL says."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int = 0
+    #: Credentials of the Redis master (and replicas)...
+    username: str | None = None
+    password: str | None = None
+    #: ...and of the sentinels, when they have their own (``requirepass`` in sentinel.conf).
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Parse ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``.
+
+    ``port`` defaults to 26379, ``db`` to 0. The user and password are the Redis
+    master's. Query options ``sentinel_username`` and ``sentinel_password`` are for
+    sentinels that require a password of their own. IPv6 hosts go in brackets:
+    ``redis+sentinel://[::1]:26379,[::1]:26380/mymaster``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme != SENTINEL_SCHEME or not sep:
+        raise ConfigError(f"not a {SENTINEL_SCHEME}:// URL: {redact(url)}")
+    rest, _, query = rest.partition("?")
+    hosts, _, path = rest.partition("/")
+    username = password = None
+    if "@" in hosts:
+        credentials, hosts = hosts.rsplit("@", 1)
+        user, _, secret = credentials.partition(":")
+        username, password = unquote(user) or None, unquote(secret) or None
+    sentinels = [_host_port(part, url) for part in hosts.split(",") if part]
+    service, _, db = path.strip("/").partition("/")
+    if not sentinels or not service:
+        raise ConfigError(
+            f"{redact(url)}: expected {SENTINEL_SCHEME}://host:port[,host:port...]/service_name[/db]"
+        )
+    if not (db or "0").isdigit():
+        raise ConfigError(f"{redact(url)}: the database after the service name must be a number")
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = sorted(set(options) - {"sentinel_username", "sentinel_password"})
+    if unknown:
+        raise ConfigError(f"{redact(url)}: unknown option(s) {unknown}")
+    return SentinelURL(
+        sentinels,
+        service,
+        int(db or 0),
+        username,
+        password,
+        options.get("sentinel_username"),
+        options.get("sentinel_password"),
+    )
+
+
+def _host_port(part: str, url: str) -> tuple[str, int]:
+    if part.startswith("["):
+        host, _, port = part[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = part.partition(":")
+    if not host or not (port or "26379").isdigit():
+        raise ConfigError(f"{redact(url)}: {part!r} is not host:port")
+    return host, int(port or 26379)
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """Connections to whichever server the sentinels name as master. The pool owns its
+    sentinel clients: closing it closes them."""
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.sentinel_manager.aclose()
+
+
+class _BlockingSentinelPool(_SentinelPool, BlockingConnectionPool):
+    """...and waits for a free connection instead of failing, like the plain command pool."""
 
 
 def _no_retry() -> Retry:
@@ -53,6 +146,9 @@ class Backend:
         self._timeout = timeout
         self._server: Any = None if url else fakeredis.FakeServer()
         self._pool_size = pool_size
+        sentinel = url is not None and url.startswith(f"{SENTINEL_SCHEME}://")
+        #: Set for a ``redis+sentinel://`` URL (checked here, so a typo fails at start).
+        self.sentinel = parse_sentinel_url(url) if url and sentinel else None
 
     @property
     def embedded(self) -> bool:
@@ -65,8 +161,19 @@ class Backend:
     def command_client(self) -> Redis:
         """A pooled client for commands; its connection count is bounded by ``pool_size``."""
         if self._server is not None:
-            return fakeredis.FakeAsyncRedis(server=self._server)
+            # In-memory "connections" cost nothing, but fakeredis' pool refuses a 101st
+            # concurrent one instead of waiting: a burst of clients must not hit that.
+            return fakeredis.FakeAsyncRedis(server=self._server, max_connections=1 << 20)
         assert self.url is not None
+        if self.sentinel is not None:
+            return self._master_client(
+                _BlockingSentinelPool,
+                max_connections=self._pool_size,
+                timeout=self._timeout,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                client_name=f"{self._client_name}:cmd",
+            )
         pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=self._pool_size,
@@ -85,9 +192,42 @@ class Backend:
         assert self.url is not None
         # No socket_timeout: the reader waits with its own bounded get_message timeout
         # and probes liveness with PING, so an idle channel is not mistaken for a dead one.
+        if self.sentinel is not None:
+            return self._master_client(
+                _SentinelPool,
+                socket_connect_timeout=self._timeout,
+                client_name=f"{self._client_name}:live",
+            )
         return Redis.from_url(
             self.url,
             socket_connect_timeout=self._timeout,
             client_name=f"{self._client_name}:live",
             retry=_no_retry(),
         )
+
+    def _master_client(self, pool_class: type[SentinelConnectionPool], **options: Any) -> Redis:
+        """A client of the master the sentinels name; after a failover its new
+        connections go to the new master (old ones fail, and callers see that)."""
+        assert self.sentinel is not None
+        parsed = self.sentinel
+        manager = Sentinel(  # type: ignore[no-untyped-call]
+            parsed.sentinels,
+            sentinel_kwargs={
+                "socket_timeout": min(self._timeout, SENTINEL_TIMEOUT),
+                "socket_connect_timeout": min(self._timeout, SENTINEL_TIMEOUT),
+                "username": parsed.sentinel_username,
+                "password": parsed.sentinel_password,
+                # A sentinel that does not answer is skipped for the next one, not retried.
+                "retry": _no_retry(),
+            },
+        )
+        client: Redis = manager.master_for(
+            parsed.service,
+            connection_pool_class=pool_class,
+            db=parsed.db,
+            username=parsed.username,
+            password=parsed.password,
+            retry=_no_retry(),
+            **options,
+        )
+        return client

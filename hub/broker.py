@@ -30,7 +30,7 @@ from .ids import format_id, parse_id
 from .keys import Keys
 from .live import Channel, LivePath
 from .publisher import Publisher
-from .sse import HEARTBEAT, encode_frame, signal_frame
+from .sse import HEARTBEAT, encode_frame, preamble, retry_frame, signal_frame
 from .subscriber import Subscriber
 from .supervise import Supervised
 
@@ -110,21 +110,25 @@ class Broker:
         self,
         channels: list[str],
         cursor: str | None,
-        opening: bytes = b"",
         response: StreamControl | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The SSE frames for one client: replay after ``cursor`` (if any), then live.
 
         ``cursor`` is a ``Last-Event-ID``, ``"earliest"`` for all retained history, or
         ``None`` for live events only. A cursor that cannot be honoured exactly gives a
-        ``hub.reset`` frame first, then live events. ``opening`` is sent once Redis has
-        confirmed the subscription: every event published after a client has read it is
-        delivered to that client. ``response.abort(reason)`` is called when the client
-        must be dropped at once (its queue overflowed, or a write blocked too long), and
-        an abort from the response's side (the client went away) ends this stream.
+        ``hub.reset`` frame first, then live events. The stream opens with a comment and
+        a ``retry:`` hint once Redis has confirmed the subscription: every event
+        published after a client has read it is delivered to that client. If Redis
+        fails, the stream ends with a comment saying why and a ``retry:`` hint.
+
+        ``response.abort(reason)`` is called when the client must be dropped at once
+        (its queue overflowed, or a write blocked too long), and an abort from the
+        response's side (the client went away) ends this stream.
 
         Each chunk is yielded when the previous one has been written: the time between
-        is how long a write to this client takes, which the sweeper watches.
+        is how long a write to this client takes, which the sweeper watches. The live
+        loop is written out here, one generator deep, because it runs for every client
+        for every event.
         """
         on_cut_off = response.abort if response is not None else None
         sub = Subscriber(channels, self.settings.client_buffer, on_cut_off)
@@ -132,34 +136,40 @@ class Broker:
             response.on_abort(lambda: sub.close("aborted", drop=True))
         to_confirm = self._live.attach(sub)
         loop = asyncio.get_running_loop()
-        frames = self._frames(sub, to_confirm, cursor, opening)
         try:
-            async with contextlib.aclosing(frames):
-                async for chunk in frames:
+            opening = self._opening(sub, to_confirm, cursor)
+            async with contextlib.aclosing(opening):
+                async for chunk in opening:
                     sub.writing_since = sub.last_out = loop.time()
                     yield chunk
                     sub.writing_since = None
-        except RedisError as exc:
-            raise BackendUnavailable(f"Redis failed while serving a stream: {exc}") from exc
+            while (batch := await sub.next_batch()) is not None:
+                sub.writing_since = sub.last_out = loop.time()
+                yield batch
+                sub.writing_since = None
+        except (RedisError, BackendUnavailable) as exc:
+            # Never a silent hang and never an error status (EventSource would give up
+            # for good): say why in a comment and let the browser come back after the hint.
+            logger.warning("closing a stream: %s", exc)
+            note = str(exc).replace("\n", " ").replace("\r", " ").encode()
+            yield b": " + note + b"\n" + retry_frame(self.settings.retry_ms)
         finally:
             self._live.detach(sub)
 
-    async def _frames(
-        self, sub: Subscriber, to_confirm: list[Channel], cursor: str | None, opening: bytes
+    async def _opening(
+        self, sub: Subscriber, to_confirm: list[Channel], cursor: str | None
     ) -> AsyncGenerator[bytes, None]:
+        """Everything before the live loop: confirmation, the opening comment, replay."""
         await self._live.confirm(to_confirm)
         clock = await read_clock(self.redis, self.keys)
         for channel in to_confirm:
             channel.floor = max(channel.floor, clock.head)
-        if opening:
-            yield opening
+        yield preamble(self.settings.retry_ms)
         async for chunk in self._replay(sub, cursor, clock):
             yield chunk
         tail = sub.go_live()
         if tail:
             yield tail
-        while (batch := await sub.next_batch()) is not None:
-            yield batch
 
     async def _sweep(self) -> None:
         """For every open stream: a heartbeat when it has been idle for ``HUB_HEARTBEAT``,

@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--history-ttl", type=float, help="seconds events are kept (0: no limit)")
     serve.add_argument("--heartbeat", type=float, help="seconds between heartbeat comments")
     serve.add_argument("--max-channels", type=int, help="channels per connection")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the port, each with its own Redis connections (HUB_WORKERS, "
+        "default 1); needs --redis-url",
+    )
     serve.add_argument("--log-level", help="debug, info, warning, error")
 
     publish = commands.add_parser("publish", help="publish one event and print its id")
@@ -86,10 +92,10 @@ def _serve(args: argparse.Namespace) -> int:
         history_ttl=args.history_ttl,
         heartbeat=args.heartbeat,
         max_channels=args.max_channels,
+        workers=args.workers,
         log_level=args.log_level,
     )
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 async def _publish(args: argparse.Namespace) -> int:

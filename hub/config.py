@@ -51,6 +51,9 @@ class Settings:
     position_check: float = 10.0
     #: Open ``/events`` streams one process accepts; beyond it a new one gets ``503``.
     max_connections: int = 10000
+    #: Processes ``hub serve`` runs on the one port (SO_REUSEPORT), each with its own Redis
+    #: connections; 1 runs the hub in the serving process itself.
+    workers: int = 1
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -67,6 +70,7 @@ class Settings:
             (self.redis_pool_size >= 1, "redis_pool_size must be at least 1"),
             (self.position_check > 0, "position_check must be a positive number of seconds"),
             (self.max_connections >= 1, "max_connections must be at least 1"),
+            (self.workers >= 1, "workers must be at least 1"),
             (bool(self.key_prefix), "key_prefix must not be empty"),
         ]
         for ok, message in checks:

@@ -81,8 +81,9 @@ class _Prepared:
 
 
 def _translate(exc: RedisError, where: str) -> HubError:
-    if isinstance(exc, (ReadOnlyError, OutOfMemoryError)):
-        # A replica after a failover, or a full Redis: passing states worth a retry.
+    if isinstance(exc, (ReadOnlyError, OutOfMemoryError)) or str(exc).startswith("NOREPLICAS"):
+        # A replica after a failover, a full Redis, or a master without enough replicas
+        # (min-replicas-to-write): passing states worth a retry.
         return BackendUnavailable(f"Redis at {where} cannot take writes now ({exc}); retry")
     if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
         return HubError(f"Redis refused the publish script at {where}: {exc}")

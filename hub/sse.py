@@ -20,7 +20,6 @@ __all__ = [
     "HEARTBEAT",
     "EventStream",
     "encode_frame",
-    "event_stream",
     "preamble",
     "retry_frame",
     "signal_frame",
@@ -82,8 +81,9 @@ class EventStream:
     client blocks. One helper task per stream watches for the client going away.
     """
 
-    def __init__(self, body: AsyncGenerator[bytes, None]) -> None:
-        self._body = body
+    def __init__(self, body: AsyncGenerator[bytes, None] | None = None) -> None:
+        #: The chunks to send; may be set after construction, before the response runs.
+        self.body = body
         self._task: asyncio.Task[Any] | None = None
         self._on_abort: list[Callable[[], None]] = []
         #: Why the stream was dropped (``"disconnected"``, a cut-off reason), or ``None``.
@@ -106,15 +106,17 @@ class EventStream:
             self._task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = self.body
+        assert body is not None, "EventStream.body was never set"
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         if scope.get("method") == "HEAD":
-            await self._body.aclose()
+            await body.aclose()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         self._task = asyncio.current_task()
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
-            async for chunk in self._body:
+            async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -125,7 +127,7 @@ class EventStream:
                 task.uncancel()
         finally:
             watcher.cancel()
-            await self._body.aclose()
+            await body.aclose()
         if self.cut_off not in (None, "disconnected"):
             logger.info("dropped a client: %s", self.cut_off)
 
@@ -135,11 +137,6 @@ class EventStream:
             if message["type"] == "http.disconnect":
                 self.abort("disconnected")
                 return
-
-
-def event_stream(body: AsyncGenerator[bytes, None]) -> EventStream:
-    """The ``text/event-stream`` response around an iterator of ready-made frames."""
-    return EventStream(body)
 
 
 class _CutOffFilter(logging.Filter):

@@ -3,84 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from conftest import Backends, free_port, wait_ready
 from hub import Publisher
 from sse_client import SSEStream
-from support import SteadyPublisher
+from support import HubProcesses, SteadyPublisher
 
 pytestmark = pytest.mark.anyio
-
-
-class HubProcess:
-    """``python -m hub serve`` on a free port, on a real Redis under the test's prefix."""
-
-    def __init__(self, backends: Backends, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._backends = backends
-        self._extra = extra
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> HubProcess:
-        assert self._backends.url is not None
-        env = {**os.environ, "HUB_KEY_PREFIX": self._backends.prefix, "HUB_LOG_LEVEL": "warning"}
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hub",
-            "serve",
-            "--port",
-            str(self.port),
-            "--redis-url",
-            self._backends.url,
-            *self._extra,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        await wait_ready(self.url, timeout=20)
-        return self
-
-    async def signal(self, signum: int) -> int:
-        assert self.process is not None
-        self.process.send_signal(signum)
-        return await asyncio.wait_for(self.process.wait(), 15)
-
-    async def stderr(self) -> str:
-        assert self.process is not None
-        assert self.process.stderr is not None
-        return (await self.process.stderr.read()).decode(errors="replace")
-
-    async def cleanup(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-
-class HubProcesses:
-    """Starts hub processes sharing one Redis prefix; everything is cleaned up after."""
-
-    def __init__(self, redis_url: str) -> None:
-        self.backends = Backends("redis", redis_url)
-        self._made: list[HubProcess] = []
-
-    async def start(self, *extra: str) -> HubProcess:
-        hub = HubProcess(self.backends, *extra)
-        self._made.append(hub)
-        return await hub.start()
-
-    async def cleanup(self) -> None:
-        for hub in self._made:
-            await hub.cleanup()
-        self.backends.cleanup()
 
 
 @pytest.fixture

@@ -17,6 +17,11 @@ until ``max_steps`` steps are done or a SIGTERM/SIGINT arrives. The base takes c
 Exit codes: 0 done or stopped by a signal, 1 crashed, 2 bad options or configuration,
 128 + N stopped forcibly by a second signal N.
 
+A worker that is not a fixed-rate loop (a consumer that blocks reading requests) sets
+``interval = 0`` and blocks inside :meth:`Worker.step`; :meth:`Worker.setup`,
+:meth:`Worker.finish` and :meth:`Worker.close` let it start and stop background work,
+and overriding :meth:`Worker.create` gives it the Redis client and the settings.
+
 A minimal worker::
 
     class Hello(Worker):
@@ -41,7 +46,9 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, TextIO, TypeVar
+
+from redis.asyncio import Redis
 
 from hub import Backend, BackendUnavailable, ConfigError, Publisher, Settings
 from hub.errors import BadRequest
@@ -57,6 +64,7 @@ __all__ = [
     "Worker",
     "channel_name",
     "configure_logging",
+    "non_negative_int",
     "positive_float",
     "positive_int",
 ]
@@ -78,6 +86,9 @@ NO_REDIS_MESSAGE = (
     "in its own process, so it cannot reach a hub's embedded in-memory backend; it needs "
     "the same Redis the hub nodes use."
 )
+
+
+_W = TypeVar("_W", bound="Worker")
 
 
 class Stopped(Exception):
@@ -110,6 +121,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """``argparse`` type: a whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return value
 
 
@@ -237,6 +259,31 @@ class Worker:
         """Do one unit of work; ``n`` counts steps from 1."""
         raise NotImplementedError(f"{type(self).__name__} must implement step()")
 
+    @classmethod
+    def create(
+        cls: type[_W],
+        options: argparse.Namespace,
+        publisher: Publisher,
+        *,
+        redis: Redis,
+        settings: Settings,
+    ) -> _W:
+        """Make the worker for :meth:`main`. ``redis`` is the publisher's client (same
+        pool, closed with it) and ``settings`` the hub settings in force; a worker that
+        reads Redis itself overrides this to keep them."""
+        return cls(options, publisher)
+
+    async def setup(self) -> None:
+        """Called once before the first step (start background tasks here)."""
+
+    async def finish(self) -> None:
+        """Called once after the last step when the worker ends normally, also after a
+        stop request (let work in flight complete here); a second signal cancels it."""
+
+    async def close(self) -> None:
+        """Called once at the very end, however the worker ends, before the publisher
+        is closed (cancel background tasks here). Keep it short: it is not cancelled."""
+
     def describe(self) -> dict[str, Any]:
         """Fields for the start-up log line (the worker's configuration)."""
         return {"interval": self.interval, "max_steps": self.max_steps}
@@ -338,7 +385,9 @@ class Worker:
                 continue
             installed.append(signum)
         try:
+            await self.setup()
             steps = await self._steps()
+            await self.finish()
         except asyncio.CancelledError:
             if self._forced_by is None:
                 raise
@@ -346,7 +395,10 @@ class Worker:
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
-            await self.publisher.aclose()
+            try:
+                await self.close()
+            finally:
+                await self.publisher.aclose()
         self.log(logging.INFO, "worker stopped", steps=steps)
         return EXIT_OK
 
@@ -458,7 +510,7 @@ class Worker:
         # it the form without credentials.
         publisher = Publisher(client, settings.replace(redis_url=backend.describe()))
         try:
-            worker = cls(options, publisher)
+            worker = cls.create(options, publisher, redis=client, settings=settings)
         except BaseException:
             await publisher.aclose()
             raise

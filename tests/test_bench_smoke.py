@@ -1,0 +1,61 @@
+"""``python -m bench`` at a tiny size, so the benchmark cannot rot unnoticed.
+
+No timing is asserted: only that it runs, writes its JSON, and that the hub lost nothing.
+Nchan is measured too when nginx and libnginx-mod-nchan are installed; otherwise the
+benchmark skips it with a note and this test still runs the hub's part.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _redis_up() -> bool:
+    try:
+        return bool(redis.Redis(host="127.0.0.1", port=6379, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.mark.skipif(not shutil.which("cc") and not shutil.which("gcc"), reason="needs a C compiler")
+@pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
+def test_bench_quick_runs(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "S1a,S4,S5", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| scenario | metric | hub | nchan | hub/nchan |" in proc.stdout
+    results = json.loads(out.read_text())
+    assert out.with_suffix(".md").exists()
+    assert set(results) >= {"machine", "quick", "nchan", "sizes", "scenarios"}
+    assert results["quick"] is True
+    assert set(results["scenarios"]) == {"S1a", "S4", "S5"}
+
+    hub = {sid: res["hub"] for sid, res in results["scenarios"].items()}
+    for sid, res in hub.items():
+        assert "error" not in res, (sid, res)
+    assert hub["S1a"]["delivered_ratio"] == 1.0
+    assert hub["S1a"]["failed"] == 0
+    assert hub["S4"]["received"] == hub["S4"]["events_behind"]
+    for key in ("http_msgs_per_s", "publisher_single_msgs_per_s", "publisher_batch_msgs_per_s"):
+        assert hub["S5"][key] > 0
+
+    # Nchan either ran (and then lost nothing either) or says why it was skipped.
+    for res in results["scenarios"].values():
+        assert "nchan" in res
+    nchan_s1 = results["scenarios"]["S1a"]["nchan"]
+    assert "skipped" in nchan_s1 or nchan_s1["delivered_ratio"] == 1.0

@@ -1,0 +1,671 @@
+"""The ``llm`` worker: answers questions over the hub, one sentence at a time.
+
+    hub worker llm [--channel llm.requests] [--model NAME] [--concurrency 4] ...
+    python -m workers.llm --demo
+
+A request is an event on the requests channel (``llm.requests``) whose data is JSON
+``{"prompt": "...", "reply_to": "<channel>", "model": "...", "system": "..."}`` (model
+and system optional). The worker streams the answer from an OpenAI-compatible
+chat-completions endpoint (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``: OpenAI, vLLM,
+Ollama, llama.cpp) and publishes to ``reply_to``:
+
+- ``event: sentence``, data the sentence text, each as soon as it is complete;
+- then ``event: done``, data JSON ``{"request_id", "model", "usage", "finish_reason",
+  "sentences", "ms_to_first_sentence", "ms_total"}``;
+- or, when the model endpoint fails or the request is invalid, ``event: error``, data
+  JSON ``{"request_id", "reason", "message"}``;
+- ``event: restart`` (data JSON ``{"request_id", "reason", "message"}``) before the
+  first sentence when a worker takes over a request another worker left unfinished:
+  the sentences before it were a partial answer, which the client should clear.
+
+With neither ``OPENAI_BASE_URL`` nor ``OPENAI_API_KEY`` (or with ``--demo``) it answers
+with an offline demo model. How requests are shared between replicas is described in
+:mod:`workers.requests`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import re
+import secrets
+import socket
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
+
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from hub import Publisher, Settings
+from hub.backend import redact
+from hub.keys import Keys
+
+from .base import (
+    Stopped,
+    Worker,
+    channel_name,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from .requests import Delivery, InvalidRequest, LLMRequest, RequestQueue, parse_request
+from .sentences import SentenceSplitter
+
+__all__ = ["Completion", "DemoModel", "LLMWorker", "Model", "ModelError", "OpenAIModel", "main"]
+
+#: Longest wait for new requests in one read: a stop request is noticed within it.
+READ_BLOCK = 1.0
+#: Consumers gone this long with nothing pending are removed from the group.
+PRUNE_IDLE = 3600.0
+#: Seconds between looks for such consumers.
+PRUNE_EVERY = 300.0
+
+_L = TypeVar("_L", bound="LLMWorker")
+
+
+class LLMWorker(Worker):
+    """Answers requests from the requests channel, several at a time."""
+
+    name = "llm"
+    description = (
+        "Answer questions published to CHANNEL, streaming each answer to its reply_to "
+        "channel sentence by sentence (an OpenAI-compatible endpoint, or the offline demo)."
+    )
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        requests = parser.add_argument_group("requests")
+        requests.add_argument(
+            "--channel",
+            type=channel_name,
+            default="llm.requests",
+            help="channel requests are published to (default: llm.requests)",
+        )
+        requests.add_argument(
+            "--group", default="llm", help="Redis consumer group the replicas share (default: llm)"
+        )
+        requests.add_argument(
+            "--concurrency",
+            type=positive_int,
+            default=4,
+            metavar="N",
+            help="requests answered at once by this process (default: 4)",
+        )
+        requests.add_argument(
+            "--claim-after",
+            type=positive_float,
+            default=30.0,
+            metavar="SECONDS",
+            help="take over a request another worker left unanswered this long (default: 30)",
+        )
+        requests.add_argument(
+            "--drain-timeout",
+            type=positive_float,
+            default=20.0,
+            metavar="SECONDS",
+            help="on SIGTERM, let answers in flight finish this long, then hand them back "
+            "(default: 20)",
+        )
+        model = parser.add_argument_group("model")
+        model.add_argument(
+            "--base-url",
+            default=os.environ.get("OPENAI_BASE_URL") or None,
+            help="OpenAI-compatible API, e.g. http://localhost:11434/v1 (OPENAI_BASE_URL); "
+            "the key comes from OPENAI_API_KEY",
+        )
+        model.add_argument(
+            "--model",
+            default=os.environ.get("OPENAI_MODEL") or "gpt-4o-mini",
+            help="model unless a request names one (OPENAI_MODEL, default: gpt-4o-mini)",
+        )
+        model.add_argument("--system", help="system prompt unless a request gives one")
+        model.add_argument(
+            "--max-tokens", type=positive_int, metavar="N", help="cap on each answer's length"
+        )
+        model.add_argument(
+            "--timeout",
+            type=positive_float,
+            default=60.0,
+            metavar="SECONDS",
+            help="longest silence from the endpoint: connecting, or between chunks (default: 60)",
+        )
+        model.add_argument(
+            "--max-retries",
+            type=non_negative_int,
+            default=2,
+            metavar="N",
+            help="retries of a request the endpoint refused as busy or failed to connect "
+            "(default: 2)",
+        )
+        model.add_argument(
+            "--demo",
+            action="store_true",
+            help="answer with the offline demo model even if an endpoint is configured",
+        )
+        model.add_argument(
+            "--demo-delay",
+            type=positive_float,
+            default=0.04,
+            metavar="SECONDS",
+            help="the demo model's mean pause between tokens (default: 0.04)",
+        )
+
+    @classmethod
+    def create(
+        cls: type[_L],
+        options: argparse.Namespace,
+        publisher: Publisher,
+        *,
+        redis: Redis,
+        settings: Settings,
+    ) -> _L:
+        return cls(options, publisher, redis, settings)
+
+    def __init__(
+        self,
+        options: argparse.Namespace,
+        publisher: Publisher,
+        redis: Redis,
+        settings: Settings,
+        model: Model | None = None,
+    ) -> None:
+        super().__init__(options, publisher)
+        # No fixed rate: each step blocks in the read until requests come.
+        self.interval = 0.0
+        self.channel: str = options.channel
+        self.concurrency: int = options.concurrency
+        self.claim_after: float = options.claim_after
+        self.drain_timeout: float = options.drain_timeout
+        self.system: str | None = options.system
+        self.default_model: str = options.model
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.queue = RequestQueue(
+            redis,
+            Keys(settings.key_prefix),
+            self.channel,
+            options.group,
+            self.consumer,
+            self.claim_after,
+        )
+        self.model = model or _model_from(options)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._listening = False
+        self._failures = 0
+        self._next_sweep = 0.0
+        self._next_prune = 0.0
+        self._touching: asyncio.Task[None] | None = None
+        # Requests given up on mid-way (Redis failed, or a stop cut a retry short).
+        self._abandoned: set[str] = set()
+        self.answered = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "group": self.queue.group,
+            "consumer": self.consumer,
+            "concurrency": self.concurrency,
+            "claim_after": self.claim_after,
+            "endpoint": self.model.endpoint,
+            "model": "demo" if isinstance(self.model, DemoModel) else self.default_model,
+        }
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        if isinstance(self.model, DemoModel):
+            self.log(
+                logging.WARNING,
+                "no OPENAI_BASE_URL or OPENAI_API_KEY: answering with the offline demo model",
+            )
+        if not self.logger.isEnabledFor(logging.DEBUG):
+            # One line per model request says nothing the "answered" line does not.
+            for name in ("httpx", "httpx2"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+        self._touching = asyncio.create_task(self._keep_claims())
+
+    async def step(self, n: int) -> None:
+        try:
+            await self._poll()
+        except RedisError as exc:
+            self._failures += 1
+            delay = self.backoff(self._failures)
+            self.log(
+                logging.WARNING,
+                "Redis unavailable; will retry",
+                attempt=self._failures,
+                retry_in=round(delay, 3),
+                error=str(exc),
+            )
+            await self.sleep(delay)
+            return
+        if self._failures:
+            self.log(logging.INFO, "Redis reachable again", failed_attempts=self._failures)
+            self._failures = 0
+
+    async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self._listening:
+            created = await self.queue.create_group("$")
+            self._listening = True
+            self.log(logging.INFO, "listening for requests", group_created=created)
+        free = self.concurrency - len(self._tasks)
+        now = loop.time()
+        if free > 0 and now >= self._next_sweep:
+            # Often enough that a request waits little more than --claim-after after its
+            # worker died, or hardly at all after one handed it back.
+            self._next_sweep = now + min(max(self.claim_after / 2, 0.05), 2.0)
+            for delivery in await self.queue.claim(free):
+                self._dispatch(delivery)
+            if now >= self._next_prune:
+                self._next_prune = now + PRUNE_EVERY
+                for gone in await self.queue.prune(PRUNE_IDLE):
+                    self.log(logging.INFO, "removed the consumer of a gone worker", consumer=gone)
+            free = self.concurrency - len(self._tasks)
+        if free <= 0:
+            # Full: read nothing, so other replicas with room get the next requests.
+            await asyncio.wait(
+                self._tasks.values(), timeout=READ_BLOCK, return_when="FIRST_COMPLETED"
+            )
+            return
+        for delivery in await self.queue.read(free, READ_BLOCK):
+            self._dispatch(delivery)
+
+    def _dispatch(self, delivery: Delivery) -> None:
+        if delivery.id in self._tasks:
+            return  # our own request, reclaimed after our touches failed: still in hand
+        self._abandoned.discard(delivery.id)
+        task = asyncio.create_task(self._handle(delivery))
+        self._tasks[delivery.id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(delivery.id) is done:
+                del self._tasks[delivery.id]
+
+        task.add_done_callback(forget)
+
+    async def _keep_claims(self) -> None:
+        """Reset the idle time of the requests in hand, so nobody takes them over."""
+        while True:
+            await asyncio.sleep(max(self.claim_after / 3, 0.02))
+            if not self._tasks:
+                continue
+            try:
+                lost = await self.queue.touch(list(self._tasks))
+            except RedisError as exc:
+                self.log(logging.WARNING, "could not renew claims on requests", error=str(exc))
+                continue
+            for request_id in lost:
+                task = self._tasks.get(request_id)
+                if task is not None:
+                    self.log(
+                        logging.WARNING,
+                        "another worker took the request over; stopping this answer",
+                        request=request_id,
+                    )
+                    task.cancel()
+
+    async def finish(self) -> None:
+        if self._tasks:
+            self.log(
+                logging.INFO,
+                "waiting for answers in flight",
+                requests=len(self._tasks),
+                timeout=self.drain_timeout,
+            )
+            await asyncio.wait(self._tasks.values(), timeout=self.drain_timeout)
+        unfinished = sorted({*self._tasks, *self._abandoned})
+        await self._cancel_answers()
+        try:
+            if unfinished:
+                await self.queue.release(unfinished)
+                self.log(
+                    logging.WARNING,
+                    "handed unfinished requests back to the other workers",
+                    requests=",".join(unfinished),
+                )
+            elif self._listening:
+                await self.queue.retire()
+        except RedisError as exc:
+            self.log(logging.WARNING, "could not leave the group cleanly", error=str(exc))
+        self.log(logging.INFO, "llm worker done", answered=self.answered)
+
+    async def close(self) -> None:
+        if self._touching is not None:
+            self._touching.cancel()
+            await asyncio.gather(self._touching, return_exceptions=True)
+        await self._cancel_answers()
+        await self.model.aclose()
+
+    async def _cancel_answers(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        """Answer one request, then acknowledge it; never raises (but for cancellation)."""
+        request: LLMRequest | None = None
+        try:
+            request = await self._accept(delivery)
+            if request is not None:
+                await self._answer(request)
+                self.answered += 1
+            await self.queue.ack(delivery.id)
+        except (Stopped, RedisError) as exc:
+            # Left pending: handed back when this worker stops, or taken over after
+            # --claim-after; a done that went out is not sent again.
+            self._abandoned.add(delivery.id)
+            self.log(logging.WARNING, "answer abandoned", request=delivery.id, error=str(exc))
+        except Exception:
+            self.logger.error(
+                "answering failed", exc_info=True, extra={"fields": {"request": delivery.id}}
+            )
+            try:
+                if request is not None:
+                    message = "the worker failed; try again"
+                    await self._error(delivery.id, request.reply_to, "internal", message)
+                await self.queue.ack(delivery.id)
+            except Exception as exc:
+                self.log(logging.WARNING, "could not report the failure", error=str(exc))
+
+    async def _accept(self, delivery: Delivery) -> LLMRequest | None:
+        """The request to answer, or ``None`` when there is nothing (more) to answer."""
+        if delivery.data is None:
+            self.log(
+                logging.WARNING,
+                "request trimmed from the history before it was answered; dropped "
+                "(raise HUB_HISTORY_SIZE)",
+                request=delivery.id,
+            )
+            return None
+        try:
+            request = parse_request(delivery.id, delivery.data, self.channel)
+        except InvalidRequest as exc:
+            self.log(logging.WARNING, "invalid request", request=delivery.id, error=str(exc))
+            if exc.reply_to is not None:
+                await self._error(delivery.id, exc.reply_to, "invalid_request", str(exc))
+            return None
+        if not delivery.claimed:
+            return request
+        if await self.queue.answered(request):
+            self.log(logging.INFO, "taken-over request was answered", request=request.id)
+            return None
+        self.log(logging.INFO, "took over an unfinished request", request=request.id)
+        message = "the worker answering this request stopped; answering again from the start"
+        data = {"request_id": request.id, "reason": "taken_over", "message": message}
+        await self.publish(request.reply_to, data, event="restart")
+        return request
+
+    async def _error(self, request_id: str, reply_to: str, reason: str, message: str) -> None:
+        data = {"request_id": request_id, "reason": reason, "message": message}
+        await self.publish(reply_to, data, event="error")
+
+    async def _answer(self, request: LLMRequest) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        model = request.model or self.default_model
+        completion = Completion(model)
+        system = request.system or self.system
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": request.prompt})
+        self.log(logging.DEBUG, "answering", request=request.id, reply_to=request.reply_to)
+        splitter = SentenceSplitter()
+        sentences = 0
+        first: float | None = None
+        try:
+            async with aclosing(self.model.stream(messages, model, completion)) as pieces:
+                async for piece in pieces:
+                    for sentence in splitter.feed(piece):
+                        await self.publish(request.reply_to, sentence, event="sentence")
+                        sentences += 1
+                        first = first or loop.time()
+            for sentence in splitter.flush():
+                await self.publish(request.reply_to, sentence, event="sentence")
+                sentences += 1
+                first = first or loop.time()
+        except ModelError as exc:
+            self.log(
+                logging.WARNING,
+                "the model failed",
+                request=request.id,
+                reason=exc.reason,
+                error=str(exc),
+                sentences=sentences,
+            )
+            await self._error(request.id, request.reply_to, exc.reason, str(exc))
+            return
+        total = loop.time() - started
+        done = {
+            "request_id": request.id,
+            "model": completion.model,
+            "usage": completion.usage,
+            "finish_reason": completion.finish_reason,
+            "sentences": sentences,
+            "ms_to_first_sentence": None if first is None else round((first - started) * 1000),
+            "ms_total": round(total * 1000),
+        }
+        await self.publish(request.reply_to, done, event="done")
+        self.log(
+            logging.INFO,
+            "answered",
+            request=request.id,
+            sentences=sentences,
+            seconds=round(total, 3),
+            model=completion.model,
+        )
+
+
+# -- models ----------------------------------------------------------------------------
+
+
+@dataclass
+class Completion:
+    """What a model reports beside the text, filled in as its stream goes."""
+
+    model: str
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+
+
+class ModelError(Exception):
+    """The model failed; the message is fit for the person who asked. ``reason`` is a
+    short code: ``upstream`` (an error answer), ``timeout``, ``unreachable``,
+    ``incomplete`` (the stream ended early)."""
+
+    def __init__(self, message: str, reason: str = "upstream") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Model(Protocol):
+    """A source of answer text: an OpenAI-compatible endpoint, or the demo."""
+
+    #: Where answers come from, for logs (no credentials).
+    endpoint: str
+
+    def stream(
+        self, messages: list[dict[str, str]], model: str, completion: Completion
+    ) -> AsyncGenerator[str, None]:
+        """Yield the answer's text as it comes; raise :class:`ModelError` on failure."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class OpenAIModel:
+    """Streams chat completions from an OpenAI-compatible endpoint with ``openai``.
+
+    The client retries connection failures and 408/409/429/5xx answers ``max_retries``
+    times with back-off, before the first token only: a broken stream is an error.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        max_tokens: int | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.endpoint = redact(base_url or "https://api.openai.com/v1")
+        self.timeout = timeout
+        self.max_tokens = max_tokens
+        # Local servers (vLLM, Ollama, llama.cpp) ignore the key, but the client wants one.
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key or "no-key",
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+
+    async def stream(
+        self, messages: list[dict[str, str]], model: str, completion: Completion
+    ) -> AsyncGenerator[str, None]:
+        extra: dict[str, Any] = {}
+        if self.max_tokens is not None:
+            extra["max_tokens"] = self.max_tokens
+        received = False
+        try:
+            chunks = await self.client.chat.completions.create(
+                model=model,
+                messages=cast("list[ChatCompletionMessageParam]", messages),
+                stream=True,
+                stream_options={"include_usage": True},
+                **extra,
+            )
+            async with chunks:
+                async for chunk in chunks:
+                    received = True
+                    completion.model = chunk.model or completion.model
+                    if chunk.usage is not None:
+                        completion.usage = chunk.usage.model_dump(mode="json", exclude_none=True)
+                    for choice in chunk.choices:
+                        if choice.index != 0:
+                            continue
+                        if choice.finish_reason:
+                            completion.finish_reason = choice.finish_reason
+                        if choice.delta is not None and choice.delta.content:
+                            yield choice.delta.content
+        except openai.APIStatusError as exc:
+            raise ModelError(_status_message(exc)) from exc
+        except openai.APITimeoutError as exc:
+            raise ModelError(
+                f"the model endpoint was silent for more than {self.timeout:g} s", "timeout"
+            ) from exc
+        except openai.APIConnectionError as exc:
+            if received:
+                raise ModelError(
+                    "the connection to the model endpoint broke mid-answer", "incomplete"
+                ) from exc
+            cause = exc.__cause__ or exc
+            detail = str(cause) or type(cause).__name__
+            raise ModelError(
+                f"could not reach the model endpoint ({detail})", "unreachable"
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise ModelError(f"the model endpoint failed: {exc}") from exc
+        if completion.finish_reason is None:
+            raise ModelError(
+                "the model endpoint ended the stream before the answer was complete", "incomplete"
+            )
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    """``the model endpoint answered HTTP 401: <its message>; <what to check>``."""
+    status = exc.response.status_code
+    body = exc.body
+    detail: object = body.get("message") if isinstance(body, dict) else body
+    text = f"the model endpoint answered HTTP {status}"
+    if isinstance(detail, str) and detail.strip():
+        text += f": {' '.join(detail.split())[:300].rstrip('.')}"
+    hints = {
+        401: "check OPENAI_API_KEY",
+        403: "check OPENAI_API_KEY",
+        404: "check the model name, and that OPENAI_BASE_URL ends in /v1",
+        429: "it is busy or over quota; try again later",
+    }
+    if status in hints:
+        text += f"; {hints[status]}"
+    return text
+
+
+DEMO_ANSWER = (
+    "This is the offline demo model, so it did not really read your question "
+    "(“{question}”). It streams a canned answer token by token, the way a real model "
+    "does, and each sentence reaches your page as soon as it is complete. Numbers such "
+    "as 3.14 and abbreviations such as e.g. and Dr. do not end a sentence early! "
+    "Chinese works too: 每个句子一完整就会发送。不需要空格！"  # noqa: RUF001
+    "To talk to a real model, set OPENAI_BASE_URL (and OPENAI_API_KEY): OpenAI, vLLM, "
+    "Ollama and llama.cpp servers all work. "
+    "Have fun?"
+)
+
+_DEMO_TOKENS = re.compile(r"\s*\S{1,4}")
+
+
+class DemoModel:
+    """Streams :data:`DEMO_ANSWER` at about ``1 / delay`` tokens a second, offline."""
+
+    endpoint = "offline demo"
+
+    def __init__(self, delay: float = 0.04) -> None:
+        self.delay = delay
+
+    async def stream(
+        self, messages: list[dict[str, str]], model: str, completion: Completion
+    ) -> AsyncGenerator[str, None]:
+        question = " ".join(messages[-1]["content"].split())
+        if len(question) > 80:
+            question = question[:79] + "…"
+        tokens = _DEMO_TOKENS.findall(DEMO_ANSWER.format(question=question))
+        completion.model = "demo"
+        # A real model takes a moment before its first token.
+        await asyncio.sleep(self.delay * 5)
+        for token in tokens:
+            await asyncio.sleep(self.delay * random.uniform(0.5, 1.5))
+            yield token
+        prompt_tokens = sum(len(m["content"].split()) for m in messages)
+        completion.usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt_tokens + len(tokens),
+        }
+        completion.finish_reason = "stop"
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _model_from(options: argparse.Namespace) -> Model:
+    api_key = os.environ.get("OPENAI_API_KEY") or None
+    if options.demo or (options.base_url is None and api_key is None):
+        return DemoModel(options.demo_delay)
+    return OpenAIModel(
+        base_url=options.base_url,
+        api_key=api_key,
+        max_tokens=options.max_tokens,
+        timeout=options.timeout,
+        max_retries=options.max_retries,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``hub worker llm``; returns the process exit code."""
+    return LLMWorker.main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
