@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from .backend import Backend
 from .config import Settings
+from .direct import DirectWriter
 from .errors import BackendUnavailable
 from .history import Clock, HistoryReader, read_clock
 from .ids import format_id, parse_id
@@ -40,6 +41,9 @@ logger = logging.getLogger("hub")
 
 #: Replay frames are written in chunks of about this many bytes.
 REPLAY_CHUNK = 64 * 1024
+#: Bytes in a direct writer's backlog above which the sweeper counts the client as not
+#: reading (uvicorn's flow control pauses a response at 64 KiB too).
+STUCK_BACKLOG = 64 * 1024
 
 
 class StreamControl(Protocol):
@@ -48,6 +52,9 @@ class StreamControl(Protocol):
     def abort(self, reason: str) -> None: ...
 
     def on_abort(self, callback: Callable[[], None]) -> None: ...
+
+    #: A direct writer onto the client's socket (:mod:`hub.direct`), or ``None``.
+    direct: tuple[DirectWriter, Callable[[], int]] | None
 
 
 class Broker:
@@ -131,7 +138,8 @@ class Broker:
         for every event.
         """
         on_cut_off = response.abort if response is not None else None
-        sub = Subscriber(channels, self.settings.client_buffer, on_cut_off)
+        writer = response.direct if response is not None else None
+        sub = Subscriber(channels, self.settings.client_buffer, on_cut_off, writer)
         if response is not None:
             response.on_abort(lambda: sub.close("aborted", drop=True))
         to_confirm = self._live.attach(sub)
@@ -182,11 +190,31 @@ class Broker:
             await asyncio.sleep(period)
             now = loop.time()
             for sub in list(self._live.subscribers):
-                if sub.writing_since is not None:
+                if sub.direct:
+                    self._sweep_direct(sub, now)
+                elif sub.writing_since is not None:
                     if now - sub.writing_since > settings.send_timeout:
                         sub.cut_off(f"stuck: one write blocked for {settings.send_timeout:g}s")
                 elif now - sub.last_out >= settings.heartbeat:
                     sub.heartbeat(HEARTBEAT)
+
+    def _sweep_direct(self, sub: Subscriber, now: float) -> None:
+        # A direct writer never blocks; a stuck client shows as a backlog that stays
+        # above what uvicorn's own flow control would have waited on.
+        if sub.backlog() > STUCK_BACKLOG:
+            if sub.writing_since is None:
+                sub.writing_since = now
+            elif now - sub.writing_since > self.settings.send_timeout:
+                timeout = self.settings.send_timeout
+                sub.cut_off(f"stuck: its socket did not drain for {timeout:g}s")
+                return
+        else:
+            sub.writing_since = None
+        if sub.sent != sub.sent_seen:
+            sub.sent_seen, sub.last_out = sub.sent, now
+        elif now - sub.last_out >= self.settings.heartbeat:
+            sub.heartbeat(HEARTBEAT)
+            sub.last_out = now
 
     async def _replay(
         self, sub: Subscriber, cursor: str | None, clock: Clock

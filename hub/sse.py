@@ -16,6 +16,8 @@ from typing import Any
 from sse_starlette import ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
+from .direct import DirectWriter, direct_writer
+
 __all__ = [
     "HEARTBEAT",
     "EventStream",
@@ -88,6 +90,8 @@ class EventStream:
         self._on_abort: list[Callable[[], None]] = []
         #: Why the stream was dropped (``"disconnected"``, a cut-off reason), or ``None``.
         self.cut_off: str | None = None
+        #: Set once the response has started, when the server allows direct writes.
+        self.direct: tuple[DirectWriter, Callable[[], int]] | None = None
 
     def on_abort(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the stream is aborted (the source should stop too)."""
@@ -113,6 +117,7 @@ class EventStream:
             await body.aclose()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
+        self.direct = direct_writer(send)
         self._task = asyncio.current_task()
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from .direct import DirectWriter
 from .ids import EventId
 
 __all__ = ["Subscriber"]
@@ -18,9 +19,14 @@ class Subscriber:
     :meth:`next_batch`, one write for everything that piled up. While the client's
     history is being replayed, live frames are held back and released afterwards, so
     replay and live events come out merged, in order, without duplicates.
+
+    With a ``direct`` writer (:mod:`hub.direct`), a subscriber whose queue is empty and
+    whose task is waiting switches to writing each frame onto the socket at once, from
+    the reader, and back to queueing when it is closed with a final frame.
     """
 
     __slots__ = (
+        "_direct",
         "_frames",
         "_held",
         "_limit",
@@ -32,11 +38,18 @@ class Subscriber:
         "last",
         "last_out",
         "on_cut_off",
+        "sent",
+        "sent_seen",
+        "writer",
         "writing_since",
     )
 
     def __init__(
-        self, channels: list[str], limit: int, on_cut_off: Callable[[str], None] | None = None
+        self,
+        channels: list[str],
+        limit: int,
+        on_cut_off: Callable[[str], None] | None = None,
+        writer: tuple[DirectWriter, Callable[[], int]] | None = None,
     ) -> None:
         self.channels = channels
         #: The id of the last frame handed to this client; older or equal ids are skipped.
@@ -57,6 +70,14 @@ class Subscriber:
         #: and when the last one began; the broker's sweeper reads both.
         self.writing_since: float | None = None
         self.last_out = 0.0
+        #: The direct writer and backlog probe, if the response offers them.
+        self.writer = writer
+        #: The writer while direct mode is on (``None``: frames go through the queue).
+        self._direct: DirectWriter | None = None
+        #: Frames written directly, for the sweeper (heartbeats) and the close log.
+        self.sent = 0
+        #: ``sent`` when the sweeper last looked.
+        self.sent_seen = 0
 
     def deliver(self, event_id: EventId, frame: bytes) -> None:
         """Queue one frame; a client whose queue overflows is cut off (it resumes later)."""
@@ -66,6 +87,12 @@ class Subscriber:
             self._held.append((event_id, frame))
         elif event_id > self.last:
             self.last = event_id
+            direct = self._direct
+            if direct is not None:
+                self.sent += 1
+                if direct(frame) > self._limit:
+                    self.cut_off("too slow: its socket backlog overflowed HUB_CLIENT_BUFFER")
+                return
             self._frames.append(frame)
         else:
             return
@@ -84,7 +111,11 @@ class Subscriber:
 
     def heartbeat(self, frame: bytes) -> None:
         """Queue a comment on an idle stream (no id: it does not move the cursor)."""
-        if self.closed is None and not self._frames:
+        if self.closed is not None or self._frames:
+            return
+        if self._direct is not None:
+            self._direct(frame)
+        else:
             self._frames.append(frame)
             self._wake()
 
@@ -104,6 +135,7 @@ class Subscriber:
         if self.closed is not None:
             return
         self.closed = reason
+        self._direct = None
         if drop:
             self._frames.clear()
             self._held = None
@@ -117,14 +149,26 @@ class Subscriber:
         while not self._frames:
             if self.closed is not None:
                 return None
+            if self.writer is not None and self._held is None:
+                self._direct = self.writer[0]
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                self._direct = None
         frames, self._frames = self._frames, []
         self._size = 0
         return b"".join(frames)
+
+    @property
+    def direct(self) -> bool:
+        """True while frames are written straight to the socket (see :mod:`hub.direct`)."""
+        return self._direct is not None
+
+    def backlog(self) -> int:
+        """Bytes written directly but not yet taken by the client's socket (-1: closing)."""
+        return self.writer[1]() if self.writer is not None else 0
 
     def _wake(self) -> None:
         waiter = self._waiter

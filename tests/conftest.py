@@ -21,6 +21,7 @@ import redis
 import uvicorn
 
 from hub import Backend, Settings, create_app
+from hub.broker import Broker
 from hub.server import HubServer
 
 
@@ -178,6 +179,12 @@ class RunningHub:
     task: asyncio.Task[None]
     settings: Settings
 
+    @property
+    def broker(self) -> Broker:
+        """The running app's broker (for tests that look inside)."""
+        broker: Broker = self.server.hub_app.state.broker
+        return broker
+
     async def stop(self) -> None:
         """Graceful stop, like SIGTERM."""
         self.server.should_exit = True
@@ -202,13 +209,16 @@ async def start_hub() -> AsyncIterator[StartHub]:
     """Start hub servers on free loopback ports; they are stopped at the end of the test."""
     running: list[RunningHub] = []
 
-    async def start(settings: Settings, backend: Backend | None = None) -> RunningHub:
+    async def start(
+        settings: Settings, backend: Backend | None = None, *, http: str = "auto"
+    ) -> RunningHub:
         settings = settings.replace(port=free_port(), log_level="warning")
         app = create_app(settings, backend=backend)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
             port=settings.port,
+            http=http,
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=5,

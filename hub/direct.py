@@ -1,0 +1,69 @@
+"""Live events straight onto the client's socket, when the server allows it.
+
+Per delivered event, the generic path costs a wake-up of the client's task, a pass
+through the stream generator, an ASGI message and uvicorn's chunk framing: in profiles
+of ``bench/`` fan-out, most of the hub's CPU. Under uvicorn's httptools protocol the
+response's transport is reachable from ``send``; once a stream is live (its replay is
+written and nothing is queued), the live reader writes each event onto every client's
+transport itself, framed as an HTTP/1.1 chunk once per event, not once per client.
+
+Anything else (h11, another ASGI server, a test client) keeps the generic path: this
+module only ever answers "not available".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import Send
+
+__all__ = ["DirectWriter", "direct_writer"]
+
+#: Write one SSE frame now; returns the bytes still buffered for this client afterwards,
+#: or -1 when the connection is closing (the disconnect watcher ends the stream).
+DirectWriter = Callable[[bytes], int]
+
+_HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
+
+# The chunk for the frame most recently written: a live event goes to every subscriber
+# of its channel back to back, so this frames it once for all of them.
+_last_frame = b""
+_last_chunk = b""
+
+
+def direct_writer(send: Send) -> tuple[DirectWriter, Callable[[], int]] | None:
+    """A writer onto the socket under ``send``, and a probe of its write backlog; or
+    ``None`` when ``send`` is not uvicorn's httptools response (then use ``send``).
+
+    Call after ``http.response.start`` was sent: only a chunked response qualifies.
+    """
+    cycle: Any = getattr(send, "__self__", None)
+    if type(cycle).__module__ != _HTTPTOOLS:
+        return None
+    transport = getattr(cycle, "transport", None)
+    if (
+        getattr(cycle, "chunked_encoding", None) is not True
+        or getattr(cycle, "response_complete", True)
+        or transport is None
+        or not hasattr(transport, "get_write_buffer_size")
+    ):
+        return None
+    is_closing: Callable[[], bool] = transport.is_closing
+    write_out: Callable[[bytes], None] = transport.write
+    backlog: Callable[[], int] = transport.get_write_buffer_size
+
+    def write(frame: bytes) -> int:
+        global _last_frame, _last_chunk
+        if is_closing():
+            return -1
+        if frame is not _last_frame:
+            _last_chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
+            _last_frame = frame
+        write_out(_last_chunk)
+        return backlog()
+
+    def buffered() -> int:
+        return -1 if is_closing() else backlog()
+
+    return write, buffered

@@ -1,0 +1,59 @@
+"""Live events written straight to the socket (uvicorn httptools) and through ASGI (h11):
+the same stream either way."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from conftest import Backends, StartHub
+from sse_client import SSEStream
+
+pytestmark = pytest.mark.anyio
+
+
+async def publish(url: str, channel: str, data: str) -> str:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{url}/publish", json={"channel": channel, "data": data})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+@pytest.mark.parametrize(("http", "direct"), [("httptools", True), ("h11", False)])
+async def test_live_resume_and_heartbeat_are_the_same_on_both_write_paths(
+    backends: Backends, start_hub: StartHub, http: str, direct: bool
+) -> None:
+    hub = await start_hub(backends.settings(heartbeat=0.5), backends.backend(), http=http)
+    async with SSEStream(hub.url, ["d"]) as stream:
+        first = [await publish(hub.url, "d", f"m{i}") for i in range(5)]
+        assert [e.id for e in await stream.wait_for(5)] == first
+        assert [sub.direct for sub in hub.broker._live.subscribers] == [direct]
+        await asyncio.sleep(1.6)  # idle: heartbeats arrive on either path
+        assert "heartbeat" in stream.comments
+        # a multi-line event is framed the same way
+        await publish(hub.url, "d", "line one\nline two")
+        event = (await stream.wait_for(6))[-1]
+        assert event.data == "line one\nline two"
+        cursor = stream.last_event_id
+    missed = [await publish(hub.url, "d", f"late{i}") for i in range(3)]
+    async with SSEStream(hub.url, ["d"], last_event_id=cursor) as resumed:
+        assert [e.id for e in await resumed.wait_for(3)] == missed
+        again = await publish(hub.url, "d", "live again")
+        assert [e.id for e in await resumed.wait_for(4)][-1] == again
+
+
+async def test_direct_stream_ends_with_the_retry_hint_on_shutdown(
+    backends: Backends, start_hub: StartHub
+) -> None:
+    hub = await start_hub(backends.settings(retry_ms=1234), backends.backend())
+    async with SSEStream(hub.url, ["d"]) as stream:
+        await publish(hub.url, "d", "before")
+        await stream.wait_for(1)
+        assert [sub.direct for sub in hub.broker._live.subscribers] == [True]
+        await hub.stop()
+        await asyncio.wait_for(stream.ended.wait(), 10)
+    assert [e.data for e in stream.events] == ["before"]
+    assert stream.retry is not None
+    assert 1234 <= stream.retry <= 2468
