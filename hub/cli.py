@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import os
+import pkgutil
 import sys
 from collections.abc import Sequence
 
@@ -136,9 +137,25 @@ def _worker(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != f"workers.{name}":
             raise
-        raise HubError(f"no worker named {args.name!r}; see the workers/ package") from None
-    result = module.main(args.args)
-    return int(result or 0)
+        raise HubError(f"no worker named {args.name!r}; available: {_runnable_workers()}") from None
+    entry = getattr(module, "main", None)
+    if not callable(entry):
+        raise HubError(
+            f"workers.{name} is part of the worker kit, not a worker; "
+            f"available: {_runnable_workers()}"
+        )
+    return int(entry(args.args) or 0)
+
+
+def _runnable_workers() -> str:
+    import workers
+
+    names = []
+    for info in pkgutil.iter_modules(workers.__path__):
+        module = importlib.import_module(f"workers.{info.name}")
+        if callable(getattr(module, "main", None)):
+            names.append(info.name)
+    return ", ".join(sorted(names))
 
 
 def _hub_url(args: argparse.Namespace) -> str:

@@ -55,13 +55,17 @@ class Supervised:
         if task is None:
             return
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            # Our own cancellation of the task, unless the caller is being cancelled too.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        # A cancellation can be swallowed below us (asyncio.wait_for before Python 3.12
+        # returns a result that lands together with the cancellation; fakeredis waits that
+        # way): repeat it rather than hang the shutdown. This wait raises if the caller is
+        # cancelled itself.
+        while not task.done():
+            await asyncio.wait({task}, timeout=1.0)
+            if not task.done():
+                logger.warning("%s did not stop when cancelled; cancelling again", self.name)
+                task.cancel()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s failed while stopping: %r", self.name, task.exception())
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

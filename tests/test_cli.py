@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -173,3 +174,25 @@ async def test_publish_refused_by_the_hub_fails_with_the_hub_message(
     assert code != 0
     assert out == ""
     assert err.startswith("hub: channel name 'no spaces please' contains whitespace")
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+async def test_serve_on_a_port_that_is_taken_exits_with_an_error(
+    backend: str, redis_url: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        extra = [] if backend == "embedded" else ["--redis-url", redis_url]
+        code, _out, err = await run_hub("serve", "--port", port, *extra)
+    assert code == 3, err
+    assert "address already in use" in err
+
+
+async def test_worker_that_is_part_of_the_kit_is_a_clear_error() -> None:
+    code, _out, err = await run_hub("worker", "base")
+    assert code == 2
+    assert "not a worker" in err
+    assert "ticker" in err
+    assert "llm" in err
