@@ -28,6 +28,7 @@ from .errors import BackendUnavailable
 from .history import HistoryReader, read_clock
 from .ids import EventId, parse_id
 from .keys import Keys
+from .metrics import Stats, lag_since
 from .sse import encode_frame, retry_frame
 from .subscriber import Subscriber
 
@@ -90,6 +91,7 @@ class LivePath:
         self._cached: tuple[bytes, bytes] = (b"", b"")
         #: True while the live connection is up and subscribed.
         self.live = False
+        self.stats = Stats()  # metrics (issue 8)
 
     def attach(self, sub: Subscriber) -> list[Channel]:
         self.subscribers.add(sub)
@@ -344,6 +346,8 @@ class LivePath:
         if cached_id != raw_id:
             frame = encode_frame(raw_id, event, data)
             self._cached = (raw_id, frame)
+            self.stats.observe_lag(lag_since(event_id[0]))  # metrics (issue 8): once per event
+        self.stats.delivered += len(channel.subscribers)  # metrics (issue 8)
         for sub in channel.subscribers:
             sub.deliver(event_id, frame)
 

@@ -32,6 +32,7 @@ class Subscriber:
         "last",
         "last_out",
         "on_cut_off",
+        "sent",
         "writing_since",
     )
 
@@ -57,6 +58,8 @@ class Subscriber:
         #: and when the last one began; the broker's sweeper reads both.
         self.writing_since: float | None = None
         self.last_out = 0.0
+        #: Events handed to the client's stream (for the close log line, issue 8).
+        self.sent = 0
 
     def deliver(self, event_id: EventId, frame: bytes) -> None:
         """Queue one frame; a client whose queue overflows is cut off (it resumes later)."""
@@ -86,6 +89,7 @@ class Subscriber:
         """Queue a comment on an idle stream (no id: it does not move the cursor)."""
         if self.closed is None and not self._frames:
             self._frames.append(frame)
+            self.sent -= 1  # issue 8: next_batch counts frames; a heartbeat is no event
             self._wake()
 
     def go_live(self) -> bytes:
@@ -97,6 +101,7 @@ class Subscriber:
                 self.last = event_id
                 out.append(frame)
         self._size = sum(len(f) for f in self._frames)
+        self.sent += len(out)  # issue 8
         return b"".join(out)
 
     def close(self, reason: str, *, drop: bool = False, final: bytes = b"") -> None:
@@ -109,6 +114,7 @@ class Subscriber:
             self._held = None
         if final:
             self._frames.append(final)
+            self.sent -= 1  # issue 8: next_batch counts frames; the final hint is no event
         self._size = 0
         self._wake()
 
@@ -124,6 +130,7 @@ class Subscriber:
                 self._waiter = None
         frames, self._frames = self._frames, []
         self._size = 0
+        self.sent += len(frames)  # issue 8: once per batch, not per event
         return b"".join(frames)
 
     def _wake(self) -> None:
