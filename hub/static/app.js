@@ -9,7 +9,7 @@
   var $ = function (id) { return document.getElementById(id); };
 
   // What the page has seen, for people poking at it from the console (and for tests).
-  var demo = { state: "closed", received: [], lastEventId: null, source: null };
+  var demo = { state: "closed", states: [], received: [], lastEventId: null, source: null };
   window.hubDemo = demo;
 
   function token() { return $("token").value.trim(); }
@@ -34,6 +34,7 @@
 
   function setState(state, detail) {
     demo.state = state;
+    demo.states.push(state);
     var badge = $("state");
     badge.textContent = state;
     badge.dataset.state = state;
@@ -218,7 +219,10 @@
 
   // ?channels=a,b&token=... pre-fills the form; ?connect=1 connects at once.
   var query = new URLSearchParams(location.search);
-  if (query.get("channels")) $("channels").value = query.get("channels");
+  if (query.get("channels")) {
+    $("channels").value = query.get("channels");
+    $("pub-channel").value = list(query.get("channels"))[0] || "";
+  }
   if (query.get("types")) $("types").value = query.get("types");
   if (query.get("token")) $("token").value = query.get("token");
   if (query.get("connect")) connect();
