@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.async_api import Browser, Page, Request, async_playwright
+from test_workers import WorkerProcess
 
-from support import HubProcesses
+from support import REPO, HubProcesses
 
 pytestmark = pytest.mark.anyio
 
@@ -154,6 +155,54 @@ async def test_page_shows_every_event_once_when_its_hub_is_killed_and_restarted(
     states = await page.evaluate("window.hubDemo.states")
     assert "reconnecting" in states, states
     assert states[-1] == "resumed", states
+
+
+async def test_chat_box_shows_the_llm_workers_answer_sentence_by_sentence(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    hub = await hubs.start()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "OPENAI_"))}
+    environ.update(
+        {"HUB_REDIS_URL": str(hubs.backends.url), "HUB_KEY_PREFIX": hubs.backends.prefix}
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "worker", "llm", "--demo", "--demo-delay", "0.01",
+        cwd=REPO, env=environ,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    worker = WorkerProcess(process)
+    try:
+        await worker.wait_for_log("listening for requests", timeout=20)
+        page = await open_page(browser, hub.url, "demo")
+        # Record how many sentences the answer had each time it changed: it grows.
+        await page.evaluate(
+            """() => {
+                window.sentencesSeen = [];
+                const answer = document.getElementById("answer");
+                new MutationObserver(() => window.sentencesSeen.push(
+                    answer.querySelectorAll(".sentence").length
+                )).observe(answer, { childList: true });
+            }"""
+        )
+        await page.fill("#prompt", "What is the hub?")
+        await page.click("#ask")
+        await page.wait_for_function(
+            "document.getElementById('chat-status').textContent.startsWith('done:')",
+            timeout=20_000,
+        )
+        said = await page.eval_on_selector_all(
+            "#answer .sentence", "spans => spans.map(s => s.textContent.trim())"
+        )
+        seen = await page.evaluate("window.sentencesSeen")
+        status = await page.inner_text("#chat-status")
+    finally:
+        await worker.cleanup()
+    assert len(said) >= 3
+    assert "What is the hub?" in said[0]
+    assert f"done: {len(said)} sentences from demo" in status
+    assert seen == list(range(1, len(said) + 1)), seen  # one sentence at a time
 
 
 class _HttpPublisher:
