@@ -16,8 +16,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .backend import Backend
@@ -45,6 +44,12 @@ _PUBLISH_FIELDS = {"channel", "channels", "data", "event"}
 _ENVELOPE = 64 * 1024
 #: The demo page's files: plain HTML, CSS and JavaScript, no build step.
 STATIC = Path(__file__).resolve().parent / "static"
+#: What ``/static/{name}`` serves: these files and nothing else (no path tricks).
+_STATIC_FILES = {
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "index.html": "text/html; charset=utf-8",
+}
 
 
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> Starlette:
@@ -85,7 +90,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/static/{name}", static_file, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={HubError: _hub_error},
@@ -226,7 +231,23 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 async def index(request: Request) -> Response:
     """The demo page: follow channels, publish, ask the ``llm`` worker."""
-    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    return await _static("index.html")
+
+
+async def static_file(request: Request) -> Response:
+    """The demo page's scripts and styles."""
+    return await _static(request.path_params["name"])
+
+
+async def _static(name: str) -> Response:
+    media_type = _STATIC_FILES.get(name)
+    if media_type is None:
+        return JSONResponse(
+            {"error": "not_found", "message": f"no file {name[:60]!r} here; the page is at /"},
+            status_code=404,
+        )
+    # no-cache: a browser revalidates (ETag), so a new hub version's page is seen at once.
+    return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
 async def metrics_endpoint(request: Request) -> Response:
