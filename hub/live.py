@@ -226,6 +226,7 @@ class LivePath:
         recovered = 0
         async for entry in reader:
             frame = encode_frame(entry.raw_id, entry.event, entry.data)
+            self.stats.delivered += len(by_name[entry.channel].subscribers)  # issue 8
             for sub in list(by_name[entry.channel].subscribers):
                 sub.deliver(entry.id, frame)
             self._watermark = max(self._watermark, entry.id)

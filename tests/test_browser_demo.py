@@ -157,6 +157,32 @@ async def test_page_shows_every_event_once_when_its_hub_is_killed_and_restarted(
     assert states[-1] == "resumed", states
 
 
+async def test_page_says_reset_when_the_history_no_longer_reaches_back_to_its_cursor(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    short = {"HUB_HISTORY_SIZE": "2", "HUB_RETRY_MS": "300"}
+    page_hub = await hubs.start(env=short)
+    other = await hubs.start(env=short)
+    page = await open_page(browser, page_hub.url, "short")
+    await _publish(other.url, "short", "seen")
+    await wait_rows(page, 1)
+    await page_hub.signal(signal.SIGKILL)
+    for n in range(5):  # more than the history keeps, while the page is away
+        await _publish(other.url, "short", f"missed {n}")
+    await page_hub.start()
+    await page.wait_for_selector("#state[data-state=reset]")
+    assert "expired" in await page.inner_text("#state-detail")
+    await _publish(other.url, "short", "after")
+    shown = await wait_rows(page, 2)
+    assert [d for _i, _t, d in shown] == ["seen", "after"]  # live again, nothing twice
+
+
+async def _publish(url: str, channel: str, data: str) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{url}/publish", json={"channel": channel, "data": data})
+    assert response.status_code == 201, response.text
+
+
 async def test_chat_box_shows_the_llm_workers_answer_sentence_by_sentence(
     hubs: HubProcesses, browser: Browser
 ) -> None:
