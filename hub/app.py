@@ -1,18 +1,21 @@
-"""The HTTP API: ``/events`` (SSE), ``/publish``, ``/healthz``, ``/readyz``, and its
-OpenAPI description at ``/openapi.json`` (:mod:`hub.openapi`)."""
+"""The HTTP API: ``/events`` (SSE), ``/publish``, ``/healthz``, ``/readyz``, its
+OpenAPI description at ``/openapi.json`` (:mod:`hub.openapi`), ``/metrics``
+(:mod:`hub.metrics`) and the demo page at ``/`` (``hub/static``)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -27,8 +30,10 @@ from .errors import (
     TooManyConnections,
 )
 from .keys import check_channels
+from .metrics import Metrics
 from .openapi import openapi_endpoint
 from .sse import EventStream, quiet_cut_off_streams, retry_frame
+from .supervise import Supervised
 
 __all__ = ["create_app", "drain"]
 
@@ -37,6 +42,14 @@ logger = logging.getLogger("hub")
 _PUBLISH_FIELDS = {"channel", "channels", "data", "event"}
 #: Room in a publish body for everything but ``data`` (channel names, keys, quoting).
 _ENVELOPE = 64 * 1024
+#: The demo page's files: plain HTML, CSS and JavaScript, no build step.
+STATIC = Path(__file__).resolve().parent / "static"
+#: What ``/static/{name}`` serves: these files and nothing else (no path tricks).
+_STATIC_FILES = {
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "index.html": "text/html; charset=utf-8",
+}
 
 
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> Starlette:
@@ -55,22 +68,35 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             )
         else:
             logger.info("using Redis at %s", backend.describe())
-        async with Broker(backend, settings) as broker:
+        async with AsyncExitStack() as stack:
+            broker = await stack.enter_async_context(Broker(backend, settings))
+            metrics.attach(broker)
+            if metrics.multiprocess:
+                # Other workers answer scrapes too: keep our numbers fresh for them.
+                await stack.enter_async_context(
+                    Supervised("hub metrics sync", lambda: metrics.sync_forever(broker))
+                )
+                stack.callback(metrics.sync, broker)  # the last numbers of this worker
             app.state.broker = broker
             yield
 
+    metrics = Metrics()
     app = _HubApp(
         routes=[
+            Route("/", index, methods=["GET"]),
             Route("/events", events, methods=["GET"]),
             Route("/publish", publish, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+            Route("/static/{name}", static_file, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={HubError: _hub_error},
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     return app
 
 
@@ -168,7 +194,11 @@ async def publish(request: Request) -> Response:
     channels = _publish_channels(body)
     if "data" not in body:
         raise BadRequest('"data" is required (a string is sent as-is, other JSON as JSON)')
+    started = time.perf_counter()
     event_id = await broker.publisher.publish(channels, body["data"], event=body.get("event"))
+    metrics: Metrics = request.app.state.metrics
+    metrics.observe_publish(time.perf_counter() - started)
+    broker.stats.published += 1
     return JSONResponse({"id": event_id}, status_code=201)
 
 
@@ -197,6 +227,34 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes (raise HUB_MAX_PAYLOAD)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def index(request: Request) -> Response:
+    """The demo page: follow channels, publish, ask the ``llm`` worker."""
+    return await _static("index.html")
+
+
+async def static_file(request: Request) -> Response:
+    """The demo page's scripts and styles."""
+    return await _static(request.path_params["name"])
+
+
+async def _static(name: str) -> Response:
+    media_type = _STATIC_FILES.get(name)
+    if media_type is None:
+        return JSONResponse(
+            {"error": "not_found", "message": f"no file {name[:60]!r} here; the page is at /"},
+            status_code=404,
+        )
+    # no-cache: a browser revalidates (ETag), so a new hub version's page is seen at once.
+    return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus' text format; under ``--workers N``, the sums of all workers."""
+    metrics: Metrics = request.app.state.metrics
+    body, content_type = await metrics.render(request.app.state.broker)
+    return Response(body, media_type=content_type)
 
 
 async def healthz(request: Request) -> Response:

@@ -30,6 +30,7 @@ from .history import Clock, HistoryReader, read_clock
 from .ids import format_id, parse_id
 from .keys import Keys
 from .live import Channel, LivePath
+from .metrics import Stats, stream_closed
 from .publisher import Publisher
 from .sse import HEARTBEAT, encode_frame, preamble, retry_frame, signal_frame
 from .subscriber import Subscriber
@@ -99,6 +100,21 @@ class Broker:
         """Open client streams on this process."""
         return len(self._live.subscribers)
 
+    @property
+    def stats(self) -> Stats:
+        """This process's plain counters, for :mod:`hub.metrics`."""
+        return self._live.stats
+
+    @property
+    def subscriptions(self) -> int:
+        """Channel subscriptions of the open streams (one stream on 3 channels: 3)."""
+        return sum(len(sub.channels) for sub in self._live.subscribers)
+
+    @property
+    def redis_reconnects(self) -> int:
+        """Times the live Redis connection was lost and set up again."""
+        return self._reader.restarts
+
     def close_all(self, reason: str, final: Callable[[], bytes] | None = None) -> None:
         """End every open stream after its queued frames, then ``final()`` (shutdown)."""
         for sub in list(self._live.subscribers):
@@ -144,6 +160,8 @@ class Broker:
             response.on_abort(lambda: sub.close("aborted", drop=True))
         to_confirm = self._live.attach(sub)
         loop = asyncio.get_running_loop()
+        opened = loop.time()
+        self.stats.opened += 1
         try:
             opening = self._opening(sub, to_confirm, cursor)
             async with contextlib.aclosing(opening):
@@ -163,6 +181,7 @@ class Broker:
             yield b": " + note + b"\n" + retry_frame(self.settings.retry_ms)
         finally:
             self._live.detach(sub)
+            stream_closed(self.stats, sub, response, loop.time() - opened)
 
     async def _opening(
         self, sub: Subscriber, to_confirm: list[Channel], cursor: str | None
@@ -251,6 +270,7 @@ class Broker:
                 )
                 return
         ttl_ms = int(self.settings.history_ttl * 1000)
+        self.stats.replays += 1
         reader = HistoryReader(
             self.redis,
             self.keys,
@@ -272,9 +292,13 @@ class Broker:
             size += len(frame)
             sub.last = entry.id
             if size >= REPLAY_CHUNK:
+                sub.sent += len(chunk)
+                self.stats.replayed += len(chunk)
                 yield b"".join(chunk)
                 chunk, size = [], 0
         if chunk:
+            sub.sent += len(chunk)
+            self.stats.replayed += len(chunk)
             yield b"".join(chunk)
         if reader.gaps:
             names = ", ".join(repr(c) for c in reader.gaps[:5])
@@ -293,6 +317,8 @@ class Broker:
         """Tell the client its cursor cannot be honoured; it continues live from now."""
         head = (await read_clock(self.redis, self.keys)).head
         sub.last = max(sub.last, head)
+        sub.sent += 1
+        self.stats.resets += 1
         payload: dict[str, Any] = {"reason": reason, "message": message}
         payload["channels"] = channels if channels is not None else sub.channels
         return signal_frame("hub.reset", payload, event_id=format_id(sub.last))

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         "default 1); needs --redis-url",
     )
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument(
+        "--log-format", choices=["text", "json"], help="text (default) or json (HUB_LOG_FORMAT)"
+    )
 
     publish = commands.add_parser("publish", help="publish one event and print its id")
     publish.add_argument("channel")
@@ -95,6 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_channels=args.max_channels,
         workers=args.workers,
         log_level=args.log_level,
+        log_format=args.log_format,
     )
     return serve(settings)
 

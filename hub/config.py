@@ -55,6 +55,8 @@ class Settings:
     #: connections; 1 runs the hub in the serving process itself.
     workers: int = 1
     log_level: str = "info"
+    #: ``text`` (readable) or ``json`` (one object per line, for log pipelines).
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -72,6 +74,7 @@ class Settings:
             (self.max_connections >= 1, "max_connections must be at least 1"),
             (self.workers >= 1, "workers must be at least 1"),
             (bool(self.key_prefix), "key_prefix must not be empty"),
+            (self.log_format in ("text", "json"), "log_format must be text or json"),
         ]
         for ok, message in checks:
             if not ok:

@@ -28,6 +28,7 @@ from .errors import BackendUnavailable
 from .history import HistoryReader, read_clock
 from .ids import EventId, parse_id
 from .keys import Keys
+from .metrics import Stats, lag_since
 from .sse import encode_frame, retry_frame
 from .subscriber import Subscriber
 
@@ -90,6 +91,7 @@ class LivePath:
         self._cached: tuple[bytes, bytes] = (b"", b"")
         #: True while the live connection is up and subscribed.
         self.live = False
+        self.stats = Stats()
 
     def attach(self, sub: Subscriber) -> list[Channel]:
         self.subscribers.add(sub)
@@ -224,6 +226,7 @@ class LivePath:
         recovered = 0
         async for entry in reader:
             frame = encode_frame(entry.raw_id, entry.event, entry.data)
+            self.stats.delivered += len(by_name[entry.channel].subscribers)
             for sub in list(by_name[entry.channel].subscribers):
                 sub.deliver(entry.id, frame)
             self._watermark = max(self._watermark, entry.id)
@@ -344,6 +347,8 @@ class LivePath:
         if cached_id != raw_id:
             frame = encode_frame(raw_id, event, data)
             self._cached = (raw_id, frame)
+            self.stats.observe_lag(lag_since(event_id[0]))
+        self.stats.delivered += len(channel.subscribers)
         for sub in channel.subscribers:
             sub.deliver(event_id, frame)
 

@@ -38,6 +38,10 @@ def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, A
     return {"description": description, "content": {_JSON: {"schema": schema}}, **extra}
 
 
+def _text(media_type: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
+
+
 def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if retry_after:
@@ -153,6 +157,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                         "payload_too_large",
                         "backend_unavailable",
                         "too_many_connections",
+                        "not_found",
                     ],
                 },
                 "message": {"type": "string", "description": "What to change, in words."},
@@ -316,6 +321,46 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     "operationId": "openapi",
                     "summary": "This document",
                     "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (under --workers N: the sums of all workers)",
+                    "responses": {"200": _text("text/plain", "Prometheus' text format.")},
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "demoPage",
+                    "summary": "The demo page: follow channels, publish, ask the llm worker",
+                    "responses": {"200": _text("text/html", "The page.")},
+                }
+            },
+            "/static/{name}": {
+                "get": {
+                    "operationId": "demoStatic",
+                    "summary": "The demo page's script and style",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "description": "app.js, style.css or index.html",
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The file.",
+                            "content": {
+                                "text/javascript": {"schema": {"type": "string"}},
+                                "text/css": {"schema": {"type": "string"}},
+                                "text/html": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "404": _error("No such file."),
+                    },
                 }
             },
         },

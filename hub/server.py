@@ -15,9 +15,11 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from .app import create_app, drain
 from .backend import Backend
 from .config import Settings
 from .errors import ConfigError
+from .logs import configure_logging
+from .metrics import MULTIPROC_ENV
 
 __all__ = ["HubServer", "Supervisor", "build_server", "serve"]
 
@@ -98,6 +102,8 @@ def build_server(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # JSON logs: uvicorn's loggers go through ours (hub.logs) instead of its own setup.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         # SSE streams are long; a browser's reconnect must not be refused because of a
@@ -113,18 +119,42 @@ def serve(settings: Settings) -> int:
     One process, or ``settings.workers`` processes sharing the port under a supervisor.
     """
     _configure_logging(settings)
-    if settings.workers > 1:
-        return Supervisor(settings).run()
-    build_server(settings).run()
+    with _metrics_dir(settings.workers > 1):
+        if settings.workers > 1:
+            return Supervisor(settings).run()
+        build_server(settings).run()
     return 0
 
 
 def _configure_logging(settings: Settings) -> None:
-    # With several processes writing to one stream, each line says which one it is.
-    who = "%(name)s[%(process)d]" if settings.workers > 1 else "%(name)s"
-    logging.basicConfig(
-        level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s {who}: %(message)s"
+    configure_logging(
+        settings.log_level, settings.log_format, several_processes=settings.workers > 1
     )
+
+
+@contextlib.contextmanager
+def _metrics_dir(several: bool) -> Iterator[None]:
+    """prometheus-client's multiprocess directory, so that a scrape of any worker counts
+    all of them (hub.metrics). Set before the workers start (they read it when they
+    import prometheus-client), emptied first: values from an earlier run would count."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.remove(os.path.join(given, name))
+        yield
+        return
+    if not several:
+        yield
+        return
+    made = tempfile.mkdtemp(prefix="hub-metrics-")
+    os.environ[MULTIPROC_ENV] = made
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(made, ignore_errors=True)
 
 
 # -- several processes on one port ---------------------------------------------------------
@@ -225,6 +255,7 @@ class Supervisor:
             worker.process.join()
             worker.ready.close()
             self._slots[slot] = None
+            _forget_gauges(worker.process.pid)
             code = worker.process.exitcode
             if not worker.ready_seen and code is not None and code > 0:
                 # It gave up by itself: the port is taken, the app cannot start. A new
@@ -262,6 +293,14 @@ class Supervisor:
             clean = clean and worker.process.exitcode == 0
         self._slots = [None] * len(self._slots)
         return clean
+
+
+def _forget_gauges(pid: int | None) -> None:
+    # A dead worker's open connections are gone; its counters stay in the sums.
+    if pid is not None and os.environ.get(MULTIPROC_ENV):
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _send(process: BaseProcess, signum: int) -> None:

@@ -74,7 +74,8 @@ class Subscriber:
         self.writer = writer
         #: The writer while direct mode is on (``None``: frames go through the queue).
         self._direct: DirectWriter | None = None
-        #: Frames written directly, for the sweeper (heartbeats) and the close log.
+        #: Events handed to the client's stream on either path (the close log line; the
+        #: sweeper's sign of activity in direct mode).
         self.sent = 0
         #: ``sent`` when the sweeper last looked.
         self.sent_seen = 0
@@ -117,6 +118,7 @@ class Subscriber:
             self._direct(frame)
         else:
             self._frames.append(frame)
+            self.sent -= 1  # next_batch counts frames; a heartbeat is no event
             self._wake()
 
     def go_live(self) -> bytes:
@@ -128,6 +130,7 @@ class Subscriber:
                 self.last = event_id
                 out.append(frame)
         self._size = sum(len(f) for f in self._frames)
+        self.sent += len(out)
         return b"".join(out)
 
     def close(self, reason: str, *, drop: bool = False, final: bytes = b"") -> None:
@@ -141,6 +144,7 @@ class Subscriber:
             self._held = None
         if final:
             self._frames.append(final)
+            self.sent -= 1  # next_batch counts frames; the final hint is no event
         self._size = 0
         self._wake()
 
@@ -159,6 +163,7 @@ class Subscriber:
                 self._direct = None
         frames, self._frames = self._frames, []
         self._size = 0
+        self.sent += len(frames)  # once per batch, not per event
         return b"".join(frames)
 
     @property

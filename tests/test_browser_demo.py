@@ -1,0 +1,274 @@
+"""The demo page in a real browser: Playwright driving Debian's chromium, headless.
+
+No ``playwright install``: the browser is ``/usr/bin/chromium`` from apt (``.ci/run``
+installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, Request, async_playwright
+from test_workers import WorkerProcess
+
+from support import REPO, HubProcesses
+
+pytestmark = pytest.mark.anyio
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        pytest.fail("chromium is not installed: apt-get install chromium")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(chromium), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def hubs(redis_url: str) -> AsyncIterator[HubProcesses]:
+    made = HubProcesses(redis_url)
+    try:
+        yield made
+    finally:
+        await made.cleanup()
+
+
+async def open_page(browser: Browser, url: str, channels: str) -> Page:
+    page = await browser.new_page()
+    page.set_default_timeout(10_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{url}/?channels={channels}&connect=1")
+    await page.wait_for_selector("#state[data-state=open]")
+    assert not errors, errors
+    return page
+
+
+async def rows(page: Page) -> list[tuple[str, str, str]]:
+    """The page's event table, oldest first: ``(id, type, data)``."""
+    cells: list[list[str]] = await page.eval_on_selector_all(
+        "#events tbody tr",
+        "rows => rows.map(r => Array.from(r.cells, c => c.textContent))",
+    )
+    return [(c[0], c[1], c[2]) for c in reversed(cells)]
+
+
+async def wait_rows(page: Page, count: int, timeout: float = 20) -> list[tuple[str, str, str]]:
+    await page.wait_for_function(
+        f"document.querySelectorAll('#events tbody tr').length >= {count}",
+        timeout=timeout * 1000,
+    )
+    return await rows(page)
+
+
+async def test_page_shows_events_from_another_process_and_publishes_with_its_token(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    hub = await hubs.start()
+    page = await open_page(browser, hub.url, "demo")
+    requests: list[Request] = []
+    page.on("request", lambda request: requests.append(request))
+
+    # Another process publishes, straight into Redis.
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hub",
+        "publish",
+        "demo",
+        "from another process",
+        "--redis-url",
+        str(hubs.backends.url),
+        env={**os.environ, "HUB_KEY_PREFIX": hubs.backends.prefix},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await cli.communicate()
+    assert cli.returncode == 0
+    first_id = out.decode().strip()
+    assert await wait_rows(page, 1) == [(first_id, "message", "from another process")]
+
+    # The form, with a token: a Bearer header on publish, ?authorization= on streams.
+    await page.fill("#token", "s3cret")
+    assert await page.input_value("#pub-channel") == "demo"
+    await page.fill("#pub-event", "update")
+    await page.fill("#pub-data", "from the form")
+    await page.click("#pub-send")
+    shown = await wait_rows(page, 2)
+    assert shown[1][1:] == ("update", "from the form")
+    assert shown[1][0] in await page.inner_text("#pub-result")
+    publishes = [r for r in requests if r.method == "POST" and r.url.endswith("/publish")]
+    assert [await r.header_value("authorization") for r in publishes] == ["Bearer s3cret"]
+
+    await page.click("#connect")  # reconnect, now with the token
+    await page.wait_for_selector("#state[data-state=open]")
+    streams = [r.url for r in requests if "/events?" in r.url]
+    assert streams
+    assert streams[-1].endswith("&authorization=s3cret"), streams
+    # It resumed from the last id it had: nothing shown twice.
+    await asyncio.sleep(0.3)
+    assert len(await rows(page)) == 2
+
+
+async def test_page_shows_every_event_once_when_its_hub_is_killed_and_restarted(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    # The page's hub asks for quick reconnects; publishing goes through another node.
+    page_hub = await hubs.start(env={"HUB_RETRY_MS": "300"})
+    other = await hubs.start()
+    page = await open_page(browser, page_hub.url, "kill")
+    publishing = _HttpPublisher(other.url, "kill")
+    publishing.start()
+    try:
+        await publishing.until(15)
+        await page_hub.signal(signal.SIGKILL)
+        await publishing.until(len(publishing.acknowledged) + 15)  # while it is down
+        await page_hub.start()
+        await page.wait_for_selector("#state[data-state=resumed]")
+        await publishing.until(len(publishing.acknowledged) + 15)
+    finally:
+        await publishing.stop()
+    acknowledged = publishing.acknowledged
+    shown = await wait_rows(page, len(acknowledged))
+    await asyncio.sleep(0.5)  # nothing more may come: no duplicates arriving late
+    shown = await rows(page)
+    assert [(i, d) for i, _t, d in shown] == acknowledged
+    states = await page.evaluate("window.hubDemo.states")
+    assert "reconnecting" in states, states
+    assert states[-1] == "resumed", states
+
+
+async def test_page_says_reset_when_the_history_no_longer_reaches_back_to_its_cursor(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    short = {"HUB_HISTORY_SIZE": "2", "HUB_RETRY_MS": "300"}
+    page_hub = await hubs.start(env=short)
+    other = await hubs.start(env=short)
+    page = await open_page(browser, page_hub.url, "short")
+    await _publish(other.url, "short", "seen")
+    await wait_rows(page, 1)
+    await page_hub.signal(signal.SIGKILL)
+    for n in range(5):  # more than the history keeps, while the page is away
+        await _publish(other.url, "short", f"missed {n}")
+    await page_hub.start()
+    await page.wait_for_selector("#state[data-state=reset]")
+    assert "expired" in await page.inner_text("#state-detail")
+    await _publish(other.url, "short", "after")
+    shown = await wait_rows(page, 2)
+    assert [d for _i, _t, d in shown] == ["seen", "after"]  # live again, nothing twice
+
+
+async def _publish(url: str, channel: str, data: str) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{url}/publish", json={"channel": channel, "data": data})
+    assert response.status_code == 201, response.text
+
+
+async def test_chat_box_shows_the_llm_workers_answer_sentence_by_sentence(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    hub = await hubs.start()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "OPENAI_"))}
+    environ.update(
+        {"HUB_REDIS_URL": str(hubs.backends.url), "HUB_KEY_PREFIX": hubs.backends.prefix}
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "worker", "llm", "--demo", "--demo-delay", "0.01",
+        cwd=REPO, env=environ,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    worker = WorkerProcess(process)
+    try:
+        await worker.wait_for_log("listening for requests", timeout=20)
+        page = await open_page(browser, hub.url, "demo")
+        # Record how many sentences the answer had each time it changed: it grows.
+        await page.evaluate(
+            """() => {
+                window.sentencesSeen = [];
+                const answer = document.getElementById("answer");
+                new MutationObserver(() => window.sentencesSeen.push(
+                    answer.querySelectorAll(".sentence").length
+                )).observe(answer, { childList: true });
+            }"""
+        )
+        await page.fill("#prompt", "What is the hub?")
+        await page.click("#ask")
+        await page.wait_for_function(
+            "document.getElementById('chat-status').textContent.startsWith('done:')",
+            timeout=20_000,
+        )
+        said = await page.eval_on_selector_all(
+            "#answer .sentence", "spans => spans.map(s => s.textContent.trim())"
+        )
+        seen = await page.evaluate("window.sentencesSeen")
+        status = await page.inner_text("#chat-status")
+    finally:
+        await worker.cleanup()
+    assert len(said) >= 3
+    assert "What is the hub?" in said[0]
+    assert f"done: {len(said)} sentences from demo" in status
+    assert seen == list(range(1, len(said) + 1)), seen  # one sentence at a time
+
+
+class _HttpPublisher:
+    """POSTs numbered events to a hub until stopped; keeps the acknowledged ones."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        self.acknowledged: list[tuple[str, str]] = []
+        self._url = url
+        self._channel = channel
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def until(self, count: int, timeout: float = 20) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.acknowledged) < count:
+            if self._task is not None and self._task.done():
+                self._task.result()
+            if loop.time() > deadline:
+                raise AssertionError(f"only {len(self.acknowledged)} of {count} published")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        # Not a cancel: a request cut short may be published without our knowing its id.
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(base_url=self._url) as client:
+            n = 0
+            while not self._stop.is_set():
+                data = str(n)
+                response = await client.post(
+                    "/publish", json={"channel": self._channel, "data": data}
+                )
+                assert response.status_code == 201, response.text
+                self.acknowledged.append((str(response.json()["id"]), data))
+                n += 1
+                await asyncio.sleep(0.03)
