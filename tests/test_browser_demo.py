@@ -10,12 +10,12 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, Request, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright
 from test_workers import WorkerProcess
 
 from support import REPO, HubProcesses
@@ -53,14 +53,31 @@ async def hubs(redis_url: str) -> AsyncIterator[HubProcesses]:
         await made.cleanup()
 
 
+#: Script errors and console errors of every page a test opened.
+_page_errors: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def no_console_errors() -> Iterator[None]:
+    """Every test ends with no script error and no console error on its pages, except
+    the browser's own notes of a refused connection (a test may kill the hub)."""
+    _page_errors.clear()
+    yield
+    assert not _page_errors, _page_errors
+
+
+def _on_console(message: ConsoleMessage) -> None:
+    if message.type == "error" and "net::ERR_" not in message.text:
+        _page_errors.append(f"console: {message.text}")
+
+
 async def open_page(browser: Browser, url: str, channels: str) -> Page:
-    page = await browser.new_page()
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
     page.set_default_timeout(10_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("pageerror", lambda exc: _page_errors.append(f"script: {exc}"))
+    page.on("console", _on_console)
     await page.goto(f"{url}/?channels={channels}&connect=1")
     await page.wait_for_selector("#state[data-state=open]")
-    assert not errors, errors
     return page
 
 
@@ -81,8 +98,15 @@ async def wait_rows(page: Page, count: int, timeout: float = 20) -> list[tuple[s
     return await rows(page)
 
 
+async def screenshot(page: Page, tmp_path: Path, name: str) -> None:
+    """Keep a picture of the page: in ``$HUB_SCREENSHOTS`` if set, to look at."""
+    folder = Path(os.environ.get("HUB_SCREENSHOTS") or tmp_path)
+    os.makedirs(folder, exist_ok=True)
+    await page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
 async def test_page_shows_events_from_another_process_and_publishes_with_its_token(
-    hubs: HubProcesses, browser: Browser
+    hubs: HubProcesses, browser: Browser, tmp_path: Path
 ) -> None:
     hub = await hubs.start()
     page = await open_page(browser, hub.url, "demo")
@@ -118,6 +142,7 @@ async def test_page_shows_events_from_another_process_and_publishes_with_its_tok
     assert shown[1][0] in await page.inner_text("#pub-result")
     publishes = [r for r in requests if r.method == "POST" and r.url.endswith("/publish")]
     assert [await r.header_value("authorization") for r in publishes] == ["Bearer s3cret"]
+    await screenshot(page, tmp_path, "demo-events")
 
     await page.click("#connect")  # reconnect, now with the token
     await page.wait_for_selector("#state[data-state=open]")
@@ -184,7 +209,7 @@ async def _publish(url: str, channel: str, data: str) -> None:
 
 
 async def test_chat_box_shows_the_llm_workers_answer_sentence_by_sentence(
-    hubs: HubProcesses, browser: Browser
+    hubs: HubProcesses, browser: Browser, tmp_path: Path
 ) -> None:
     hub = await hubs.start()
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "OPENAI_"))}
@@ -223,6 +248,7 @@ async def test_chat_box_shows_the_llm_workers_answer_sentence_by_sentence(
         )
         seen = await page.evaluate("window.sentencesSeen")
         status = await page.inner_text("#chat-status")
+        await screenshot(page, tmp_path, "demo-chat")
     finally:
         await worker.cleanup()
     assert len(said) >= 3
