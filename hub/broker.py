@@ -238,7 +238,7 @@ class Broker:
     async def _replay(
         self, sub: Subscriber, cursor: str | None, clock: Clock
     ) -> AsyncIterator[bytes]:
-        head, since, now_ms = clock
+        head, since, now_ms, _lost = clock
         if cursor is None:
             sub.last = head
             return
@@ -267,6 +267,14 @@ class Broker:
                     "history_lost",
                     f"{cursor} predates this Redis's history (it started "
                     "again empty); events after it may be lost",
+                )
+                return
+            elif clock.lost is not None and after < clock.lost[1]:
+                yield await self._reset(
+                    sub,
+                    "history_lost",
+                    f"Redis lost events up to {format_id(clock.lost[1])} (a failover to a "
+                    f"replica that had not received them); events after {cursor} may be lost",
                 )
                 return
         ttl_ms = int(self.settings.history_ttl * 1000)

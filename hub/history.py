@@ -13,6 +13,7 @@ import heapq
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from importlib import resources
 from typing import NamedTuple
 
 from redis.asyncio import Redis
@@ -20,7 +21,10 @@ from redis.asyncio import Redis
 from .ids import EventId, format_id, parse_id
 from .keys import Keys
 
-__all__ = ["Clock", "Entry", "HistoryReader", "read_clock"]
+__all__ = ["Clock", "Entry", "HistoryReader", "read_clock", "record_loss"]
+
+#: The Lua source that records a loss range in the clock hash (``hub/lua/lost.lua``).
+LOST_SCRIPT = (resources.files("hub") / "lua" / "lost.lua").read_text(encoding="utf-8")
 
 
 class Clock(NamedTuple):
@@ -32,16 +36,29 @@ class Clock(NamedTuple):
     since: int | None
     #: The Redis server's time, in ms.
     now_ms: int
+    #: Ids ``(after, upto]`` a node saw live that this Redis no longer has (a failover
+    #: lost them), or ``None``.
+    lost: tuple[EventId, EventId] | None = None
 
 
 async def read_clock(redis: Redis, keys: Keys) -> Clock:
     """Read the publish clock and the server's time in one round trip."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hmget(keys.clock, "ms", "n", "since")
+        pipe.hmget(keys.clock, "ms", "n", "since", "lost_after", "lost_upto")
         pipe.time()
-        (ms, n, since), (secs, micros) = await pipe.execute()
+        (ms, n, since, lost_after, lost_upto), (secs, micros) = await pipe.execute()
     head = (int(ms), int(n)) if ms is not None else (0, 0)
-    return Clock(head, int(since) if since is not None else None, secs * 1000 + micros // 1000)
+    lost = None
+    if lost_after is not None and lost_upto is not None:
+        lost = (parse_id(lost_after), parse_id(lost_upto))
+    return Clock(
+        head, int(since) if since is not None else None, secs * 1000 + micros // 1000, lost
+    )
+
+
+async def record_loss(redis: Redis, keys: Keys, after: EventId, upto: EventId) -> None:
+    """Note in Redis that events ``(after, upto]`` are gone (see ``lua/lost.lua``)."""
+    await redis.eval(LOST_SCRIPT, 1, keys.clock, format_id(after), format_id(upto))
 
 
 @dataclass(frozen=True, slots=True)

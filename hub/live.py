@@ -25,8 +25,8 @@ from redis.exceptions import RedisError
 
 from .config import Settings
 from .errors import BackendUnavailable
-from .history import HistoryReader, read_clock
-from .ids import EventId, parse_id
+from .history import HistoryReader, read_clock, record_loss
+from .ids import EventId, format_id, parse_id
 from .keys import Keys
 from .metrics import Stats, lag_since
 from .sse import encode_frame, retry_frame
@@ -169,9 +169,12 @@ class LivePath:
             if initial:
                 await ps.subscribe(*(self.keys.live(c.name) for c in initial))
             held = await self._await_confirmations(ps, initial)
+            head = (await read_clock(self.redis, self.keys)).head
             if self._watermark is None:
-                self._watermark = (await read_clock(self.redis, self.keys)).head
+                self._watermark = head
             else:
+                if head < self._watermark:
+                    await self._note_loss(head, self._watermark)
                 await self._recover()
             for message in held:
                 self._dispatch(message["channel"], message["data"])
@@ -205,6 +208,26 @@ class LivePath:
             else:
                 self._control(ps, message)
         return held
+
+    async def _note_loss(self, head: EventId, watermark: EventId) -> None:
+        """This node delivered events that Redis no longer has: it failed over to a
+        replica that had not received them, or restarted without them. Record the range,
+        so that clients resuming from inside it get ``hub.reset`` instead of a silent
+        hole; and recover from what Redis has, since the new master's ids continue from
+        its own head."""
+        logger.warning(
+            "Redis lost events %s..%s that this node had delivered (failover or restart); "
+            "clients resuming from before %s get hub.reset",
+            format_id(head),
+            format_id(watermark),
+            format_id(watermark),
+        )
+        await record_loss(self.redis, self.keys, head, watermark)
+        self._watermark = head
+        # Open streams that saw lost events must not skip the new master's events as
+        # already sent: those can carry lower ids when both masters took writes.
+        for sub in self.subscribers:
+            sub.last = min(sub.last, head)
 
     async def _recover(self) -> None:
         """Deliver what was published on subscribed channels while the connection was down."""

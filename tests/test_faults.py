@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -10,6 +11,7 @@ import redis.asyncio
 
 from conftest import Backends, RedisServer, StartHub
 from hub import Publisher
+from hub.history import read_clock, record_loss
 from hub.keys import Keys
 from hub.publisher import PUBLISH_SCRIPT
 from sse_client import SSEStream
@@ -150,3 +152,60 @@ async def test_with_redis_down_publish_fails_fast_and_new_streams_get_a_retry_hi
         assert stream.events == []
     finally:
         await stream.close()
+
+
+async def test_failover_that_lost_delivered_events_resets_clients_resuming_inside_the_loss(
+    redis_server: RedisServer, start_hub: StartHub
+) -> None:
+    backends = Backends("redis", redis_server.url)
+    hub = await start_hub(backends.settings(), backends.backend())
+    keys = Keys(backends.prefix)
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+
+    async def publish(data: str) -> str:
+        async with httpx.AsyncClient() as http:
+            response = await http.post(f"{hub.url}/publish", json={"channel": "fo", "data": data})
+        assert response.status_code == 201
+        return str(response.json()["id"])
+
+    try:
+        async with SSEStream(hub.url, ["fo"]) as stream:
+            ids = [await publish(f"m{i}") for i in range(3)]
+            await stream.wait_for(3)
+            # A replica promoted before the last two events reached it: they are gone
+            # from history and the clock is back at the first.
+            await client.xdel(keys.stream("fo"), ids[1], ids[2])
+            ms, n = ids[0].split("-")
+            await client.hset(keys.clock, mapping={"ms": ms, "n": n})
+            await _kill_pubsub_connections(redis_server.url)
+            for _ in range(200):
+                if await client.hexists(keys.clock, "lost_upto"):
+                    break
+                await asyncio.sleep(0.05)
+            lost = await client.hmget(keys.clock, "lost_after", "lost_upto")
+            assert lost == [ids[0].encode(), ids[2].encode()]
+            later = await publish("after failover")
+            assert [e.id for e in await stream.wait_for(4)][3] == later
+            assert not stream.ended.is_set()
+    finally:
+        await client.aclose()
+    # Had seen only the first event: the two after it no longer exist anywhere.
+    async with SSEStream(hub.url, ["fo"], last_event_id=ids[0]) as behind:
+        reset = (await behind.wait_for(1))[0]
+        assert reset.event == "hub.reset"
+        assert json.loads(reset.data)["reason"] == "history_lost"
+    # Had seen everything: resumes exactly.
+    async with SSEStream(hub.url, ["fo"], last_event_id=ids[2]) as caught_up:
+        assert [e.data for e in await caught_up.wait_for(1)] == ["after failover"]
+
+
+async def test_recorded_losses_only_widen(backends: Backends) -> None:
+    client = backends.backend().command_client()
+    keys = Keys(backends.prefix)
+    try:
+        await record_loss(client, keys, (10, 0), (20, 0))
+        await record_loss(client, keys, (15, 0), (30, 1))
+        await record_loss(client, keys, (5, 2), (25, 0))
+        assert (await read_clock(client, keys)).lost == ((5, 2), (30, 1))
+    finally:
+        await client.aclose()
