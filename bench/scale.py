@@ -63,7 +63,9 @@ def wait_ready(port: int, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def start_hubs(args: argparse.Namespace, nodes: int, prefix: str) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+def start_hubs(
+    args: argparse.Namespace, nodes: int, prefix: str
+) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     common = ["--redis-url", args.redis_url, "--key-prefix", prefix, "--log-level", "warning"]
     serve = [sys.executable, "-m", "hub", "serve"]
@@ -73,7 +75,10 @@ def start_hubs(args: argparse.Namespace, nodes: int, prefix: str) -> tuple[list[
         hubs, ports = [subprocess.Popen(cmd, env=env, stderr=args.log)], [port] * nodes
     else:
         ports = [free_port() for _ in range(nodes)]
-        hubs = [subprocess.Popen([*serve, "--port", str(p), *common], env=env, stderr=args.log) for p in ports]
+        hubs = [
+            subprocess.Popen([*serve, "--port", str(p), *common], env=env, stderr=args.log)
+            for p in ports
+        ]
     for port in set(ports):
         wait_ready(port)
     if args.layout == "workers":
@@ -100,8 +105,17 @@ def one_run(args: argparse.Namespace, nodes: int, redis_pid: int | None) -> dict
     try:
         loads = [
             subprocess.Popen(
-                [sseload, "127.0.0.1", str(port), path, str(args.conns // nodes), str(args.seconds + 2 * args.settle)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                [
+                    sseload,
+                    "127.0.0.1",
+                    str(port),
+                    path,
+                    str(args.conns // nodes),
+                    str(args.seconds + 2 * args.settle),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for port in ports
         ]
@@ -115,10 +129,20 @@ def one_run(args: argparse.Namespace, nodes: int, redis_pid: int | None) -> dict
         per = args.publishers
         pubs = [
             subprocess.Popen(
-                [sys.executable, os.path.join(HERE, "ssepub.py"), f"http://127.0.0.1:{port}/publish",
-                 str(args.rate / nodes / per), str(args.seconds), "--body", body,
-                 "--header", "Content-Type: application/json"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    os.path.join(HERE, "ssepub.py"),
+                    f"http://127.0.0.1:{port}/publish",
+                    str(args.rate / nodes / per),
+                    str(args.seconds),
+                    "--body",
+                    body,
+                    "--header",
+                    "Content-Type: application/json",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for port in ports
             for _ in range(per)
@@ -187,24 +211,45 @@ def machine() -> dict[str, Any]:
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            model = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), ""
+            )
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "cpu": model, "loadavg": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+    }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--nodes", default="1,2", help="node counts to measure, comma-separated")
-    ap.add_argument("--layout", choices=["nodes", "workers"], default="nodes",
-                    help="nodes: separate hub serve processes on their own ports; "
-                         "workers: one hub serve --workers N")
+    ap.add_argument(
+        "--layout",
+        choices=["nodes", "workers"],
+        default="nodes",
+        help="nodes: separate hub serve processes on their own ports; "
+        "workers: one hub serve --workers N",
+    )
     ap.add_argument("--conns", type=int, default=1000)
-    ap.add_argument("--rate", type=float, default=200, help="msg/s asked for in total (more than the nodes can do)")
-    ap.add_argument("--publishers", type=int, default=1,
-                    help="closed-loop publishers per node (more keep a node busier)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=200,
+        help="msg/s asked for in total (more than the nodes can do)",
+    )
+    ap.add_argument(
+        "--publishers",
+        type=int,
+        default=1,
+        help="closed-loop publishers per node (more keep a node busier)",
+    )
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--settle", type=float, default=2)
     ap.add_argument("--runs", type=int, default=1, help="runs per node count")
@@ -219,7 +264,9 @@ def main() -> int:
         info = client.info("server")
     finally:
         client.close()
-    local = info.get("tcp_port") and args.redis_url.split("//", 1)[1].startswith(("127.", "localhost"))
+    local = info.get("tcp_port") and args.redis_url.split("//", 1)[1].startswith(
+        ("127.", "localhost")
+    )
     redis_pid = int(info["process_id"]) if local else None
 
     print(json.dumps({"machine": machine(), "redis_pid": redis_pid}), flush=True)
