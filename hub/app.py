@@ -1,8 +1,10 @@
-"""The HTTP API: ``/events`` (SSE), ``/publish``, ``/healthz``, ``/readyz``, and its
-OpenAPI description at ``/openapi.json`` (:mod:`hub.openapi`)."""
+"""The HTTP API: ``/events`` (SSE), ``/publish``, ``/healthz``, ``/readyz``, its
+OpenAPI description at ``/openapi.json`` (:mod:`hub.openapi`), and the Mercure door
+at ``/.well-known/mercure`` (:mod:`hub.mercure`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -11,11 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .auth import expires_in
 from .backend import Backend
 from .broker import Broker
 from .config import Settings
@@ -23,18 +28,20 @@ from .errors import (
     BackendUnavailable,
     BadRequest,
     HubError,
-    PayloadTooLarge,
     TooManyConnections,
 )
+from .http import read_body
 from .keys import check_channels
+from .mercure import MercureDoor, mercure_publish, mercure_subscribe, native_stream
 from .openapi import openapi_endpoint
+from .publisher import Extra
 from .sse import EventStream, quiet_cut_off_streams, retry_frame
 
 __all__ = ["create_app", "drain"]
 
 logger = logging.getLogger("hub")
 
-_PUBLISH_FIELDS = {"channel", "channels", "data", "event"}
+_PUBLISH_FIELDS = {"channel", "channels", "data", "event", "private"}
 #: Room in a publish body for everything but ``data`` (channel names, keys, quoting).
 _ENVELOPE = 64 * 1024
 
@@ -55,8 +62,12 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             )
         else:
             logger.info("using Redis at %s", backend.describe())
-        async with Broker(backend, settings) as broker:
+        async with (
+            Broker(backend, settings) as broker,
+            MercureDoor(broker, backend, settings) as door,
+        ):
             app.state.broker = broker
+            app.state.mercure = door
             yield
 
     app = _HubApp(
@@ -66,7 +77,11 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+            Route("/.well-known/mercure", mercure_subscribe, methods=["GET"]),
+            Route("/.well-known/mercure", mercure_publish, methods=["POST"]),
+            Route("/", home, methods=["GET"]),
         ],
+        middleware=_cors(settings),
         lifespan=lifespan,
         exception_handlers={HubError: _hub_error},
     )
@@ -110,6 +125,10 @@ def drain(app: Starlette) -> None:
     retry_ms = broker.settings.retry_ms
     for_each = broker.connections
     broker.close_all("shutdown", lambda: retry_frame(int(retry_ms * random.uniform(1.0, 2.0))))
+    door: MercureDoor | None = getattr(app.state, "mercure", None)
+    if door is not None:
+        for_each += door.connections
+        door.close_all("shutdown", lambda: retry_frame(int(retry_ms * random.uniform(1.0, 2.0))))
     if for_each:
         logger.info("closed %d streams for shutdown", for_each)
 
@@ -138,9 +157,22 @@ async def events(request: Request) -> Response | EventStream:
     # The header is what EventSource sends on its own reconnects: it is newer than a cursor
     # the page put in the URL when it first connected.
     cursor = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    door: MercureDoor = request.app.state.mercure
+    claims = None
+    if door.auth.subscriber_verifier is not None:
+        claims = door.auth.subscriber(request)
+        if claims is not None and claims.can_receive(channels):
+            # Private updates travel on the Mercure door only; a plain stream costs the
+            # native live path nothing.
+            return await native_stream(request, channels, claims, cursor or None)
 
     response = EventStream()
     response.body = broker.stream(channels, cursor or None, response)
+    ttl = expires_in(claims)
+    if ttl is not None:
+        # The token's exp ends the stream; the client comes back with a fresh one.
+        timer = asyncio.get_running_loop().call_later(ttl, response.abort, "token expired")
+        response.on_abort(timer.cancel)
     return response
 
 
@@ -148,7 +180,7 @@ async def publish(request: Request) -> Response:
     """``POST /publish`` ``{"channel": "news", "data": ..., "event": "update"}``."""
     broker: Broker = request.app.state.broker
     settings = broker.settings
-    raw = await _read_body(request, settings.max_payload + _ENVELOPE)
+    raw = await read_body(request, settings.max_payload + _ENVELOPE)
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -168,7 +200,15 @@ async def publish(request: Request) -> Response:
     channels = _publish_channels(body)
     if "data" not in body:
         raise BadRequest('"data" is required (a string is sent as-is, other JSON as JSON)')
-    event_id = await broker.publisher.publish(channels, body["data"], event=body.get("event"))
+    private = body.get("private", False)
+    if not isinstance(private, bool):
+        raise BadRequest('"private" must be true or false')
+    door: MercureDoor = request.app.state.mercure
+    if door.auth.publisher_verifier is not None:
+        door.auth.check_publish(door.auth.publisher(request), check_channels(channels, 1000))
+    event_id = await broker.publisher.publish(
+        channels, body["data"], event=body.get("event"), extra=Extra(private=private)
+    )
     return JSONResponse({"id": event_id}, status_code=201)
 
 
@@ -183,20 +223,34 @@ def _publish_channels(body: dict[str, Any]) -> list[str]:
     return channels  # names and their number are checked by the publisher
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"the body is {declared} bytes; the limit is {limit} (raise HUB_MAX_PAYLOAD)"
+_HOME = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>hub</title></head>
+<body><h1>hub</h1>
+<p>Native API: <code>/events</code>, <code>/publish</code>
+(<a href="/openapi.json">OpenAPI</a>). Mercure: <code>/.well-known/mercure</code>.</p>
+</body></html>
+"""
+
+
+async def home(request: Request) -> Response:
+    """A page on the hub's own origin (browser clients and tests start here)."""
+    return HTMLResponse(_HOME)
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    origins = settings.cors_origins.replace(",", " ").split()
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Last-Event-ID", "Content-Type", "Cache-Control"],
+            expose_headers=["Last-Event-ID"],
         )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body exceeds {limit} bytes (raise HUB_MAX_PAYLOAD)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    ]
 
 
 async def healthz(request: Request) -> Response:

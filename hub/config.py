@@ -55,6 +55,24 @@ class Settings:
     #: connections; 1 runs the hub in the serving process itself.
     workers: int = 1
     log_level: str = "info"
+    #: Events kept in the hub-wide log that Mercure subscribers (and private events)
+    #: are replayed from.
+    log_size: int = 10000
+    #: JWT verification key for publishers and subscribers: the HMAC secret, or a PEM
+    #: public key for RS256/ES256. No key at all runs the hub in development mode:
+    #: anyone may publish, and Mercure subscribers get every update.
+    jwt_key: str | None = None
+    #: Overrides ``jwt_key`` for publishers.
+    publisher_jwt_key: str | None = None
+    #: Overrides ``jwt_key`` for subscribers.
+    subscriber_jwt_key: str | None = None
+    #: ``HS256`` (default), ``HS384``, ``HS512``, ``RS256``, ``RS512``, ``ES256``, ...
+    jwt_algorithm: str = "HS256"
+    #: 1: subscribers without a token get public updates; 0: a token is required.
+    anonymous: bool = False
+    #: Origins allowed to call the hub from browsers (CORS) and to publish with the
+    #: ``mercureAuthorization`` cookie: space- or comma-separated, or ``*``.
+    cors_origins: str = ""
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -72,6 +90,7 @@ class Settings:
             (self.max_connections >= 1, "max_connections must be at least 1"),
             (self.workers >= 1, "workers must be at least 1"),
             (bool(self.key_prefix), "key_prefix must not be empty"),
+            (self.log_size >= 1, "log_size must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -102,6 +121,12 @@ def _convert(field: dataclasses.Field[Any], raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name}={raw!r}: use 1 or 0")
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     return raw

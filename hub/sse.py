@@ -81,9 +81,15 @@ class EventStream:
     client blocks. One helper task per stream watches for the client going away.
     """
 
-    def __init__(self, body: AsyncGenerator[bytes, None] | None = None) -> None:
+    def __init__(
+        self,
+        body: AsyncGenerator[bytes, None] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         #: The chunks to send; may be set after construction, before the response runs.
         self.body = body
+        #: Response headers: the stream's own, and any ``headers`` given (Mercure's).
+        self.headers = _HEADERS if headers is None else _HEADERS + headers
         self._task: asyncio.Task[Any] | None = None
         self._on_abort: list[Callable[[], None]] = []
         #: Why the stream was dropped (``"disconnected"``, a cut-off reason), or ``None``.
@@ -108,7 +114,7 @@ class EventStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = self.body
         assert body is not None, "EventStream.body was never set"
-        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
         if scope.get("method") == "HEAD":
             await body.aclose()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
