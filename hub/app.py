@@ -32,7 +32,7 @@ from .errors import (
 )
 from .http import read_body
 from .keys import check_channels
-from .mercure import MercureDoor, mercure_publish, mercure_subscribe, native_stream
+from .mercure import MercureDoor, mercure, native_stream
 from .openapi import openapi_endpoint
 from .publisher import Extra
 from .sse import EventStream, quiet_cut_off_streams, retry_frame
@@ -77,8 +77,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
-            Route("/.well-known/mercure", mercure_subscribe, methods=["GET"]),
-            Route("/.well-known/mercure", mercure_publish, methods=["POST"]),
+            Route("/.well-known/mercure", mercure, methods=["GET", "POST"]),
             Route("/", home, methods=["GET"]),
         ],
         middleware=_cors(settings),

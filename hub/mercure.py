@@ -52,7 +52,7 @@ from .subscriber import Subscriber
 from .supervise import Supervised
 from .topics import Selectors, compile_template, is_template
 
-__all__ = ["MercureDoor", "mercure_publish", "mercure_subscribe", "native_stream"]
+__all__ = ["MercureDoor", "mercure", "mercure_publish", "mercure_subscribe", "native_stream"]
 
 logger = logging.getLogger("hub")
 
@@ -413,6 +413,13 @@ def _selectors(raw: list[str], limit: int) -> Selectors:
     return Selectors(raw)
 
 
+async def mercure(request: Request) -> Response | EventStream:
+    """``/.well-known/mercure``: one route, so that a 405 lists both methods."""
+    if request.method == "POST":
+        return await mercure_publish(request)
+    return await mercure_subscribe(request)
+
+
 async def mercure_subscribe(request: Request) -> Response | EventStream:
     """``GET /.well-known/mercure?topic=...``: the Mercure subscription stream."""
     door: MercureDoor = request.app.state.mercure
@@ -511,9 +518,9 @@ async def mercure_publish(request: Request) -> Response:
         check_channel(topic)
         if "/.well-known/mercure" in topic:
             raise Forbidden("topics under /.well-known/mercure are reserved for the hub")
-    topics = list(dict.fromkeys(topics))
     if len(topics) > door.settings.max_channels:
         raise BadRequest(f"{len(topics)} topics; at most {door.settings.max_channels}")
+    topics = list(dict.fromkeys(topics))
     door.auth.check_publish(claims, topics)
     extra = Extra(
         private="private" in form,

@@ -291,6 +291,7 @@ def _publish(settings: Settings) -> dict[str, Any]:
 
 def _mercure(settings: Settings) -> dict[str, Any]:
     text = {"text/plain": {"schema": {"type": "string", "minLength": 1}}}
+    topic = {"type": "string", "minLength": 1, "pattern": _CHANNEL_PATTERN}
     return {
         "get": {
             "operationId": "mercureSubscribe",
@@ -333,15 +334,17 @@ def _mercure(settings: Settings) -> dict[str, Any]:
                             "type": "object",
                             "required": ["topic"],
                             "properties": {
+                                # One topic field, or several (the first is canonical).
                                 "topic": {
-                                    "type": "array",
-                                    "minItems": 1,
-                                    "maxItems": settings.max_channels,
-                                    "items": {
-                                        "type": "string",
-                                        "minLength": 1,
-                                        "pattern": _CHANNEL_PATTERN,
-                                    },
+                                    "anyOf": [
+                                        topic,
+                                        {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "maxItems": settings.max_channels,
+                                            "items": topic,
+                                        },
+                                    ]
                                 },
                                 "data": {"type": "string"},
                                 "private": {"type": "string"},
