@@ -36,6 +36,8 @@ from .mercure import MercureDoor, mercure, native_stream
 from .openapi import openapi_endpoint
 from .publisher import Extra
 from .sse import EventStream, quiet_cut_off_streams, retry_frame
+from .subscriptions import PATH as SUBSCRIPTIONS_PATH
+from .subscriptions import subscriptions_endpoint
 
 __all__ = ["create_app", "drain"]
 
@@ -108,6 +110,21 @@ class _HubApp(Starlette):
             response: Response | EventStream
             try:
                 response = await events(request)
+            except HubError as exc:
+                response = await _hub_error(request, exc)
+            await response(scope, receive, send)
+            return
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith(SUBSCRIPTIONS_PATH)
+            and scope["method"] in ("GET", "HEAD")
+        ):
+            # Not a Route: its {topic} and {subscriber} are URL-encoded and may hold
+            # %2F, which routing (on the decoded path) would split.
+            scope["app"] = self
+            request = Request(scope, receive)
+            try:
+                response = await subscriptions_endpoint(request)
             except HubError as exc:
                 response = await _hub_error(request, exc)
             await response(scope, receive, send)

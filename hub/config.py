@@ -73,6 +73,9 @@ class Settings:
     #: Origins allowed to call the hub from browsers (CORS) and to publish with the
     #: ``mercureAuthorization`` cookie: space- or comma-separated, or ``*``.
     cors_origins: str = ""
+    #: 1: Mercure's subscriptions API and subscription events (a private publish per
+    #: topic each time a Mercure subscriber comes or goes).
+    subscriptions: bool = False
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [

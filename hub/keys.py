@@ -18,6 +18,9 @@ The key schema (documented in the README for publishers in other languages):
   to nodes with Mercure subscribers of that exact topic.
 - ``{prefix}mercure-all``: pub/sub carrying every event to nodes that have URI-template
   (or ``*``) subscribers, and only to those.
+- ``{prefix}subscriptions:{node}``: hash of one node's Mercure subscriptions (id ->
+  JSON), expiring when the node stops its heartbeat; ``{prefix}subscription-nodes``:
+  sorted set of nodes by the time their entries expire.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Keys:
         self.mercure_ids = f"{prefix}mercure-ids"
         self.mercure_all = f"{prefix}mercure-all"
         self._mercure = f"{prefix}mercure:"
+        self.subscription_nodes = f"{prefix}subscription-nodes"
 
     def stream(self, channel: str) -> str:
         return self._stream + channel
@@ -54,6 +58,10 @@ class Keys:
     def mercure(self, channel: str) -> str:
         """The Mercure pub/sub name of a channel (a Mercure topic)."""
         return self._mercure + channel
+
+    def subscriptions(self, node: str) -> str:
+        """One node's Mercure subscriptions."""
+        return f"{self.prefix}subscriptions:{node}"
 
     def channel_of_live(self, live_name: str) -> str:
         """The channel a ``live:`` pub/sub name belongs to."""

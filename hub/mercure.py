@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, cast
@@ -49,6 +50,7 @@ from .live import LivePath
 from .publisher import Extra
 from .sse import HEARTBEAT, EventStream, encode_frame, preamble, retry_frame, signal_frame
 from .subscriber import Subscriber
+from .subscriptions import Registry
 from .supervise import Supervised
 from .topics import Selectors, compile_template, is_template
 
@@ -76,22 +78,27 @@ class _MercureKeys(Keys):
 class MercureSubscriber(Subscriber):
     """A subscriber with topic selectors and claims, filtered per event."""
 
-    __slots__ = ("claims", "native", "selectors")
+    __slots__ = ("claims", "native", "selectors", "topics", "uid")
 
     def __init__(
         self,
-        selectors: Selectors,
+        topics: list[str],
         claims: Claims | None,
         *,
         native: bool,
         limit: int,
         on_cut_off: Callable[[str], None] | None,
     ) -> None:
+        selectors = Selectors(topics)
         channels = sorted(selectors.exact)
         if selectors.patterns:
             channels.append(ALL)
         super().__init__(channels, limit, on_cut_off)
+        #: The topic selectors as the client gave them.
+        self.topics = topics
         self.selectors = selectors
+        #: The subscriber's id in the subscriptions API.
+        self.uid = f"urn:uuid:{uuid.uuid4()}"
         self.claims = claims
         #: Native ``/events`` framing: hub ids and ``hub.*`` signals.
         self.native = native
@@ -229,9 +236,20 @@ class MercureDoor:
         self._live: MercureLive | None = None
         self._live_redis: Redis | None = None
         self._tasks: list[Supervised] = []
+        self.registry: Registry | None = None
+        if settings.subscriptions:
+            self.registry = Registry(broker.redis, self.keys, settings, broker.publisher)
 
     async def __aenter__(self) -> MercureDoor:
         self.auth.log_mode()
+        if self.registry is not None:
+            registry = Supervised(
+                "hub subscriptions registry",
+                self.registry.run,
+                quiet=(RedisError, OSError, BackendUnavailable),
+            )
+            self._tasks.append(registry)
+            await registry.__aenter__()
         return self
 
     async def __aexit__(
@@ -266,7 +284,7 @@ class MercureDoor:
                 quiet=(RedisError, OSError, BackendUnavailable),
             )
             sweeper = Supervised("hub mercure sweeper", self._sweep)
-            self._tasks = [reader, sweeper]
+            self._tasks += [reader, sweeper]
             await reader.__aenter__()
             await sweeper.__aenter__()
         return self._live
@@ -321,6 +339,7 @@ class MercureDoor:
         """The frames of one Mercure (or private-capable native) stream: replay after
         ``after`` (``None``: live only), then live, until the token expires."""
         live = await self._started()
+        registered = False
         response.on_abort(lambda: sub.close("aborted", drop=True))
         to_confirm = live.attach(sub)
         loop = asyncio.get_running_loop()
@@ -335,6 +354,9 @@ class MercureDoor:
             clock = await read_clock(self.broker.redis, self.keys)
             for channel in to_confirm:
                 channel.floor = max(channel.floor, clock.head)
+            if self.registry is not None and not sub.native:
+                registered = True
+                self.registry.added(sub.uid, sub.topics)
             sub.writing_since = sub.last_out = loop.time()
             yield preamble(self.settings.retry_ms) + reset
             sub.writing_since = None
@@ -358,6 +380,8 @@ class MercureDoor:
         finally:
             if expiry is not None:
                 expiry.cancel()
+            if registered and self.registry is not None:
+                self.registry.removed(sub.uid, sub.topics)
             live.detach(sub)
 
     async def _replay(self, sub: MercureSubscriber, after: EventId) -> AsyncIterator[bytes]:
@@ -398,7 +422,7 @@ class MercureDoor:
 # -- the HTTP endpoints ---------------------------------------------------------------
 
 
-def _selectors(raw: list[str], limit: int) -> Selectors:
+def _selectors(raw: list[str], limit: int) -> list[str]:
     if not raw:
         raise BadRequest("name at least one topic: ?topic=<topic, URI template or *>")
     if len(raw) > limit:
@@ -410,7 +434,7 @@ def _selectors(raw: list[str], limit: int) -> Selectors:
             compile_template(selector)
         elif selector != "*":
             check_channel(selector)
-    return Selectors(raw)
+    return list(dict.fromkeys(raw))
 
 
 async def mercure(request: Request) -> Response | EventStream:
@@ -423,7 +447,7 @@ async def mercure(request: Request) -> Response | EventStream:
 async def mercure_subscribe(request: Request) -> Response | EventStream:
     """``GET /.well-known/mercure?topic=...``: the Mercure subscription stream."""
     door: MercureDoor = request.app.state.mercure
-    selectors = _selectors(request.query_params.getlist("topic"), door.settings.max_channels)
+    topics = _selectors(request.query_params.getlist("topic"), door.settings.max_channels)
     claims = door.auth.subscriber(request)
     door.check_capacity()
     cursor = (
@@ -449,7 +473,7 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
     )
     response.headers = [h for h in response.headers if h != (b"cache-control", b"no-cache")]
     sub = MercureSubscriber(
-        selectors,
+        topics,
         claims,
         native=False,
         limit=door.settings.client_buffer,
@@ -484,7 +508,7 @@ async def native_stream(
             )
     response = EventStream()
     sub = MercureSubscriber(
-        Selectors(channels),
+        channels,
         claims,
         native=True,
         limit=door.settings.client_buffer,
