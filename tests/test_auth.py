@@ -18,6 +18,7 @@ from conftest import Backends, RunningHub, StartHub
 from hub import ConfigError, Settings
 from hub.topics import Selectors, compile_template, matches
 from mercure_support import KEY, mercure_publish, mercure_stream, token
+from sse_client import SSEStream
 
 pytestmark = pytest.mark.anyio
 
@@ -171,10 +172,19 @@ async def test_native_events_needs_a_token_unless_anonymous(locked: RunningHub) 
         assert response.status_code == 401
 
 
+async def test_native_stream_ends_when_its_token_expires(locked: RunningHub) -> None:
+    stream = SSEStream(locked.url, ["news"])
+    stream.headers["Authorization"] = f"Bearer {token(subscribe=[], expires_in=1.5)}"
+    async with stream:
+        assert stream.status == 200
+        await stream.wait_ended(timeout=5)
+
+
 async def test_no_key_is_development_mode_anyone_publishes(
     embedded: Backends, start_hub: StartHub, caplog: pytest.LogCaptureFixture
 ) -> None:
     hub = await start_hub(embedded.settings(), embedded.backend())
+    assert "DEVELOPMENT MODE" in caplog.text
     await mercure_publish(hub.url, TOPIC, "x")
     async with httpx.AsyncClient() as client:
         response = await client.post(f"{hub.url}/publish", json={"channel": "a", "data": "x"})
