@@ -136,7 +136,7 @@ class Registry:
 
 async def subscriptions_endpoint(request: Request) -> Response:
     """``GET /.well-known/mercure/subscriptions[/{topic}[/{subscriber}]]``."""
-    from .mercure import MercureDoor  # the door imports this module
+    from .mercure_door import MercureDoor  # the door imports this module
 
     door: MercureDoor = request.app.state.mercure
     registry = door.registry
