@@ -1,9 +1,11 @@
 """The HTTP API: ``/events`` (SSE), ``/publish``, ``/healthz``, ``/readyz``, its
 OpenAPI description at ``/openapi.json`` (:mod:`hub.openapi`), ``/metrics``
-(:mod:`hub.metrics`) and the demo page at ``/`` (``hub/static``)."""
+(:mod:`hub.metrics`), the demo page at ``/`` (``hub/static``), and the Mercure door
+at ``/.well-known/mercure`` (:mod:`hub.mercure`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -14,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .auth import expires_in
 from .backend import Backend
 from .broker import Broker
 from .config import Settings
@@ -26,20 +31,24 @@ from .errors import (
     BackendUnavailable,
     BadRequest,
     HubError,
-    PayloadTooLarge,
     TooManyConnections,
 )
+from .http import read_body
 from .keys import check_channels
+from .mercure import MercureDoor, mercure, native_stream
 from .metrics import Metrics
 from .openapi import openapi_endpoint
+from .publisher import Extra
 from .sse import EventStream, quiet_cut_off_streams, retry_frame
+from .subscriptions import PATH as SUBSCRIPTIONS_PATH
+from .subscriptions import subscriptions_endpoint
 from .supervise import Supervised
 
 __all__ = ["create_app", "drain"]
 
 logger = logging.getLogger("hub")
 
-_PUBLISH_FIELDS = {"channel", "channels", "data", "event"}
+_PUBLISH_FIELDS = {"channel", "channels", "data", "event", "private"}
 #: Room in a publish body for everything but ``data`` (channel names, keys, quoting).
 _ENVELOPE = 64 * 1024
 #: The demo page's files: plain HTML, CSS and JavaScript, no build step.
@@ -77,7 +86,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                     Supervised("hub metrics sync", lambda: metrics.sync_forever(broker))
                 )
                 stack.callback(metrics.sync, broker)  # the last numbers of this worker
+            door = await stack.enter_async_context(MercureDoor(broker, backend, settings))
             app.state.broker = broker
+            app.state.mercure = door
             yield
 
     metrics = Metrics()
@@ -91,11 +102,14 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/static/{name}", static_file, methods=["GET"]),
+            Route("/.well-known/mercure", mercure, methods=["GET", "POST"]),
         ],
+        middleware=_cors(settings),
         lifespan=lifespan,
         exception_handlers={HubError: _hub_error},
     )
     app.state.settings = settings
+    app.fast_events = not settings.cors_origins
     app.state.metrics = metrics
     return app
 
@@ -109,9 +123,13 @@ class _HubApp(Starlette):
     and anything unexpected still reaches uvicorn, which logs it and answers 500.
     """
 
+    #: False when middleware must see streams too (CORS headers for other origins).
+    fast_events = True
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
-            scope["type"] == "http"
+            self.fast_events
+            and scope["type"] == "http"
             and scope["path"] == "/events"
             and scope["method"] in ("GET", "HEAD")
         ):
@@ -120,6 +138,21 @@ class _HubApp(Starlette):
             response: Response | EventStream
             try:
                 response = await events(request)
+            except HubError as exc:
+                response = await _hub_error(request, exc)
+            await response(scope, receive, send)
+            return
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith(SUBSCRIPTIONS_PATH)
+            and scope["method"] in ("GET", "HEAD")
+        ):
+            # Not a Route: its {topic} and {subscriber} are URL-encoded and may hold
+            # %2F, which routing (on the decoded path) would split.
+            scope["app"] = self
+            request = Request(scope, receive)
+            try:
+                response = await subscriptions_endpoint(request)
             except HubError as exc:
                 response = await _hub_error(request, exc)
             await response(scope, receive, send)
@@ -136,6 +169,10 @@ def drain(app: Starlette) -> None:
     retry_ms = broker.settings.retry_ms
     for_each = broker.connections
     broker.close_all("shutdown", lambda: retry_frame(int(retry_ms * random.uniform(1.0, 2.0))))
+    door: MercureDoor | None = getattr(app.state, "mercure", None)
+    if door is not None:
+        for_each += door.connections
+        door.close_all("shutdown", lambda: retry_frame(int(retry_ms * random.uniform(1.0, 2.0))))
     if for_each:
         logger.info("closed %d streams for shutdown", for_each)
 
@@ -164,9 +201,22 @@ async def events(request: Request) -> Response | EventStream:
     # The header is what EventSource sends on its own reconnects: it is newer than a cursor
     # the page put in the URL when it first connected.
     cursor = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    door: MercureDoor = request.app.state.mercure
+    claims = None
+    if door.auth.subscriber_verifier is not None:
+        claims = door.auth.subscriber(request)
+        if claims is not None and claims.can_receive(channels):
+            # Private updates travel on the Mercure door only; a plain stream costs the
+            # native live path nothing.
+            return await native_stream(request, channels, claims, cursor or None)
 
     response = EventStream()
     response.body = broker.stream(channels, cursor or None, response)
+    ttl = expires_in(claims)
+    if ttl is not None:
+        # The token's exp ends the stream; the client comes back with a fresh one.
+        timer = asyncio.get_running_loop().call_later(ttl, response.abort, "token expired")
+        response.on_abort(timer.cancel)
     return response
 
 
@@ -174,7 +224,7 @@ async def publish(request: Request) -> Response:
     """``POST /publish`` ``{"channel": "news", "data": ..., "event": "update"}``."""
     broker: Broker = request.app.state.broker
     settings = broker.settings
-    raw = await _read_body(request, settings.max_payload + _ENVELOPE)
+    raw = await read_body(request, settings.max_payload + _ENVELOPE)
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -194,8 +244,16 @@ async def publish(request: Request) -> Response:
     channels = _publish_channels(body)
     if "data" not in body:
         raise BadRequest('"data" is required (a string is sent as-is, other JSON as JSON)')
+    private = body.get("private", False)
+    if not isinstance(private, bool):
+        raise BadRequest('"private" must be true or false')
+    door: MercureDoor = request.app.state.mercure
+    if door.auth.publisher_verifier is not None:
+        door.auth.check_publish(door.auth.publisher(request), check_channels(channels, 1000))
     started = time.perf_counter()
-    event_id = await broker.publisher.publish(channels, body["data"], event=body.get("event"))
+    event_id = await broker.publisher.publish(
+        channels, body["data"], event=body.get("event"), extra=Extra(private=private)
+    )
     metrics: Metrics = request.app.state.metrics
     metrics.observe_publish(time.perf_counter() - started)
     broker.stats.published += 1
@@ -213,20 +271,20 @@ def _publish_channels(body: dict[str, Any]) -> list[str]:
     return channels  # names and their number are checked by the publisher
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"the body is {declared} bytes; the limit is {limit} (raise HUB_MAX_PAYLOAD)"
+def _cors(settings: Settings) -> list[Middleware]:
+    origins = settings.cors_origins.replace(",", " ").split()
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Last-Event-ID", "Content-Type", "Cache-Control"],
+            expose_headers=["Last-Event-ID"],
         )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body exceeds {limit} bytes (raise HUB_MAX_PAYLOAD)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    ]
 
 
 async def index(request: Request) -> Response:

@@ -154,8 +154,7 @@ class Broker:
         for every event.
         """
         on_cut_off = response.abort if response is not None else None
-        writer = response.direct if response is not None else None
-        sub = Subscriber(channels, self.settings.client_buffer, on_cut_off, writer)
+        sub = Subscriber(channels, self.settings.client_buffer, on_cut_off)
         if response is not None:
             response.on_abort(lambda: sub.close("aborted", drop=True))
         to_confirm = self._live.attach(sub)
@@ -169,6 +168,9 @@ class Broker:
                     sub.writing_since = sub.last_out = loop.time()
                     yield chunk
                     sub.writing_since = None
+            if response is not None:
+                # Known once the response has started, which the opening's first chunk did.
+                sub.writer = response.direct
             while (batch := await sub.next_batch()) is not None:
                 sub.writing_since = sub.last_out = loop.time()
                 yield batch
@@ -191,7 +193,7 @@ class Broker:
         clock = await read_clock(self.redis, self.keys)
         for channel in to_confirm:
             channel.floor = max(channel.floor, clock.head)
-        yield preamble(self.settings.retry_ms)
+        yield preamble(self.settings.retry_ms, format_id(clock.head) if cursor is None else None)
         async for chunk in self._replay(sub, cursor, clock):
             yield chunk
         tail = sub.go_live()

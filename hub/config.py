@@ -57,6 +57,27 @@ class Settings:
     log_level: str = "info"
     #: ``text`` (readable) or ``json`` (one object per line, for log pipelines).
     log_format: str = "text"
+    #: Events kept in the hub-wide log that Mercure subscribers (and private events)
+    #: are replayed from.
+    log_size: int = 10000
+    #: JWT verification key for publishers and subscribers: the HMAC secret, or a PEM
+    #: public key for RS256/ES256. No key at all runs the hub in development mode:
+    #: anyone may publish, and Mercure subscribers get every update.
+    jwt_key: str | None = None
+    #: Overrides ``jwt_key`` for publishers.
+    publisher_jwt_key: str | None = None
+    #: Overrides ``jwt_key`` for subscribers.
+    subscriber_jwt_key: str | None = None
+    #: ``HS256`` (default), ``HS384``, ``HS512``, ``RS256``, ``RS512``, ``ES256``, ...
+    jwt_algorithm: str = "HS256"
+    #: 1: subscribers without a token get public updates; 0: a token is required.
+    anonymous: bool = False
+    #: Origins allowed to call the hub from browsers (CORS) and to publish with the
+    #: ``mercureAuthorization`` cookie: space- or comma-separated, or ``*``.
+    cors_origins: str = ""
+    #: 1: Mercure's subscriptions API and subscription events (a private publish per
+    #: topic each time a Mercure subscriber comes or goes).
+    subscriptions: bool = False
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -75,6 +96,7 @@ class Settings:
             (self.workers >= 1, "workers must be at least 1"),
             (bool(self.key_prefix), "key_prefix must not be empty"),
             (self.log_format in ("text", "json"), "log_format must be text or json"),
+            (self.log_size >= 1, "log_size must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -105,6 +127,12 @@ def _convert(field: dataclasses.Field[Any], raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name}={raw!r}: use 1 or 0")
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     return raw

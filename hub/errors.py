@@ -6,9 +6,11 @@ __all__ = [
     "BackendUnavailable",
     "BadRequest",
     "ConfigError",
+    "Forbidden",
     "HubError",
     "PayloadTooLarge",
     "TooManyConnections",
+    "Unauthorized",
 ]
 
 
@@ -54,3 +56,18 @@ class TooManyConnections(HubError):
 
     status_code = 503
     code = "too_many_connections"
+
+
+class Unauthorized(HubError):
+    """No usable token: missing where one is required, malformed, badly signed or
+    expired. The message says which."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(HubError):
+    """A valid token whose claims do not allow the request."""
+
+    status_code = 403
+    code = "forbidden"

@@ -8,6 +8,19 @@ The key schema (documented in the README for publishers in other languages):
   the event ids; fields ``e`` (event type), ``d`` (data), ``p`` (the previous event id on
   this channel, empty for the first).
 - ``{prefix}live:{channel}``: pub/sub channel that carries each new event to hub nodes.
+- ``{prefix}log``: every event of every channel, in id order (capped at
+  ``HUB_LOG_SIZE``): what Mercure subscribers replay, since a URI-template selector
+  cannot name its channels in advance. Fields ``c`` (channels, space-separated), ``e``,
+  ``d``, ``m`` (the Mercure id its publisher chose, or empty), ``r`` (retry), ``x``
+  (``1`` for a private event).
+- ``{prefix}mercure-ids``: hash from publisher-chosen Mercure ids to event ids.
+- ``{prefix}mercure:{channel}``: pub/sub carrying each event, with its Mercure fields,
+  to nodes with Mercure subscribers of that exact topic.
+- ``{prefix}mercure-all``: pub/sub carrying every event to nodes that have URI-template
+  (or ``*``) subscribers, and only to those.
+- ``{prefix}subscriptions:{node}``: hash of one node's Mercure subscriptions (id ->
+  JSON), expiring when the node stops its heartbeat; ``{prefix}subscription-nodes``:
+  sorted set of nodes by the time their entries expire.
 """
 
 from __future__ import annotations
@@ -30,12 +43,25 @@ class Keys:
         self.clock = f"{prefix}clock"
         self._stream = f"{prefix}stream:"
         self._live = f"{prefix}live:"
+        self.log = f"{prefix}log"
+        self.mercure_ids = f"{prefix}mercure-ids"
+        self.mercure_all = f"{prefix}mercure-all"
+        self._mercure = f"{prefix}mercure:"
+        self.subscription_nodes = f"{prefix}subscription-nodes"
 
     def stream(self, channel: str) -> str:
         return self._stream + channel
 
     def live(self, channel: str) -> str:
         return self._live + channel
+
+    def mercure(self, channel: str) -> str:
+        """The Mercure pub/sub name of a channel (a Mercure topic)."""
+        return self._mercure + channel
+
+    def subscriptions(self, node: str) -> str:
+        """One node's Mercure subscriptions."""
+        return f"{self.prefix}subscriptions:{node}"
 
     def channel_of_live(self, live_name: str) -> str:
         """The channel a ``live:`` pub/sub name belongs to."""

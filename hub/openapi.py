@@ -106,7 +106,16 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "type": "object",
             "additionalProperties": False,
             "required": [target, "data"],
-            "properties": {target: target_schema, "data": _ref("Data"), "event": _ref("EventType")},
+            "properties": {
+                target: target_schema,
+                "data": _ref("Data"),
+                "event": _ref("EventType"),
+                "private": {
+                    "type": "boolean",
+                    "description": "Only for subscribers whose token's mercure.subscribe "
+                    "claims match one of the channels.",
+                },
+            },
         }
 
     return {
@@ -239,6 +248,7 @@ def _events(settings: Settings) -> dict[str, Any]:
                     "content": {"text/event-stream": {"schema": _ref("StreamEvent")}},
                 },
                 "400": _error("No channel, too many channels, or a bad channel name."),
+                "401": _error("A JWT key is configured and the token is missing or invalid."),
                 "503": _error(
                     f"This node has {settings.max_connections} streams open "
                     "(HUB_MAX_CONNECTIONS): retry later, or go to another node.",
@@ -269,6 +279,8 @@ def _publish(settings: Settings) -> dict[str, Any]:
                     "Malformed JSON, a wrong type, an unknown field, a bad channel name or "
                     "event type, or too many channels."
                 ),
+                "401": _error("A JWT key is configured and the token is missing or invalid."),
+                "403": _error("The token's mercure.publish claims do not cover the channels."),
                 "413": _error(
                     f"The body or its data is too large (data: HUB_MAX_PAYLOAD, "
                     f"{settings.max_payload} bytes)."
@@ -279,6 +291,85 @@ def _publish(settings: Settings) -> dict[str, Any]:
                 ),
             },
         }
+    }
+
+
+def _mercure(settings: Settings) -> dict[str, Any]:
+    text = {"text/plain": {"schema": {"type": "string", "minLength": 1}}}
+    topic = {"type": "string", "minLength": 1, "pattern": _CHANNEL_PATTERN}
+    return {
+        "get": {
+            "operationId": "mercureSubscribe",
+            "summary": "Mercure subscription (the Mercure protocol, as hub v0.24 speaks it)",
+            "parameters": [
+                {
+                    "name": "topic",
+                    "in": "query",
+                    "required": True,
+                    "style": "form",
+                    "explode": True,
+                    "schema": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": settings.max_channels,
+                        "items": {"type": "string", "minLength": 1, "pattern": _CHANNEL_PATTERN},
+                    },
+                    "description": "Topic selectors: *, exact topics or URI templates.",
+                },
+                {"name": "lastEventID", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "The update stream.",
+                    "content": {"text/event-stream": {"schema": _ref("StreamEvent")}},
+                },
+                "400": _error("No topic, too many, or a malformed selector."),
+                "401": _error("A token is required, or the one given is invalid."),
+                "503": _error("Too many streams on this node.", retry_after=True),
+            },
+        },
+        "post": {
+            "operationId": "mercurePublish",
+            "summary": "Mercure publish (form-encoded topic, data, private, id, type, retry)",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["topic"],
+                            "properties": {
+                                # One topic field, or several (the first is canonical).
+                                "topic": {
+                                    "anyOf": [
+                                        topic,
+                                        {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "maxItems": settings.max_channels,
+                                            "items": topic,
+                                        },
+                                    ]
+                                },
+                                "data": {"type": "string"},
+                                "private": {"type": "string"},
+                                "id": {"type": "string", "pattern": r"^[^\r\n\x00]*$"},
+                                "type": {"type": "string", "pattern": r"^[^\r\n\x00]*$"},
+                                "retry": {"type": "string", "pattern": "^[0-9]*$"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {"description": "Published; the body is the update's id.", "content": text},
+                "400": _error("A missing topic or a malformed field."),
+                "401": _error("No valid publisher token."),
+                "403": _error("The token may not publish to these topics."),
+                "413": _error("The body is too large."),
+                "503": _error("Redis is unavailable.", retry_after=True),
+            },
+        },
     }
 
 
@@ -316,6 +407,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            "/.well-known/mercure": _mercure(settings),
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",

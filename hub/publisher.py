@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -25,7 +26,7 @@ from .config import Settings
 from .errors import BackendUnavailable, BadRequest, HubError, PayloadTooLarge
 from .keys import Keys, check_channels, check_event_type
 
-__all__ = ["PUBLISH_SCRIPT", "Publisher", "SyncPublisher", "encode_data"]
+__all__ = ["PUBLISH_SCRIPT", "Extra", "Publisher", "SyncPublisher", "encode_data"]
 
 #: The Lua source of the publish script (``hub/lua/publish.lua``).
 PUBLISH_SCRIPT = (resources.files("hub") / "lua" / "publish.lua").read_text(encoding="utf-8")
@@ -52,6 +53,20 @@ def encode_data(data: Any) -> bytes:
         raise BadRequest(f"data must be a string or a JSON value: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Extra:
+    """What a publish may carry beyond channels, data and type (the Mercure door's
+    fields; a native publish may be private too)."""
+
+    #: Delivered only to subscribers whose subscribe claims match one of its channels.
+    private: bool = False
+    #: The publisher's own id for the event (Mercure ``id``): sent to Mercure
+    #: subscribers as the SSE ``id:`` and accepted back as their ``Last-Event-ID``.
+    mercure_id: str | None = None
+    #: Reconnect delay in ms sent along with the event to Mercure subscribers.
+    retry: int | None = None
+
+
 class _Prepared:
     """Validated script keys and arguments for one publish; shared by both publishers."""
 
@@ -61,7 +76,11 @@ class _Prepared:
         self.max_channels = max_channels
 
     def call(
-        self, channels: str | Sequence[str], data: Any, event: str | None
+        self,
+        channels: str | Sequence[str],
+        data: Any,
+        event: str | None,
+        extra: Extra | None = None,
     ) -> tuple[list[str], list[bytes | str | int]]:
         names = check_channels(
             [channels] if isinstance(channels, str) else channels, self.max_channels
@@ -73,10 +92,21 @@ class _Prepared:
                 f"data is {len(payload)} bytes; the limit is {self.settings.max_payload} "
                 "(HUB_MAX_PAYLOAD)"
             )
+        extra = extra or Extra()
         keys = [self.keys.clock, *(self.keys.stream(c) for c in names)]
+        keys += [self.keys.log, self.keys.mercure_ids]
         ttl_ms = int(self.settings.history_ttl * 1000)
         args: list[bytes | str | int] = [event_type, payload, self.settings.history_size, ttl_ms]
+        args += [
+            extra.mercure_id or "",
+            "" if extra.retry is None else extra.retry,
+            "1" if extra.private else "",
+            self.settings.log_size,
+            self.keys.mercure_all,
+        ]
         args.extend(self.keys.live(c) for c in names)
+        args.extend(self.keys.mercure(c) for c in names)
+        args.extend(names)
         return keys, args
 
 
@@ -126,10 +156,15 @@ class Publisher:
         return cls(redis.asyncio.Redis.from_url(url), settings)
 
     async def publish(
-        self, channels: str | Sequence[str], data: Any, *, event: str | None = None
+        self,
+        channels: str | Sequence[str],
+        data: Any,
+        *,
+        event: str | None = None,
+        extra: Extra | None = None,
     ) -> str:
         """Publish ``data`` to one channel or several (as one event); return the event id."""
-        keys, args = self._prepared.call(channels, data, event)
+        keys, args = self._prepared.call(channels, data, event, extra)
         try:
             result = await self._script(keys=keys, args=args)
         except RedisError as exc:
@@ -162,9 +197,16 @@ class SyncPublisher:
         settings = (settings or Settings.from_env()).replace(redis_url=url)
         return cls(redis.Redis.from_url(url), settings)
 
-    def publish(self, channels: str | Sequence[str], data: Any, *, event: str | None = None) -> str:
+    def publish(
+        self,
+        channels: str | Sequence[str],
+        data: Any,
+        *,
+        event: str | None = None,
+        extra: Extra | None = None,
+    ) -> str:
         """Publish ``data`` to one channel or several (as one event); return the event id."""
-        keys, args = self._prepared.call(channels, data, event)
+        keys, args = self._prepared.call(channels, data, event, extra)
         try:
             result = self._script(keys=keys, args=args)
         except RedisError as exc:

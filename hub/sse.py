@@ -52,9 +52,17 @@ def signal_frame(event: str, payload: dict[str, Any], event_id: str | None = Non
     return head + b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
-def preamble(retry_ms: int) -> bytes:
-    """Sent at once: a comment so the browser's ``onopen`` fires, and the reconnect delay."""
-    return b": connected\nretry: " + str(retry_ms).encode() + b"\n\n"
+def preamble(retry_ms: int, event_id: str | None = None) -> bytes:
+    """Sent at once: a comment so the browser's ``onopen`` fires, and the reconnect delay.
+
+    With ``event_id``, the browser's cursor starts there (a block without data fires no
+    event but still sets ``lastEventId``): a client that joined live and lost its stream
+    before its first event resumes from where it joined instead of from nowhere.
+    """
+    head = (
+        b": connected\n" if event_id is None else b": connected\nid: " + event_id.encode() + b"\n"
+    )
+    return head + b"retry: " + str(retry_ms).encode() + b"\n\n"
 
 
 def retry_frame(retry_ms: int) -> bytes:
@@ -83,9 +91,15 @@ class EventStream:
     client blocks. One helper task per stream watches for the client going away.
     """
 
-    def __init__(self, body: AsyncGenerator[bytes, None] | None = None) -> None:
+    def __init__(
+        self,
+        body: AsyncGenerator[bytes, None] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         #: The chunks to send; may be set after construction, before the response runs.
         self.body = body
+        #: Response headers: the stream's own, and any ``headers`` given (Mercure's).
+        self.headers = _HEADERS if headers is None else _HEADERS + headers
         self._task: asyncio.Task[Any] | None = None
         self._on_abort: list[Callable[[], None]] = []
         #: Why the stream was dropped (``"disconnected"``, a cut-off reason), or ``None``.
@@ -112,17 +126,31 @@ class EventStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = self.body
         assert body is not None, "EventStream.body was never set"
-        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        start: dict[str, Any] = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": self.headers,
+        }
         if scope.get("method") == "HEAD":
+            await send(start)
             await body.aclose()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        self.direct = direct_writer(send)
         self._task = asyncio.current_task()
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        started = False
         try:
+            # The headers leave with the first chunk, not before: a browser fires `open`
+            # on them, and by then the hub has confirmed the subscription, so a page may
+            # publish from onopen and get its own event.
             async for chunk in body:
+                if not started:
+                    await send(start)
+                    started = True
+                    self.direct = direct_writer(send)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not started:
+                await send(start)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if self.cut_off is None:
@@ -144,11 +172,17 @@ class EventStream:
                 return
 
 
+_DROPPED_ON_PURPOSE = (
+    "ASGI callable returned without completing response.",
+    "ASGI callable returned without starting response.",
+)
+
+
 class _CutOffFilter(logging.Filter):
     # A stream we abort on purpose ends without a final chunk, and uvicorn reports that as
     # an application error; our own log line above already says what happened.
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "ASGI callable returned without completing response."
+        return record.msg not in _DROPPED_ON_PURPOSE
 
 
 def quiet_cut_off_streams() -> None:

@@ -113,6 +113,9 @@ async def _parse(lines: AsyncIterator[str], stream: SSEStream) -> AsyncIterator[
     async for line in lines:
         stream._opened.set()
         if line == "":
+            if event_id is not None:
+                # As the browser: the cursor moves when a block ends, data or not.
+                stream.last_event_id = event_id
             if has_data or event_type:
                 yield Event(event_id, event_type or "message", "\n".join(data))
             event_type, data, has_data = "", [], False
@@ -130,6 +133,5 @@ async def _parse(lines: AsyncIterator[str], stream: SSEStream) -> AsyncIterator[
             event_type = value
         elif name == "id":
             event_id = value
-            stream.last_event_id = value
         elif name == "retry" and value.isdigit():
             stream.retry = int(value)

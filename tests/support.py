@@ -152,9 +152,9 @@ class ResumingClient:
             await stream.ended.wait()
             if stream.status != 200:
                 self.failed.append(stream.status)
-            # The id of the last event dispatched (a frame cut off mid-way does not count).
-            ids = [e.id for e in stream.events if e.id is not None]
-            self.cursor = ids[-1] if ids else self.cursor
+            # What the browser would send: the id of the last complete block (the opening
+            # block's id included; a frame cut off mid-way does not count).
+            self.cursor = stream.last_event_id
             hint = (stream.retry or 1000) / 1000
             await asyncio.sleep(min(hint, self.max_delay))
 

@@ -183,7 +183,7 @@ PUBLISH_CASES = [
     pytest.param(
         _json({"chanel": "n", "data": "x"}),
         400,
-        "unknown field(s) ['chanel']; allowed: ['channel', 'channels', 'data', 'event']",
+        "unknown field(s) ['chanel']; allowed: ['channel', 'channels', 'data', 'event', 'private']",
         id="unknown-field",
     ),
     pytest.param(

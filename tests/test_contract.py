@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -391,3 +392,42 @@ async def test_sync_publisher_writes_straight_into_redis(
         ]
     finally:
         backends.cleanup()
+
+
+async def test_a_client_that_lost_its_stream_before_any_event_resumes_from_where_it_joined(
+    backends: Backends, start_hub: StartHub
+) -> None:
+    hub = await start_hub(backends.settings(), backends.backend())
+    await publish(hub.url, "join", "before joining")
+    async with SSEStream(hub.url, ["join"]) as stream:
+        await asyncio.sleep(0.1)
+        assert stream.events == []
+        cursor = stream.last_event_id  # what EventSource would send on its reconnect
+    assert cursor is not None
+    missed = await publish(hub.url, "join", "while away")
+    async with SSEStream(hub.url, ["join"], last_event_id=cursor) as resumed:
+        assert [(e.id, e.data) for e in await resumed.wait_for(1)] == [(missed, "while away")]
+        await asyncio.sleep(0.2)
+        assert len(resumed.events) == 1
+
+
+async def test_an_event_published_as_soon_as_the_headers_arrive_reaches_the_client(
+    backends: Backends, start_hub: StartHub
+) -> None:
+    # A browser fires `open` on the response headers, and pages publish from onopen.
+    hub = await start_hub(backends.settings(), backends.backend())
+    async with httpx.AsyncClient(timeout=5) as client:
+        for i in range(10):
+            channel = f"open{i}"
+            async with client.stream("GET", f"{hub.url}/events?channel={channel}") as response:
+                assert response.status_code == 200
+                await publish(hub.url, channel, "from onopen")
+                data = [line async for line in _until_data(response)]
+                assert data[-1] == "data: from onopen"
+
+
+async def _until_data(response: httpx.Response) -> AsyncIterator[str]:
+    async for line in response.aiter_lines():
+        yield line
+        if line.startswith("data: "):
+            return

@@ -162,6 +162,14 @@ FUZZ_CONFIG: dict[str, Any] = {
             "max-stream-events": 1,
             "generation": {"max-examples": 50},
         },
+        {
+            # The Mercure subscription is an endless stream too.
+            "include-path": "/.well-known/mercure",
+            "include-method": "GET",
+            "request-timeout": 0.5,
+            "max-stream-events": 1,
+            "generation": {"max-examples": 50},
+        },
     ],
 }
 

@@ -4,6 +4,8 @@
 -- a node that confirmed its SUBSCRIBE before reading history can never miss an event
 -- between the two.
 --
+-- Two call forms. The short one (native publishers in any language):
+--
 -- KEYS[1]     {prefix}clock            hash: ms, n (last id), since (history start, ms)
 -- KEYS[2..]   {prefix}stream:{channel} one per channel
 -- ARGV[1]     event type ("message" unless the publisher chose one)
@@ -11,11 +13,30 @@
 -- ARGV[3]     history size: entries kept per channel
 -- ARGV[4]     history age in ms: entries older are trimmed (0: no age limit)
 -- ARGV[5..]   {prefix}live:{channel}, one per stream key, in the same order
+--
+-- The full one (the hub's own publishers) also feeds the Mercure door: N channels,
+-- KEYS = clock, N streams, {prefix}log, {prefix}mercure-ids; ARGV = the four above,
+-- then [5] Mercure id chosen by the publisher ('' for none), [6] retry ('' for none),
+-- [7] private ('1' or ''), [8] log size, [9] {prefix}mercure-all (pub/sub for nodes
+-- with URI-template subscribers), [10..9+N] {prefix}live:{channel},
+-- [10+N..9+2N] {prefix}mercure:{channel}, [10+2N..9+3N] the channel names.
+-- A private event goes to the log and the Mercure names only: the native live path
+-- and per-channel history never carry it (the native API serves it from the log).
+--
 -- Returns the event id "<ms>-<n>".
 --
 -- Live message format: "<id>\n<prev id on this channel or empty>\n<event>\n<data>".
+-- Mercure message format: "<id>\n<mercure id>\n<event>\n<retry>\n<private>\n<channels,
+-- space-separated>\n<data>" (channel names never contain whitespace).
 
-if #KEYS < 2 or #ARGV ~= #KEYS + 3 then
+local n_chan
+local full = false
+if #KEYS >= 2 and #ARGV == #KEYS + 3 then
+  n_chan = #KEYS - 1
+elseif #KEYS >= 4 and #ARGV == 9 + 3 * (#KEYS - 3) then
+  n_chan = #KEYS - 3
+  full = true
+else
   return redis.error_reply('ERR hub publish: expected clock + N stream keys and 4 + N args')
 end
 
@@ -40,18 +61,69 @@ local id = string.format('%d-%d', ms, n)
 local event, data = ARGV[1], ARGV[2]
 local size = ARGV[3]
 local age = tonumber(ARGV[4])
-for i = 2, #KEYS do
-  local key = KEYS[i]
-  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-  local prev = ''
-  if last[1] then
-    prev = last[1][1]
+local private = full and ARGV[7] == '1'
+local live_base = 4
+if full then
+  live_base = 9
+end
+if not private then
+  for i = 1, n_chan do
+    local key = KEYS[i + 1]
+    local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    local prev = ''
+    if last[1] then
+      prev = last[1][1]
+    end
+    redis.call('XADD', key, 'MAXLEN', size, id, 'e', event, 'd', data, 'p', prev)
+    if age > 0 then
+      redis.call('XTRIM', key, 'MINID', string.format('%d-0', ms - age))
+      redis.call('PEXPIRE', key, string.format('%d', age))
+    end
+    redis.call('PUBLISH', ARGV[live_base + i], id .. '\n' .. prev .. '\n' .. event .. '\n' .. data)
   end
-  redis.call('XADD', key, 'MAXLEN', size, id, 'e', event, 'd', data, 'p', prev)
+end
+
+if full then
+  local log, ids = KEYS[n_chan + 2], KEYS[n_chan + 3]
+  local mid, retry, log_size = ARGV[5], ARGV[6], tonumber(ARGV[8])
+  local names = {}
+  for i = 1, n_chan do
+    names[i] = ARGV[9 + 2 * n_chan + i]
+  end
+  -- Forget publisher-chosen ids whose events are about to be trimmed from the log.
+  local excess = redis.call('XLEN', log) - log_size + 1
+  if excess > 0 then
+    for _, entry in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', excess)) do
+      local fields = entry[2]
+      for j = 1, #fields, 2 do
+        if fields[j] == 'm' and fields[j + 1] ~= '' then
+          if redis.call('HGET', ids, fields[j + 1]) == entry[1] then
+            redis.call('HDEL', ids, fields[j + 1])
+          end
+        end
+      end
+    end
+  end
+  local flag = ''
+  if private then
+    flag = '1'
+  end
+  local channels = table.concat(names, ' ')
+  redis.call('XADD', log, 'MAXLEN', log_size, id, 'c', channels, 'e', event, 'd', data,
+    'm', mid, 'r', retry, 'x', flag)
+  if mid ~= '' then
+    redis.call('HSET', ids, mid, id)
+  end
   if age > 0 then
-    redis.call('XTRIM', key, 'MINID', string.format('%d-0', ms - age))
-    redis.call('PEXPIRE', key, string.format('%d', age))
+    redis.call('XTRIM', log, 'MINID', string.format('%d-0', ms - age))
+    redis.call('PEXPIRE', log, string.format('%d', age))
+    redis.call('PEXPIRE', ids, string.format('%d', age))
   end
-  redis.call('PUBLISH', ARGV[i + 3], id .. '\n' .. prev .. '\n' .. event .. '\n' .. data)
+  local message = id .. '\n' .. mid .. '\n' .. event .. '\n' .. retry .. '\n' .. flag .. '\n'
+    .. channels .. '\n' .. data
+  for i = 1, n_chan do
+    redis.call('PUBLISH', ARGV[9 + n_chan + i], message)
+  end
+  redis.call('PUBLISH', ARGV[9], message)
 end
 return id

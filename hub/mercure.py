@@ -1,0 +1,190 @@
+"""The Mercure endpoints: ``GET`` and ``POST /.well-known/mercure`` (the protocol as
+Mercure hub v0.24 speaks it), and native ``/events`` streams that may receive private
+updates. The door they open onto the broker is :mod:`hub.mercure_door`."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from .auth import Claims
+from .errors import BadRequest, Forbidden
+from .history import read_clock
+from .http import read_body
+from .ids import EventId, format_id
+from .keys import MAX_CHANNEL_BYTES, check_channel, check_event_type
+from .mercure_door import MercureDoor, MercureSubscriber
+from .publisher import Extra
+from .sse import EventStream, signal_frame
+from .topics import compile_template, is_template
+
+__all__ = ["MercureDoor", "mercure", "mercure_publish", "mercure_subscribe", "native_stream"]
+
+MAX_ID_BYTES = 1024
+_CACHE_CONTROL = b"private, no-cache, no-store, must-revalidate, max-age=0"
+
+
+def _selectors(raw: list[str], limit: int) -> list[str]:
+    if not raw:
+        raise BadRequest("name at least one topic: ?topic=<topic, URI template or *>")
+    if len(raw) > limit:
+        raise BadRequest(f"{len(raw)} topics requested, at most {limit} (HUB_MAX_CHANNELS)")
+    for selector in raw:
+        if is_template(selector):
+            if len(selector.encode("utf-8", "replace")) > 4 * MAX_CHANNEL_BYTES:
+                raise BadRequest(f"URI template {selector[:40]!r}... is too long")
+            compile_template(selector)
+        elif selector != "*":
+            check_channel(selector)
+    return list(dict.fromkeys(raw))
+
+
+async def mercure(request: Request) -> Response | EventStream:
+    """``/.well-known/mercure``: one route, so that a 405 lists both methods."""
+    if request.method == "POST":
+        return await mercure_publish(request)
+    return await mercure_subscribe(request)
+
+
+async def mercure_subscribe(request: Request) -> Response | EventStream:
+    """``GET /.well-known/mercure?topic=...``: the Mercure subscription stream."""
+    door: MercureDoor = request.app.state.mercure
+    topics = _selectors(request.query_params.getlist("topic"), door.settings.max_channels)
+    claims = door.auth.subscriber(request)
+    door.check_capacity()
+    cursor = (
+        request.headers.get("last-event-id")
+        or request.query_params.get("lastEventID")
+        or request.query_params.get("lastEventId")
+    )
+    after: EventId | None = None
+    if cursor is None:
+        header = await door.newest_id()
+    elif cursor == "earliest":
+        after, header = (0, 0), "earliest"
+    else:
+        after = await door.resolve(cursor)
+        # Mercure: an id the hub does not know is answered with "earliest", so that the
+        # client knows it may have missed updates; it continues live from now.
+        header = cursor if after is not None else "earliest"
+    response = EventStream(
+        headers=[
+            (b"last-event-id", header.encode("utf-8", "replace")),
+            (b"cache-control", _CACHE_CONTROL),
+        ]
+    )
+    response.headers = [h for h in response.headers if h != (b"cache-control", b"no-cache")]
+    sub = MercureSubscriber(
+        topics,
+        claims,
+        native=False,
+        limit=door.settings.client_buffer,
+        on_cut_off=response.abort,
+    )
+    response.body = door.stream(sub, after, response)
+    return response
+
+
+async def native_stream(
+    request: Request, channels: list[str], claims: Claims, cursor: str | None
+) -> EventStream:
+    """``/events`` for a token that may receive private updates of its channels."""
+    door: MercureDoor = request.app.state.mercure
+    door.check_capacity()
+    after: EventId | None = None
+    reset = b""
+    if cursor == "earliest":
+        after = (0, 0)
+    elif cursor:
+        after = await door.resolve(cursor)
+        if after is None:
+            head = (await read_clock(door.broker.redis, door.keys)).head
+            reset = signal_frame(
+                "hub.reset",
+                {
+                    "reason": "unknown",
+                    "message": f"{cursor[:60]!r} is not in this hub's log; continuing live",
+                    "channels": channels,
+                },
+                event_id=format_id(head),
+            )
+    response = EventStream()
+    sub = MercureSubscriber(
+        channels,
+        claims,
+        native=True,
+        limit=door.settings.client_buffer,
+        on_cut_off=response.abort,
+    )
+    response.body = door.stream(sub, after, response, reset=reset)
+    return response
+
+
+async def mercure_publish(request: Request) -> Response:
+    """``POST /.well-known/mercure``: publish an update (form-encoded, Mercure fields)."""
+    door: MercureDoor = request.app.state.mercure
+    claims = door.auth.publisher(request)
+    content_type = request.headers.get("content-type", "")
+    if content_type and not content_type.startswith("application/x-www-form-urlencoded"):
+        raise BadRequest("send the update as application/x-www-form-urlencoded form fields")
+    body = await read_body(request, door.settings.max_payload + 64 * 1024)
+    try:
+        fields = parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=2000
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the form body cannot be read: {exc}") from None
+    form: dict[str, list[str]] = {}
+    for name, value in fields:
+        form.setdefault(name, []).append(value)
+    topics = form.get("topic", [])
+    if not topics:
+        raise BadRequest("missing topic: give at least one topic field")
+    for topic in topics:
+        check_channel(topic)
+        if "/.well-known/mercure" in topic:
+            raise Forbidden("topics under /.well-known/mercure are reserved for the hub")
+    if len(topics) > door.settings.max_channels:
+        raise BadRequest(f"{len(topics)} topics; at most {door.settings.max_channels}")
+    topics = list(dict.fromkeys(topics))
+    door.auth.check_publish(claims, topics)
+    extra = Extra(
+        private="private" in form,
+        mercure_id=_update_id(_one(form, "id")),
+        retry=_retry(_one(form, "retry")),
+    )
+    event = _one(form, "type") or None
+    if event is not None and ("\r" in event or "\n" in event or "\0" in event):
+        raise BadRequest("type must not contain CR, LF or NUL characters")
+    event = check_event_type(event)
+    event_id = await door.broker.publisher.publish(
+        topics, _one(form, "data") or "", event=event, extra=extra
+    )
+    return PlainTextResponse(extra.mercure_id or event_id)
+
+
+def _one(form: dict[str, list[str]], name: str) -> str | None:
+    values = form.get(name)
+    return values[0] if values else None
+
+
+def _update_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise BadRequest("id must not contain CR, LF or NUL characters")
+    if len(value.encode("utf-8", "replace")) > MAX_ID_BYTES:
+        raise BadRequest(f"id is longer than {MAX_ID_BYTES} bytes")
+    if value == "earliest":
+        raise BadRequest("'earliest' is reserved and cannot be an update id")
+    return value
+
+
+def _retry(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or len(value) > 10:
+        raise BadRequest("retry must be an unsigned integer (milliseconds)")
+    return int(value)

@@ -1,0 +1,77 @@
+"""Helpers for the Mercure tests: tokens, form publishes, Mercure streams."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import jwt
+
+from sse_client import SSEStream
+
+KEY = "a-test-secret-that-is-long-enough-for-hs256"
+
+
+def token(
+    publish: Sequence[str] | None = None,
+    subscribe: Sequence[str] | None = None,
+    *,
+    key: str = KEY,
+    expires_in: float | None = 3600,
+    algorithm: str = "HS256",
+) -> str:
+    mercure: dict[str, Any] = {}
+    if publish is not None:
+        mercure["publish"] = list(publish)
+    if subscribe is not None:
+        mercure["subscribe"] = list(subscribe)
+    claims: dict[str, Any] = {"mercure": mercure}
+    if expires_in is not None:
+        claims["exp"] = int(time.time() + expires_in)
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def mercure_stream(
+    base_url: str,
+    topics: Sequence[str],
+    *,
+    bearer: str | None = None,
+    last_event_id: str | None = None,
+    query: dict[str, str] | None = None,
+) -> SSEStream:
+    stream = SSEStream(base_url, [], last_event_id=last_event_id)
+    params = [("topic", t) for t in topics] + list((query or {}).items())
+    stream.url = f"{base_url}/.well-known/mercure?{urlencode(params)}"
+    if bearer is not None:
+        stream.headers["Authorization"] = f"Bearer {bearer}"
+    return stream
+
+
+async def mercure_publish(
+    base_url: str,
+    topics: str | Sequence[str],
+    data: str = "",
+    *,
+    bearer: str | None = None,
+    expect: int = 200,
+    headers: dict[str, str] | None = None,
+    cookies: dict[str, str] | None = None,
+    **fields: str,
+) -> httpx.Response:
+    form = [("topic", t) for t in ([topics] if isinstance(topics, str) else topics)]
+    form.append(("data", data))
+    form += list(fields.items())
+    sent = dict(headers or {})
+    if bearer is not None:
+        sent["Authorization"] = f"Bearer {bearer}"
+    async with httpx.AsyncClient(cookies=cookies) as client:
+        response = await client.post(
+            f"{base_url}/.well-known/mercure",
+            content=urlencode(form),
+            headers={"Content-Type": "application/x-www-form-urlencoded", **sent},
+        )
+    assert response.status_code == expect, response.text
+    return response
