@@ -36,7 +36,7 @@ from .errors import (
 from .http import read_body
 from .keys import check_channels
 from .mercure import MercureDoor, mercure, native_stream
-from .metrics import Metrics
+from .metrics import TOKEN_EXPIRED, Metrics
 from .openapi import openapi_endpoint
 from .publisher import Extra
 from .sse import EventStream, quiet_cut_off_streams, retry_frame
@@ -215,7 +215,7 @@ async def events(request: Request) -> Response | EventStream:
     ttl = expires_in(claims)
     if ttl is not None:
         # The token's exp ends the stream; the client comes back with a fresh one.
-        timer = asyncio.get_running_loop().call_later(ttl, response.abort, "token expired")
+        timer = asyncio.get_running_loop().call_later(ttl, response.abort, TOKEN_EXPIRED)
         response.on_abort(timer.cancel)
     return response
 

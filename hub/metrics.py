@@ -52,7 +52,9 @@ __all__ = [
 #: Where prometheus-client's multiprocess mode keeps the workers' values.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Why a stream closed: the ``reason`` label of ``hub_connections_closed_total``.
-CLOSE_REASONS = ("client", "slow", "shutdown", "gap", "error")
+CLOSE_REASONS = ("client", "slow", "expired", "shutdown", "gap", "error")
+#: The cut-off reason of a stream whose token expired.
+TOKEN_EXPIRED = "token expired"
 #: Seconds between syncs of a worker's numbers to the shared directory.
 SYNC_PERIOD = 1.0
 
@@ -242,6 +244,8 @@ def stream_closed(stats: Stats, sub: Subscriber, response: object, seconds: floa
     cut_off: str | None = getattr(response, "cut_off", None)
     if cut_off == "disconnected" or (cut_off is None and sub.closed == "aborted"):
         reason, detail = "client", "the client went away"
+    elif cut_off == TOKEN_EXPIRED:
+        reason, detail = "expired", "its token expired (the client comes back with a new one)"
     elif cut_off is not None or sub.closed == "cut off":
         reason, detail = "slow", cut_off or "cut off as too slow"
     elif sub.closed in ("shutdown", "gap"):

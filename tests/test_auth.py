@@ -3,6 +3,7 @@ asymmetric keys, and the topic-selector matcher."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -196,6 +197,11 @@ async def test_native_stream_ends_when_its_token_expires(locked: RunningHub) -> 
     async with stream:
         assert stream.status == 200
         await stream.wait_ended(timeout=5)
+    for _ in range(50):  # the hub counts it once its side of the stream has wound down
+        if locked.broker.stats.closed["expired"]:
+            break
+        await asyncio.sleep(0.02)
+    assert locked.broker.stats.closed == {**locked.broker.stats.closed, "expired": 1, "slow": 0}
 
 
 async def test_no_key_is_development_mode_anyone_publishes(
