@@ -18,6 +18,7 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright
 from test_workers import WorkerProcess
 
+from mercure_support import KEY, token
 from support import REPO, HubProcesses
 
 pytestmark = pytest.mark.anyio
@@ -298,3 +299,25 @@ class _HttpPublisher:
                 self.acknowledged.append((str(response.json()["id"]), data))
                 n += 1
                 await asyncio.sleep(0.03)
+
+
+async def test_page_with_authorization_on_publishes_only_with_a_valid_token(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    hub = await hubs.start(env={"HUB_JWT_KEY": KEY, "HUB_ANONYMOUS": "1"})
+    page = await open_page(browser, hub.url, "locked")  # anonymous: public events
+    await page.fill("#pub-channel", "locked")
+    await page.fill("#pub-data", "no token")
+    await page.click("#pub-send")
+    await page.wait_for_function(
+        "document.getElementById('pub-result').textContent.startsWith('failed')"
+    )
+    assert "token" in (await page.inner_text("#pub-result")).lower()
+    # The browser notes the refused request in the console: that one is expected.
+    _page_errors[:] = [e for e in _page_errors if "status of 401" not in e]
+
+    await page.fill("#token", token(publish=["locked"]))
+    await page.fill("#pub-data", "with a token")
+    await page.click("#pub-send")
+    shown = await wait_rows(page, 1)
+    assert [row[2] for row in shown] == ["with a token"]
