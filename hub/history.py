@@ -149,6 +149,16 @@ class HistoryReader:
 
     async def __aiter__(self) -> AsyncIterator[Entry]:
         await self._fill(list(self._buffers))
+        if len(self._buffers) == 1:
+            # One channel (the common resume): its stream is already in id order and
+            # starts after the cursor, so there is nothing to merge or skip.
+            [(channel, buffer)] = self._buffers.items()
+            while buffer:
+                while buffer:
+                    yield buffer.popleft()
+                if channel not in self._done:
+                    await self._fill([channel])
+            return
         heap = [(buf[0].id, i, ch) for i, (ch, buf) in enumerate(self._buffers.items()) if buf]
         heapq.heapify(heap)
         yielded: EventId = self._after
