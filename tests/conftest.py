@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -23,6 +23,9 @@ import uvicorn
 from hub import Backend, Settings, create_app
 from hub.broker import Broker
 from hub.server import HubServer
+
+if TYPE_CHECKING:
+    from support import HubProcesses
 
 
 @pytest.fixture(scope="session")
@@ -257,3 +260,15 @@ async def wait_ready(url: str, timeout: float = 10) -> None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"hub at {url} not ready: {state}")
             await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def hubs(redis_url: str) -> AsyncIterator[HubProcesses]:
+    """Real ``hub serve`` processes on the test's Redis; all stopped at the end."""
+    from support import HubProcesses  # support imports this module: import it late
+
+    made = HubProcesses(redis_url)
+    try:
+        yield made
+    finally:
+        await made.cleanup()

@@ -45,15 +45,6 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
             await launched.close()
 
 
-@pytest.fixture
-async def hubs(redis_url: str) -> AsyncIterator[HubProcesses]:
-    made = HubProcesses(redis_url)
-    try:
-        yield made
-    finally:
-        await made.cleanup()
-
-
 #: Script errors and console errors of every page a test opened.
 _page_errors: list[str] = []
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,15 +17,6 @@ from support import HubProcess, HubProcesses
 pytestmark = pytest.mark.anyio
 
 JSON_INFO = {"HUB_LOG_FORMAT": "json", "HUB_LOG_LEVEL": "info"}
-
-
-@pytest.fixture
-async def hubs(redis_url: str) -> AsyncIterator[HubProcesses]:
-    made = HubProcesses(redis_url)
-    try:
-        yield made
-    finally:
-        await made.cleanup()
 
 
 async def log_lines(hub: HubProcess) -> list[dict[str, Any]]:

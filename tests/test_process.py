@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,15 +13,6 @@ from sse_client import SSEStream
 from support import HubProcesses, SteadyPublisher
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def hubs(redis_url: str) -> AsyncIterator[HubProcesses]:
-    made = HubProcesses(redis_url)
-    try:
-        yield made
-    finally:
-        await made.cleanup()
 
 
 async def test_sigterm_ends_streams_with_a_jittered_retry_hint_and_exits_zero(
