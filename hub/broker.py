@@ -88,6 +88,7 @@ class Broker:
         await self._sweeper.__aexit__(exc_type, exc, tb)
         await self._reader.__aexit__(exc_type, exc, tb)
         await self._live_redis.aclose(close_connection_pool=True)
+        await self.publisher.aclose(close_client=False)
         await self.redis.aclose(close_connection_pool=True)
 
     @property

@@ -52,6 +52,7 @@ async def test_two_hundred_clients_share_one_live_redis_connection(
                 await asyncio.gather(*(s.close() for s in streams))
         assert before["live"] == after["live"] == 1
         assert after.get("cmd", 0) <= 2  # the pool's bound, whatever the number of clients
+        assert after.get("pub", 0) <= 1  # the publisher's lane
     finally:
         backends.cleanup()
 
