@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import hiredis
@@ -36,7 +37,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["InFlightLost", "Lane"]
+__all__ = ["InFlightLost", "Lane", "LaneTimeout", "Target", "pack"]
 
 Arg = bytes | str | int | float
 
@@ -169,31 +170,20 @@ class _Protocol(asyncio.Protocol):
 Opener = Callable[[asyncio.AbstractEventLoop, Callable[[], _Protocol]], Awaitable[Any]]
 
 
-class Lane:
-    """Commands from many coroutines on one Redis connection, in order.
+@dataclass(frozen=True)
+class Target:
+    """Where a redis-py client's connections go, and how they introduce themselves."""
 
-    >>> lane = Lane.for_client(redis_client)
-    >>> reply = await lane.call("EVALSHA", sha, 1, "key", "arg")
-    """
-
-    def __init__(
-        self,
-        opener: Opener,
-        *,
-        handshake: Sequence[Sequence[Arg]] = (),
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        self._opener = opener
-        self._handshake = [pack(command) for command in handshake]
-        self._timeout = timeout
-        self._protocol: _Protocol | None = None
-        self._connecting = asyncio.Lock()
-        self._closed = False
+    opener: Opener
+    #: AUTH, SELECT and CLIENT SETNAME, packed, sent on every new connection.
+    handshake: tuple[bytes, ...]
+    #: Seconds to connect, and (for a lane) to wait for a reply.
+    timeout: float
 
     @classmethod
-    def for_client(cls, client: Redis, *, role: str = "pub") -> Lane | None:
-        """A lane to the server ``client`` talks to, with its credentials and database;
-        ``None`` when its connections are of a kind a lane does not speak (TLS, ...).
+    def of(cls, client: Redis, role: str) -> Target | None:
+        """What ``client``'s pool says: address, credentials, database; ``None`` when its
+        connections are of a kind we do not speak here (TLS, credential providers, ...).
 
         The connection is named like the client's, with ``role`` as its last ``:`` part
         (``hub:cmd`` gives ``hub:pub``), so CLIENT LIST tells them apart."""
@@ -206,7 +196,7 @@ class Lane:
             sentinel_pool = pool
 
             async def to_master(loop: asyncio.AbstractEventLoop, factory: Any) -> Any:
-                # Asked at every connect, so a lane follows the master after a failover.
+                # Asked at every connect, so a connection follows the master after a failover.
                 host, port = await sentinel_pool.get_master_address()  # type: ignore[no-untyped-call]
                 return await loop.create_connection(factory, host, port)
 
@@ -237,8 +227,52 @@ class Lane:
         if client_name:
             base = client_name.rsplit(":", 1)[0] if ":" in client_name else client_name
             handshake.append(["CLIENT", "SETNAME", f"{base}:{role}"])
-        timeout = options.get("socket_timeout") or DEFAULT_TIMEOUT
-        return cls(opener, handshake=handshake, timeout=float(timeout))
+        timeout = options.get("socket_timeout") or options.get("socket_connect_timeout")
+        packed = tuple(pack(command) for command in handshake)
+        return cls(opener, packed, float(timeout or DEFAULT_TIMEOUT))
+
+    async def open(self) -> _Protocol:
+        """A new connection that has been through the handshake."""
+        loop = asyncio.get_running_loop()
+        timeout = self.timeout
+        try:
+            _transport, protocol = await asyncio.wait_for(
+                self.opener(loop, lambda: _Protocol(timeout)), timeout
+            )
+        except asyncio.TimeoutError:
+            raise RedisTimeoutError(f"connecting to Redis took over {timeout:g}s") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+        assert isinstance(protocol, _Protocol)
+        try:
+            replies = [protocol.send(command) for command in self.handshake]
+            for reply in await asyncio.gather(*replies):
+                if isinstance(reply, ResponseError):
+                    raise _typed(reply)
+        except BaseException:
+            protocol.close()
+            raise
+        return protocol
+
+
+class Lane:
+    """Commands from many coroutines on one Redis connection, in order.
+
+    >>> lane = Lane.for_client(redis_client)
+    >>> reply = await lane.call("EVALSHA", sha, 1, "key", "arg")
+    """
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._protocol: _Protocol | None = None
+        self._connecting = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def for_client(cls, client: Redis, *, role: str = "pub") -> Lane | None:
+        """A lane to the server ``client`` talks to (see :meth:`Target.of`), or ``None``."""
+        target = Target.of(client, role)
+        return None if target is None else cls(target)
 
     async def call(self, *args: Arg) -> Any:
         """Send one command and return its reply; Redis errors are raised as redis-py's
@@ -260,28 +294,9 @@ class Lane:
             if self._closed:
                 raise RedisConnectionError("the lane is closed")
             protocol = self._protocol
-            if protocol is not None and not protocol.lost:
-                return protocol  # another caller connected while we waited
-            loop = asyncio.get_running_loop()
-            timeout = self._timeout
-            try:
-                _transport, protocol = await asyncio.wait_for(
-                    self._opener(loop, lambda: _Protocol(timeout)), timeout
-                )
-            except asyncio.TimeoutError:
-                raise RedisTimeoutError(f"connecting to Redis took over {timeout:g}s") from None
-            except OSError as exc:
-                raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-            assert isinstance(protocol, _Protocol)
-            try:
-                replies = [protocol.send(command) for command in self._handshake]
-                for reply in await asyncio.gather(*replies):
-                    if isinstance(reply, ResponseError):
-                        raise _typed(reply)
-            except BaseException:
-                protocol.close()
-                raise
-            self._protocol = protocol
+            if protocol is None or protocol.lost:
+                # (Unless another caller connected while we waited.)
+                protocol = self._protocol = await self._target.open()
             return protocol
 
     async def aclose(self) -> None:

@@ -20,7 +20,6 @@ import logging
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from .config import Settings
@@ -29,6 +28,7 @@ from .history import HistoryReader, read_clock, record_loss
 from .ids import EventId, format_id, parse_id
 from .keys import Keys
 from .metrics import Stats, lag_since
+from .pubsub import LiveConnection, open_live
 from .sse import encode_frame, retry_frame
 from .subscriber import Subscriber
 
@@ -68,7 +68,7 @@ class Channel:
         self.confirmed = asyncio.Event()
         #: SUBSCRIBE commands sent on ``session`` and not yet confirmed.
         self.pending = 0
-        self.session: PubSub | None = None
+        self.session: LiveConnection | None = None
         self.idle_since: float | None = None
         #: The newest id when the subscription was confirmed: older events were never
         #: this node's to deliver live (clients replayed them from history).
@@ -86,7 +86,9 @@ class LivePath:
         self._channels: dict[bytes, Channel] = {}
         #: Every open client stream of this process.
         self.subscribers: set[Subscriber] = set()
-        self._pubsub: PubSub | None = None
+        self._conn: LiveConnection | None = None
+        #: Messages that arrived while a session was being set up (until its recovery).
+        self._held: list[tuple[bytes, bytes]] | None = None
         self._watermark: EventId | None = None
         self._cached: tuple[bytes, bytes] = (b"", b"")
         #: True while the live connection is up and subscribed.
@@ -118,15 +120,15 @@ class LivePath:
 
     async def confirm(self, channels: list[Channel]) -> None:
         """Make sure the live connection has confirmed a subscription to each channel."""
-        ps = self._pubsub
+        conn = self._conn
         unsent = [c for c in channels if c.session is None]
-        if ps is not None and unsent and _usable(ps):
+        if conn is not None and unsent and not conn.lost.done():
             for channel in unsent:
-                channel.session = ps
+                channel.session = conn
                 channel.pending += 1
             # On failure the reader notices the broken connection and resubscribes everything.
             with contextlib.suppress(RedisError):
-                await ps.subscribe(*(self.keys.live(c.name) for c in unsent))
+                await conn.subscribe([self.keys.live(c.name) for c in unsent])
         loop = asyncio.get_running_loop()
         # With the live connection known to be down, say so soon rather than keep a new
         # client waiting in silence; a slow but working Redis gets the full timeout.
@@ -152,23 +154,20 @@ class LivePath:
 
     async def run(self) -> None:
         """One life of the live connection: subscribe, recover, then read until it breaks."""
-        ps = self._live_redis.pubsub(ignore_subscribe_messages=False)
-        watch = _ReconnectWatch()
+        self._held = []
+        conn = await open_live(self._live_redis, self._on_message, self._on_subscribed)
         try:
-            await ps.connect()  # type: ignore[no-untyped-call]
-            if ps.connection is not None and hasattr(ps.connection, "register_connect_callback"):
-                ps.connection.register_connect_callback(watch.on_connect)
-            self._pubsub = ps
+            self._conn = conn
             for live, channel in list(self._channels.items()):
                 if not channel.subscribers:
                     del self._channels[live]
             initial = list(self._channels.values())
             for channel in initial:
-                channel.session, channel.pending = ps, 1
+                channel.session, channel.pending = conn, 1
                 channel.confirmed.clear()
             if initial:
-                await ps.subscribe(*(self.keys.live(c.name) for c in initial))
-            held = await self._await_confirmations(ps, initial)
+                await conn.subscribe([self.keys.live(c.name) for c in initial])
+            await self._await_confirmations(conn, initial)
             head = (await read_clock(self.redis, self.keys)).head
             if self._watermark is None:
                 self._watermark = head
@@ -176,38 +175,49 @@ class LivePath:
                 if head < self._watermark:
                     await self._note_loss(head, self._watermark)
                 await self._recover()
-            for message in held:
-                self._dispatch(message["channel"], message["data"])
+            held, self._held = self._held, None
+            for live, payload in held:
+                self._dispatch(live, payload)
             self.live = True
             logger.info("live path connected (%d channels)", len(self._channels))
-            await self._read(ps, watch)
+            await self._watch(conn)
         finally:
             self.live = False
-            if self._pubsub is ps:
-                self._pubsub = None
+            self._held = None
+            if self._conn is conn:
+                self._conn = None
             for channel in self._channels.values():
                 channel.session, channel.pending = None, 0
                 channel.confirmed.clear()
-            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(ps.aclose(), 2.0)  # type: ignore[no-untyped-call]
+            await conn.aclose()
 
-    async def _await_confirmations(
-        self, ps: PubSub, channels: list[Channel]
-    ) -> list[dict[str, Any]]:
-        held: list[dict[str, Any]] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONFIRM_TIMEOUT
-        while any(not c.confirmed.is_set() for c in channels):
-            if loop.time() > deadline:
-                raise BackendUnavailable("Redis did not confirm the live subscriptions")
-            message = await ps.get_message(timeout=1.0)
-            if message is None:
-                continue
-            if message["type"] == "message":
-                held.append(message)
-            else:
-                self._control(ps, message)
-        return held
+    def _on_message(self, live: bytes, payload: bytes) -> None:
+        if self._held is not None:
+            self._held.append((live, payload))  # delivered after the session's recovery
+        else:
+            self._dispatch(live, payload)
+
+    def _on_subscribed(self, live: bytes) -> None:
+        channel = self._channels.get(live)
+        if channel is not None and channel.session is self._conn:
+            channel.pending -= 1
+            if channel.pending <= 0:
+                channel.confirmed.set()
+
+    async def _await_confirmations(self, conn: LiveConnection, channels: list[Channel]) -> None:
+        waiting = [c for c in channels if not c.confirmed.is_set()]
+        if not waiting:
+            return
+        confirmed = asyncio.ensure_future(asyncio.gather(*(c.confirmed.wait() for c in waiting)))
+        try:
+            either: set[asyncio.Future[Any]] = {confirmed, conn.lost}
+            await asyncio.wait(either, timeout=CONFIRM_TIMEOUT, return_when="FIRST_COMPLETED")
+        finally:
+            confirmed.cancel()
+        if conn.lost.done():
+            conn.lost.result()  # raises why
+        if not all(c.confirmed.is_set() for c in waiting):
+            raise BackendUnavailable("Redis did not confirm the live subscriptions")
 
     async def _note_loss(self, head: EventId, watermark: EventId) -> None:
         """This node delivered events that Redis no longer has: it failed over to a
@@ -265,33 +275,26 @@ class LivePath:
                 f"; history too short for {reader.gaps}" if reader.gaps else "",
             )
 
-    async def _read(self, ps: PubSub, watch: _ReconnectWatch) -> None:
+    async def _watch(self, conn: LiveConnection) -> None:
+        """Chores, once a second, until the connection breaks: unsubscribe idle channels,
+        probe a silent connection with PING, check positions."""
         loop = asyncio.get_running_loop()
-        last_rx = loop.time()
         ping_sent: float | None = None
-        next_chores = last_rx + 1.0
-        next_position_check = last_rx + self.settings.position_check
+        next_position_check = loop.time() + self.settings.position_check
         while True:
-            if watch.reconnected:
-                raise BackendUnavailable("the live connection was re-established; recovering")
-            message = await ps.get_message(timeout=1.0)
+            await asyncio.wait({conn.lost}, timeout=1.0)
+            if conn.lost.done():
+                conn.lost.result()  # raises why
+                raise BackendUnavailable("the live connection ended")
             now = loop.time()
-            if message is not None:
-                last_rx, ping_sent = now, None
-                if message["type"] == "message":
-                    self._dispatch(message["channel"], message["data"])
-                else:
-                    self._control(ps, message)
-                if now < next_chores:
-                    continue
-            next_chores = now + 1.0
-            await self._unsubscribe_idle(ps, now)
+            await self._unsubscribe_idle(conn, now)
+            if ping_sent is not None and conn.last_rx >= ping_sent:
+                ping_sent = None
             if ping_sent is not None and now - ping_sent > PROBE_TIMEOUT:
                 raise BackendUnavailable(
                     f"no answer to PING on the live connection in {PROBE_TIMEOUT:.0f}s"
                 )
-            if ping_sent is None and now - last_rx > PROBE_AFTER and ps.subscribed:
-                await ps.ping()
+            if ping_sent is None and now - conn.last_rx > PROBE_AFTER and await conn.ping():
                 ping_sent = now
             if now >= next_position_check:
                 next_position_check = now + self.settings.position_check
@@ -331,16 +334,7 @@ class LivePath:
                 "resubscribing and recovering"
             )
 
-    def _control(self, ps: PubSub, message: dict[str, Any]) -> None:
-        if message["type"] != "subscribe":
-            return
-        channel = self._channels.get(message["channel"])
-        if channel is not None and channel.session is ps:
-            channel.pending -= 1
-            if channel.pending <= 0:
-                channel.confirmed.set()
-
-    async def _unsubscribe_idle(self, ps: PubSub, now: float) -> None:
+    async def _unsubscribe_idle(self, conn: LiveConnection, now: float) -> None:
         idle = [
             live
             for live, c in self._channels.items()
@@ -353,7 +347,7 @@ class LivePath:
             return
         for live in idle:
             del self._channels[live]
-        await ps.unsubscribe(*idle)
+        await conn.unsubscribe(idle)
 
     def _dispatch(self, live: bytes, payload: bytes) -> None:
         """One live message: encode it once, queue it for every subscriber of the channel."""
@@ -374,20 +368,3 @@ class LivePath:
         self.stats.delivered += len(channel.subscribers)
         for sub in channel.subscribers:
             sub.deliver(event_id, frame)
-
-
-class _ReconnectWatch:
-    """redis-py reconnects a dropped pub/sub connection by itself and resubscribes; what
-    was published in between would be lost without a word. This notices, so the reader
-    starts a proper session (with recovery) instead."""
-
-    def __init__(self) -> None:
-        self.reconnected = False
-
-    async def on_connect(self, _connection: Any) -> None:
-        self.reconnected = True
-
-
-def _usable(ps: PubSub) -> bool:
-    connection = ps.connection
-    return connection is None or bool(getattr(connection, "is_connected", True))

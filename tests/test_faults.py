@@ -209,3 +209,27 @@ async def test_recorded_losses_only_widen(backends: Backends) -> None:
         assert (await read_clock(client, keys)).lost == ((5, 2), (30, 1))
     finally:
         await client.aclose()
+
+
+async def test_garbage_on_a_live_name_restarts_the_session_and_loses_nothing(
+    redis_server: RedisServer, start_hub: StartHub
+) -> None:
+    backends = Backends("redis", redis_server.url)
+    hub = await start_hub(backends.settings(), backends.backend())
+    publisher = Publisher(backends.backend().command_client(), backends.settings())
+    outsider = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        async with SSEStream(hub.url, ["g"]) as stream:
+            before = await publisher.publish("g", "before")
+            await stream.wait_for(1)
+            # Someone else's message on the hub's live name: not in the hub's format.
+            await outsider.publish(Keys(backends.prefix).live("g"), b"not a hub message")
+            after = [await publisher.publish("g", f"after {i}") for i in range(3)]
+            await stream.wait_for(4, timeout=20)
+            await asyncio.sleep(0.2)
+            assert not stream.ended.is_set(), "the client had to reconnect by itself"
+            got = [(e.id, e.data) for e in stream.events]
+    finally:
+        await outsider.aclose()
+        await publisher.aclose()
+    assert got == [(before, "before")] + [(i, f"after {n}") for n, i in enumerate(after)]
