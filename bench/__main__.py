@@ -87,7 +87,9 @@ TABLE = [
     ("S2", "max_deliveries_per_s", "max deliveries/s"),
     ("S3", "kib_per_conn", "KiB RSS / idle connection"),
     ("S4", "events_per_s", "replay events/s"),
-    ("S5", "http_msgs_per_s", "HTTP publishes/s"),
+    ("S5", "ab_msgs_per_s", "HTTP publishes/s (ab -k, C client)"),
+    ("S5", "ab_cpu_us_per_publish", "CPU us / HTTP publish (server + Redis)"),
+    ("S5", "http_msgs_per_s", "HTTP publishes/s (httpx, one Python client)"),
     ("S5", "publisher_single_msgs_per_s", "Python Publisher, sequential msgs/s"),
     ("S5", "publisher_batch_msgs_per_s", "Python Publisher, gather x100 msgs/s"),
     ("S6", "cycles_per_s", "connects + disconnects /s"),
@@ -122,8 +124,15 @@ def machine(redis_url: str) -> dict[str, Any]:
 
 
 def _s5(server: Server, redis_url: str, size: dict[str, Any]) -> dict[str, Any]:
+    ab = sc.ab_publish(server, **size)
     http = asyncio.run(sc.http_publish(server, **size))
-    out: dict[str, Any] = {"http_msgs_per_s": http["msgs_per_s"], "http": http}
+    out: dict[str, Any] = {
+        "ab_msgs_per_s": ab["msgs_per_s"],
+        "ab_cpu_us_per_publish": ab["cpu_us_per_publish"],
+        "http_msgs_per_s": http["msgs_per_s"],
+        "ab": ab,
+        "http": http,
+    }
     if server.name == "hub":
         single = asyncio.run(sc.python_publisher(redis_url, seconds=size["seconds"], batch=1))
         batch = asyncio.run(sc.python_publisher(redis_url, seconds=size["seconds"], batch=100))

@@ -51,8 +51,14 @@ def test_bench_quick_runs(tmp_path: Path) -> None:
     assert hub["S1a"]["delivered_ratio"] == 1.0
     assert hub["S1a"]["failed"] == 0
     assert hub["S4"]["received"] == hub["S4"]["events_behind"]
-    for key in ("http_msgs_per_s", "publisher_single_msgs_per_s", "publisher_batch_msgs_per_s"):
+    for key in (
+        "ab_msgs_per_s",
+        "http_msgs_per_s",
+        "publisher_single_msgs_per_s",
+        "publisher_batch_msgs_per_s",
+    ):
         assert hub["S5"][key] > 0
+    assert hub["S5"]["ab"]["non_2xx"] == 0
 
     # Nchan either ran (and then lost nothing either) or says why it was skipped.
     for res in results["scenarios"].values():
