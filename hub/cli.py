@@ -10,9 +10,11 @@ import logging
 import os
 import pkgutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
 
-from .config import Settings
+from .config import Settings, field_docs
 from .errors import HubError
 
 __all__ = ["main"]
@@ -26,27 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run a hub node")
-    serve.add_argument("--host", help="interface to listen on (HUB_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (HUB_PORT, default 8000)")
-    serve.add_argument(
-        "--redis-url", help="redis://host:port/db (HUB_REDIS_URL); none: embedded in-memory"
+    serve = commands.add_parser(
+        "serve",
+        help="run a hub node",
+        description="Run a hub node. Every option is also read from HUB_<OPTION> (flags win).",
     )
-    serve.add_argument("--key-prefix", help="prefix of every Redis key (HUB_KEY_PREFIX)")
-    serve.add_argument("--history-size", type=int, help="events kept per channel")
-    serve.add_argument("--history-ttl", type=float, help="seconds events are kept (0: no limit)")
-    serve.add_argument("--heartbeat", type=float, help="seconds between heartbeat comments")
-    serve.add_argument("--max-channels", type=int, help="channels per connection")
-    serve.add_argument(
-        "--workers",
-        type=int,
-        help="processes sharing the port, each with its own Redis connections (HUB_WORKERS, "
-        "default 1); needs --redis-url",
-    )
-    serve.add_argument("--log-level", help="debug, info, warning, error")
-    serve.add_argument(
-        "--log-format", choices=["text", "json"], help="text (default) or json (HUB_LOG_FORMAT)"
-    )
+    _settings_flags(serve)
 
     publish = commands.add_parser("publish", help="publish one event and print its id")
     publish.add_argument("channel")
@@ -84,23 +71,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, so the command line and HUB_* variables cover the same."""
+    docs = field_docs()
+    for field in fields(Settings):
+        kind = field.type if isinstance(field.type, str) else field.type.__name__
+        converters: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _yes_no}
+        convert = converters.get(kind.split(" ")[0], str)
+        env = f"HUB_{field.name.upper()}"
+        default = "none" if field.default in (None, "") else field.default
+        if isinstance(default, bool):
+            default = int(default)
+        text = docs.get(field.name, "").replace("%", "%%")
+        note = f"{env}, default {default}"
+        if field.name in _SECRETS:
+            note += "; prefer the variable: other users can read command lines"
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=convert,
+            metavar=kind.split(" ")[0].upper() if convert is not str else "TEXT",
+            help=f"{text} ({note})".strip(),
+        )
+
+
+#: Settings that hold secrets: flags work, but the environment keeps them out of `ps`.
+_SECRETS = {"jwt_key", "publisher_jwt_key", "subscriber_jwt_key", "redis_url"}
+
+
+def _yes_no(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{raw!r}: use 1 or 0")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """``hub serve``'s settings: flags over HUB_* variables over defaults."""
+    return Settings.from_env(**{f.name: getattr(args, f.name, None) for f in fields(Settings)})
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    settings = Settings.from_env(
-        host=args.host,
-        port=args.port,
-        redis_url=args.redis_url,
-        key_prefix=args.key_prefix,
-        history_size=args.history_size,
-        history_ttl=args.history_ttl,
-        heartbeat=args.heartbeat,
-        max_channels=args.max_channels,
-        workers=args.workers,
-        log_level=args.log_level,
-        log_format=args.log_format,
-    )
-    return serve(settings)
+    return serve(settings_from_args(args))
 
 
 async def _publish(args: argparse.Namespace) -> int:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "field_docs"]
 
 
 @dataclass(frozen=True)
@@ -22,9 +24,12 @@ class Settings:
     :meth:`from_env`. Keyword arguments win over the environment.
     """
 
+    #: Interface to listen on (0.0.0.0 for every interface).
     host: str = "127.0.0.1"
+    #: TCP port to listen on.
     port: int = 8000
-    #: ``redis://...``; ``None`` runs on the embedded in-memory backend (one process only).
+    #: ``redis://[:password@]host:port/db``, ``unix://``, or ``redis+sentinel://``; unset
+    #: runs on the embedded in-memory backend (one process only).
     redis_url: str | None = None
     #: Prefix of every Redis key and pub/sub channel the hub uses.
     key_prefix: str = "hub:"
@@ -54,6 +59,7 @@ class Settings:
     #: Processes ``hub serve`` runs on the one port (SO_REUSEPORT), each with its own Redis
     #: connections; 1 runs the hub in the serving process itself.
     workers: int = 1
+    #: ``debug``, ``info``, ``warning`` or ``error``.
     log_level: str = "info"
     #: ``text`` (readable) or ``json`` (one object per line, for log pipelines).
     log_format: str = "text"
@@ -136,3 +142,27 @@ def _convert(field: dataclasses.Field[Any], raw: str) -> Any:
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     return raw
+
+
+def field_docs() -> dict[str, str]:
+    """Each setting's ``#:`` comment above, as plain text (for ``hub serve --help``).
+
+    Read from this module's source, the way documentation tools read ``#:`` comments,
+    so the explanation of a setting is written once; empty if the source is missing.
+    """
+    try:
+        source = inspect.getsource(Settings)
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    comment: list[str] = []
+    for line in source.splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            comment.append(text[2:].strip())
+            continue
+        match = re.match(r"(\w+): [^=]+=", text)
+        if match and comment:
+            docs[match.group(1)] = " ".join(comment).replace("``", "")
+        comment = []
+    return docs

@@ -196,3 +196,39 @@ async def test_worker_that_is_part_of_the_kit_is_a_clear_error() -> None:
     assert "not a worker" in err
     assert "ticker" in err
     assert "llm" in err
+
+
+def test_every_setting_has_a_serve_flag_that_wins_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataclasses import fields
+
+    from hub import Settings
+    from hub.cli import _parser, settings_from_args
+
+    monkeypatch.setenv("HUB_JWT_ALGORITHM", "HS512")
+    monkeypatch.setenv("HUB_HISTORY_SIZE", "7")
+    args = _parser().parse_args(
+        ["serve", "--jwt-key", "k" * 32, "--jwt-algorithm", "RS256", "--anonymous", "1"]
+    )
+    settings = settings_from_args(args)
+    assert settings.jwt_key == "k" * 32
+    assert (settings.jwt_algorithm, settings.anonymous) == ("RS256", True)
+    assert settings.history_size == 7  # from the environment: no flag given
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    for field in fields(Settings):
+        assert f"--{field.name.replace('_', '-')}" in help_text
+        assert f"HUB_{field.name.upper()}" in help_text
+
+
+def test_serve_flag_with_a_bad_yes_no_value_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hub.cli import _parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(["serve", "--anonymous", "maybe"])
+    assert exit_info.value.code == 2
+    assert "'maybe': use 1 or 0" in capsys.readouterr().err
