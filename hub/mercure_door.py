@@ -191,6 +191,28 @@ class MercureLive(LivePath):
         subs = [s for s in self.subscribers if isinstance(s, MercureSubscriber)]
         if not subs:
             return
+        oldest: list[tuple[bytes, Any]] = cast(
+            Any, await self.redis.xrange(self.keys.log, b"-", b"+", 1)
+        )
+        if oldest and parse_id(oldest[0][0]) > self._watermark:
+            # The log no longer reaches back to the last event this node saw: what was
+            # trimmed after it while the connection was down cannot be delivered. Which
+            # topics it had is gone with it, so every subscriber comes back (with its
+            # Last-Event-ID) and gets the door's answer for an id that is too old.
+            logger.warning(
+                "mercure: the log was trimmed past this node's last event %s while the "
+                "live connection was down (HUB_LOG_SIZE / HUB_HISTORY_TTL); closing %d "
+                "streams so that their clients resume",
+                format_id(self._watermark),
+                len(subs),
+            )
+            for sub in subs:
+                sub.close("gap", final=retry_frame(self.settings.retry_ms))
+            newest: list[tuple[bytes, Any]] = cast(
+                Any, await self.redis.xrevrange(self.keys.log, b"+", b"-", 1)
+            )
+            self._watermark = parse_id(newest[0][0]) if newest else self._watermark
+            return
         recovered = 0
         async for update in read_log(self.redis, self.keys, self._watermark):
             for sub in subs:

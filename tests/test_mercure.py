@@ -267,3 +267,48 @@ async def test_token_expiry_ends_the_stream(backends: Backends, start_hub: Start
     async with mercure_stream(hub.url, ["x"], bearer=short) as stream:
         assert stream.status == 200
         await stream.wait_ended(timeout=5)
+
+
+async def test_recovery_after_the_log_was_trimmed_past_the_last_seen_event_closes_streams(
+    redis_url: str,
+) -> None:
+    from hub import Publisher
+    from hub.ids import parse_id
+    from hub.mercure_door import MercureLive, MercureSubscriber, _MercureKeys
+
+    backends = Backends("redis", redis_url)
+    settings = backends.settings(log_size=5)
+    backend = backends.backend()
+    publisher = Publisher(backend.command_client(), settings)
+    live_client = backend.live_client()
+    live = MercureLive(publisher._client, live_client, _MercureKeys(backends.prefix), settings)
+    try:
+        kept, trimmed = [
+            MercureSubscriber(["t"], None, native=False, limit=1 << 20, on_cut_off=None)
+            for _ in range(2)
+        ]
+        # A node that saw the event "seen", then lost its live connection while three
+        # more were published: the log (5 entries) still holds all three.
+        live._watermark = parse_id(await publisher.publish("t", "seen"))
+        live.attach(kept)
+        kept.go_live()  # a stream past its replay
+        missed = [await publisher.publish("t", f"missed {i}") for i in range(3)]
+        await live._recover()
+        assert kept.closed is None
+        batch = await kept.next_batch()
+        assert batch is not None
+        assert [line for line in batch.split(b"\n") if line.startswith(b"id: ")] == [
+            f"id: {i}".encode() for i in missed
+        ]
+        live.detach(kept)
+        # Then ten more while it was down again: the log now starts after its last event.
+        live.attach(trimmed)
+        trimmed.go_live()
+        for i in range(10):
+            await publisher.publish("t", f"lost {i}")
+        await live._recover()
+        assert trimmed.closed == "gap"
+    finally:
+        await live_client.aclose()
+        await publisher.aclose()
+        backends.cleanup()
