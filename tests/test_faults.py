@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import httpx
@@ -233,3 +234,85 @@ async def test_garbage_on_a_live_name_restarts_the_session_and_loses_nothing(
         await outsider.aclose()
         await publisher.aclose()
     assert got == [(before, "before")] + [(i, f"after {n}") for n, i in enumerate(after)]
+
+
+class _SilentableRelay:
+    """A TCP relay to Redis whose pub/sub connections can be made to go silent: bytes
+    are swallowed both ways and nothing is closed, like a network path that died
+    without a reset (a crashed NAT box, a pulled cable). New connections still pass."""
+
+    def __init__(self, redis_port: int) -> None:
+        self._redis_port = redis_port
+        self._silent: set[int] = set()
+        self._pubsub: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self.url = ""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def silence_pubsub(self) -> int:
+        self._silent |= self._pubsub
+        return len(self._pubsub)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._redis_port)
+        self._writers += [writer, up_writer]
+        key = id(writer)
+        for src, dst, upstream in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.ensure_future(self._pump(key, src, dst, upstream))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(
+        self, key: int, src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                if upstream and b"SUBSCRIBE" in data:
+                    self._pubsub.add(key)
+                if key not in self._silent:
+                    dst.write(data)
+        with contextlib.suppress(OSError):
+            dst.close()
+
+    async def close(self) -> None:
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def test_live_connection_gone_silent_is_probed_and_its_events_recovered(
+    redis_server: RedisServer, start_hub: StartHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hub.live
+
+    # Seconds, not the production 5 + 5: the probe logic is the same.
+    monkeypatch.setattr(hub.live, "PROBE_AFTER", 0.5)
+    monkeypatch.setattr(hub.live, "PROBE_TIMEOUT", 0.5)
+    relay = _SilentableRelay(redis_server.port)
+    await relay.start()
+    # The position check would also notice, later; this test is about the PING probe.
+    backends = Backends("redis", relay.url)
+    hub_ = await start_hub(backends.settings(position_check=300), backends.backend())
+    direct = Backends("redis", redis_server.url, prefix=backends.prefix)
+    publisher = Publisher(direct.backend().command_client(), direct.settings())
+    try:
+        async with SSEStream(hub_.url, ["quiet"]) as stream:
+            ids = [await publisher.publish("quiet", "before")]
+            await stream.wait_for(1)
+            assert relay.silence_pubsub() == 1
+            ids += [await publisher.publish("quiet", f"unheard {i}") for i in range(3)]
+            await stream.wait_for(4, timeout=15)
+            assert not stream.ended.is_set(), "the client had to reconnect by itself"
+            got = [(e.id, e.data) for e in stream.events]
+    finally:
+        await publisher.aclose()
+        await relay.close()
+    assert got == list(zip(ids, ["before", "unheard 0", "unheard 1", "unheard 2"], strict=True))
