@@ -153,11 +153,19 @@ class _HubApp(Starlette):
                 return events
             if path == "/publish" and method == "POST":
                 return publish
-        if path.startswith(SUBSCRIPTIONS_PATH) and method in ("GET", "HEAD"):
+        if path.startswith(SUBSCRIPTIONS_PATH):
             # Not a Route: its {topic} and {subscriber} are URL-encoded and may hold
             # %2F, which routing (on the decoded path) would split.
-            return subscriptions_endpoint
+            return subscriptions_endpoint if method in ("GET", "HEAD") else _read_only
         return None
+
+
+async def _read_only(request: Request) -> Response:
+    return JSONResponse(
+        {"error": "method_not_allowed", "message": "the subscriptions API only answers GET"},
+        status_code=405,
+        headers={"Allow": "GET, HEAD"},
+    )
 
 
 def drain(app: Starlette) -> None:

@@ -8,6 +8,7 @@ __all__ = [
     "ConfigError",
     "Forbidden",
     "HubError",
+    "NotFound",
     "PayloadTooLarge",
     "TooManyConnections",
     "Unauthorized",
@@ -34,6 +35,13 @@ class BadRequest(HubError):
 
     status_code = 400
     code = "bad_request"
+
+
+class NotFound(HubError):
+    """The thing asked for does not exist here (or that part of the API is off)."""
+
+    status_code = 404
+    code = "not_found"
 
 
 class PayloadTooLarge(BadRequest):

@@ -373,6 +373,43 @@ def _mercure(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _subscriptions(depth: int) -> dict[str, Any]:
+    """The Mercure subscriptions API at ``depth`` path parameters (0, 1 or 2)."""
+    names = ["topic", "subscriber"][:depth]
+    parameters = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1},
+            "description": f"The {name}, URL-encoded.",
+        }
+        for name in names
+    ]
+    one = depth == 2
+    summary = "One subscription" if one else "Active subscriptions" + (" to a topic" * depth)
+    ld = {"type": "object", "required": ["@context", "lastEventID"]}
+    missing = "The API is off (HUB_SUBSCRIPTIONS=0)" + (
+        ", or no such subscription." if one else "."
+    )
+    return {
+        "get": {
+            "operationId": ["subscriptions", "topicSubscriptions", "subscription"][depth],
+            "summary": f"{summary} (Mercure subscriptions API; needs HUB_SUBSCRIPTIONS=1)",
+            "parameters": parameters,
+            "responses": {
+                "200": {
+                    "description": "JSON-LD, as the Mercure specification describes it.",
+                    "content": {"application/ld+json": {"schema": ld}},
+                },
+                "401": _error("No subscriber JWT."),
+                "403": _error("The token's mercure.subscribe selectors do not match the path."),
+                "404": _error(missing),
+            },
+        }
+    }
+
+
 def openapi_spec(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.0 document of the hub's HTTP API, with this node's limits in it."""
     from . import __version__  # here: ``hub/__init__.py`` imports this module first
@@ -408,6 +445,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                 }
             },
             "/.well-known/mercure": _mercure(settings),
+            "/.well-known/mercure/subscriptions": _subscriptions(0),
+            "/.well-known/mercure/subscriptions/{topic}": _subscriptions(1),
+            "/.well-known/mercure/subscriptions/{topic}/{subscriber}": _subscriptions(2),
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",

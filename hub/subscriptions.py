@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .config import Settings
-from .errors import BadRequest, Forbidden, HubError, Unauthorized
+from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .keys import Keys
 from .publisher import Extra, Publisher
 
@@ -141,7 +141,7 @@ async def subscriptions_endpoint(request: Request) -> Response:
     door: MercureDoor = request.app.state.mercure
     registry = door.registry
     if registry is None:
-        raise HubError("the subscriptions API is off; run the hub with HUB_SUBSCRIPTIONS=1")
+        raise NotFound("the subscriptions API is off; run the hub with HUB_SUBSCRIPTIONS=1")
     raw = request.scope.get("raw_path") or request.url.path.encode()
     path = raw.decode("latin-1").split("?", 1)[0]
     claims = door.auth.subscriber(request)
