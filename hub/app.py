@@ -117,15 +117,16 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 
 
 class _HubApp(Starlette):
-    """Starlette, except that ``GET /events`` and ``POST /publish`` skip the middleware
-    stack and the router.
+    """Starlette, except that ``GET /events``, ``POST /publish`` and the Mercure door
+    skip the middleware stack and the router.
 
     Every write to every client would otherwise pass through two middleware wrappers
     (server errors, exception handlers): a few percent of the CPU per delivered event
-    in profiles; and for ``/publish`` the stack and routing were about a quarter of the
-    hub's CPU per publish (py-spy, bench/ S1c). Neither endpoint needs them: they render
-    their own errors below, and anything unexpected still reaches uvicorn, which logs it
-    and answers 500.
+    in profiles; and a wrapped ``send`` rules out direct writes (:mod:`hub.direct`).
+    For ``/publish`` the stack and routing were about a quarter of the hub's CPU per
+    publish (py-spy, bench/ S1c). None of these endpoints needs them: they render
+    their own errors below, and anything unexpected still reaches uvicorn, which logs
+    it and answers 500.
     """
 
     #: False when middleware must see these requests too (CORS headers for other origins).
@@ -153,6 +154,8 @@ class _HubApp(Starlette):
                 return events
             if path == "/publish" and method == "POST":
                 return publish
+            if path == "/.well-known/mercure" and method in ("GET", "HEAD", "POST"):
+                return mercure
         if path.startswith(SUBSCRIPTIONS_PATH):
             # Not a Route: its {topic} and {subscriber} are URL-encoded and may hold
             # %2F, which routing (on the decoded path) would split.

@@ -29,7 +29,7 @@ from .errors import BackendUnavailable
 from .history import Clock, HistoryReader, read_clock
 from .ids import format_id, parse_id
 from .keys import Keys
-from .live import Channel, LivePath
+from .live import LivePath
 from .metrics import Stats, stream_closed
 from .publisher import Publisher
 from .sse import HEARTBEAT, encode_frame, preamble, retry_frame, signal_frame
@@ -72,6 +72,8 @@ class Broker:
             "hub live reader", self._live.run, quiet=(RedisError, OSError, BackendUnavailable)
         )
         self._sweeper = Supervised("hub stream sweeper", self._sweep)
+        #: Live paths whose streams the sweeper looks after (the Mercure door adds its own).
+        self._swept: list[LivePath] = [self._live]
 
     async def __aenter__(self) -> Broker:
         await self._reader.__aenter__()
@@ -130,7 +132,7 @@ class Broker:
 
     # -- one client's stream ------------------------------------------------------------
 
-    async def stream(
+    def stream(
         self,
         channels: list[str],
         cursor: str | None,
@@ -148,27 +150,60 @@ class Broker:
         ``response.abort(reason)`` is called when the client must be dropped at once
         (its queue overflowed, or a write blocked too long), and an abort from the
         response's side (the client went away) ends this stream.
+        """
+        on_cut_off = response.abort if response is not None else None
+        sub = Subscriber(channels, self.settings.client_buffer, on_cut_off)
+
+        async def opening(clock: Clock) -> AsyncGenerator[bytes, None]:
+            head = format_id(clock.head) if cursor is None else None
+            yield preamble(self.settings.retry_ms, head)
+            async for chunk in self._replay(sub, cursor, clock):
+                yield chunk
+
+        return self.serve(self._live, sub, response, opening)
+
+    async def serve(
+        self,
+        live: LivePath,
+        sub: Subscriber,
+        response: StreamControl | None,
+        opening: Callable[[Clock], AsyncGenerator[bytes, None]],
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> AsyncGenerator[bytes, None]:
+        """Serve ``sub`` from ``live`` (the native live path, or the Mercure door's).
+
+        Attach, wait for Redis to confirm the subscriptions, read the clock, send what
+        ``opening(clock)`` yields (the preamble and the replay, which must leave
+        ``sub.last`` at the newest id it covered), then live events: written straight
+        onto the socket when the response allows (:mod:`hub.direct`), else queued.
 
         Each chunk is yielded when the previous one has been written: the time between
         is how long a write to this client takes, which the sweeper watches. The live
         loop is written out here, one generator deep, because it runs for every client
-        for every event.
+        for every event on the queued path.
         """
-        on_cut_off = response.abort if response is not None else None
-        sub = Subscriber(channels, self.settings.client_buffer, on_cut_off)
         if response is not None:
             response.on_abort(lambda: sub.close("aborted", drop=True))
-        to_confirm = self._live.attach(sub)
+        to_confirm = live.attach(sub)
         loop = asyncio.get_running_loop()
         opened = loop.time()
         self.stats.opened += 1
         try:
-            opening = self._opening(sub, to_confirm, cursor)
-            async with contextlib.aclosing(opening):
-                async for chunk in opening:
+            await live.confirm(to_confirm)
+            clock = await read_clock(self.redis, self.keys)
+            for channel in to_confirm:
+                channel.floor = max(channel.floor, clock.head)
+            async with contextlib.aclosing(opening(clock)) as chunks:
+                async for chunk in chunks:
                     sub.writing_since = sub.last_out = loop.time()
                     yield chunk
                     sub.writing_since = None
+            tail = sub.go_live()
+            if tail:
+                sub.writing_since = sub.last_out = loop.time()
+                yield tail
+                sub.writing_since = None
             if response is not None:
                 # Known once the response has started, which the opening's first chunk did.
                 sub.writer = response.direct
@@ -183,23 +218,10 @@ class Broker:
             note = str(exc).replace("\n", " ").replace("\r", " ").encode()
             yield b": " + note + b"\n" + retry_frame(self.settings.retry_ms)
         finally:
-            self._live.detach(sub)
+            live.detach(sub)
+            if on_close is not None:
+                on_close()
             stream_closed(self.stats, sub, response, loop.time() - opened)
-
-    async def _opening(
-        self, sub: Subscriber, to_confirm: list[Channel], cursor: str | None
-    ) -> AsyncGenerator[bytes, None]:
-        """Everything before the live loop: confirmation, the opening comment, replay."""
-        await self._live.confirm(to_confirm)
-        clock = await read_clock(self.redis, self.keys)
-        for channel in to_confirm:
-            channel.floor = max(channel.floor, clock.head)
-        yield preamble(self.settings.retry_ms, format_id(clock.head) if cursor is None else None)
-        async for chunk in self._replay(sub, cursor, clock):
-            yield chunk
-        tail = sub.go_live()
-        if tail:
-            yield tail
 
     async def _sweep(self) -> None:
         """For every open stream: a heartbeat when it has been idle for ``HUB_HEARTBEAT``,
@@ -211,7 +233,7 @@ class Broker:
         while True:
             await asyncio.sleep(period)
             now = loop.time()
-            for sub in list(self._live.subscribers):
+            for sub in [sub for live in self._swept for sub in live.subscribers]:
                 if sub.direct:
                     self._sweep_direct(sub, now)
                 elif sub.writing_since is not None:
@@ -219,6 +241,11 @@ class Broker:
                         sub.cut_off(f"stuck: one write blocked for {settings.send_timeout:g}s")
                 elif now - sub.last_out >= settings.heartbeat:
                     sub.heartbeat(HEARTBEAT)
+
+    def sweep(self, live: LivePath) -> None:
+        """Have the sweeper look after ``live``'s streams too (heartbeats, stuck writes)."""
+        if live not in self._swept:
+            self._swept.append(live)
 
     def _sweep_direct(self, sub: Subscriber, now: float) -> None:
         # A direct writer never blocks; a stuck client shows as a backlog that stays

@@ -25,6 +25,7 @@ served here too, with native framing (:func:`native_stream`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -39,11 +40,11 @@ from .backend import Backend
 from .broker import Broker
 from .config import Settings
 from .errors import BackendUnavailable, TooManyConnections
-from .history import read_clock
+from .history import Clock
 from .ids import EventId, format_id, parse_id
 from .keys import Keys
 from .live import LivePath
-from .sse import HEARTBEAT, EventStream, encode_frame, preamble, retry_frame
+from .sse import EventStream, encode_frame, preamble, retry_frame
 from .subscriber import Subscriber
 from .subscriptions import Registry
 from .supervise import Supervised
@@ -298,10 +299,9 @@ class MercureDoor:
                 self._live.run,
                 quiet=(RedisError, OSError, BackendUnavailable),
             )
-            sweeper = Supervised("hub mercure sweeper", self._sweep)
-            self._tasks += [reader, sweeper]
+            self._tasks.append(reader)
             await reader.__aenter__()
-            await sweeper.__aenter__()
+            self.broker.sweep(self._live)
         return self._live
 
     def check_capacity(self) -> None:
@@ -352,52 +352,38 @@ class MercureDoor:
         reset: bytes = b"",
     ) -> AsyncGenerator[bytes, None]:
         """The frames of one Mercure (or private-capable native) stream: replay after
-        ``after`` (``None``: live only), then live, until the token expires."""
+        ``after`` (``None``: live only), then live, until the token expires. The
+        broker serves it (:meth:`Broker.serve`) from the door's own live path."""
         live = await self._started()
-        registered = False
-        response.on_abort(lambda: sub.close("aborted", drop=True))
-        to_confirm = live.attach(sub)
         loop = asyncio.get_running_loop()
         ttl = expires_in(sub.claims)
-        expiry = None
-        if ttl is not None:
-            # The token's exp ends the stream (Mercure): the client reconnects with a
-            # fresh token, or gets 401 for the stale one.
-            expiry = loop.call_later(ttl, lambda: sub.close("token expired"))
-        try:
-            await live.confirm(to_confirm)
-            clock = await read_clock(self.broker.redis, self.keys)
-            for channel in to_confirm:
-                channel.floor = max(channel.floor, clock.head)
-            if self.registry is not None and not sub.native:
+        # The token's exp ends the stream (Mercure): the client reconnects with a fresh
+        # token, or gets 401 for the stale one.
+        expiry = None if ttl is None else loop.call_later(ttl, sub.close, "token expired")
+        registry = self.registry if not sub.native else None
+        registered = False
+
+        async def opening(clock: Clock) -> AsyncGenerator[bytes, None]:
+            nonlocal registered
+            if registry is not None:
+                registry.added(sub.uid, sub.topics)
                 registered = True
-                self.registry.added(sub.uid, sub.topics)
-            sub.writing_since = sub.last_out = loop.time()
             yield preamble(self.settings.retry_ms) + reset
-            sub.writing_since = None
             sub.last = after if after is not None else clock.head
             if after is not None:
                 async for chunk in self._replay(sub, after):
-                    sub.writing_since = sub.last_out = loop.time()
                     yield chunk
-                    sub.writing_since = None
-            tail = sub.go_live()
-            if tail:
-                yield tail
-            while (batch := await sub.next_batch()) is not None:
-                sub.writing_since = sub.last_out = loop.time()
-                yield batch
-                sub.writing_since = None
-        except (RedisError, BackendUnavailable) as exc:
-            logger.warning("closing a mercure stream: %s", exc)
-            note = str(exc).replace("\n", " ").replace("\r", " ").encode()
-            yield b": " + note + b"\n" + retry_frame(self.settings.retry_ms)
-        finally:
+
+        def on_close() -> None:
             if expiry is not None:
                 expiry.cancel()
-            if registered and self.registry is not None:
-                self.registry.removed(sub.uid, sub.topics)
-            live.detach(sub)
+            if registry is not None and registered:
+                registry.removed(sub.uid, sub.topics)
+
+        served = self.broker.serve(live, sub, response, opening, on_close=on_close)
+        async with contextlib.aclosing(served):
+            async for chunk in served:
+                yield chunk
 
     async def _replay(self, sub: MercureSubscriber, after: EventId) -> AsyncIterator[bytes]:
         chunk: list[bytes] = []
@@ -414,21 +400,3 @@ class MercureDoor:
                 chunk, size = [], 0
         if chunk:
             yield b"".join(chunk)
-
-    async def _sweep(self) -> None:
-        """Heartbeats and stuck-write cut-offs, as the broker's sweeper does for native
-        streams."""
-        settings = self.settings
-        period = min(1.0, settings.heartbeat / 2, settings.send_timeout / 2)
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(period)
-            if self._live is None:
-                continue
-            now = loop.time()
-            for sub in list(self._live.subscribers):
-                if sub.writing_since is not None:
-                    if now - sub.writing_since > settings.send_timeout:
-                        sub.cut_off(f"stuck: one write blocked for {settings.send_timeout:g}s")
-                elif now - sub.last_out >= settings.heartbeat:
-                    sub.heartbeat(HEARTBEAT)

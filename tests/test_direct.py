@@ -57,3 +57,32 @@ async def test_direct_stream_ends_with_the_retry_hint_on_shutdown(
     assert [e.data for e in stream.events] == ["before"]
     assert stream.retry is not None
     assert 1234 <= stream.retry <= 2468
+
+
+async def test_mercure_streams_get_direct_writes_and_still_filter_per_subscriber(
+    backends: Backends, start_hub: StartHub
+) -> None:
+    from mercure_support import KEY, mercure_publish, mercure_stream, token
+
+    settings = backends.settings(jwt_key=KEY, anonymous=True)
+    hub = await start_hub(settings, backends.backend(), http="httptools")
+    publisher = token(publish=["*"])
+    topic = "https://example.com/books/1"
+    private_reader = token(subscribe=[topic])
+    async with (
+        mercure_stream(hub.url, [topic]) as anonymous,
+        mercure_stream(hub.url, [topic], bearer=private_reader) as entitled,
+    ):
+        first = await mercure_publish(hub.url, topic, "public 1", bearer=publisher)
+        await anonymous.wait_for(1)
+        await entitled.wait_for(1)
+        door_subs = hub.server.hub_app.state.mercure._live.subscribers
+        assert [sub.direct for sub in door_subs] == [True, True]
+        secret = await mercure_publish(
+            hub.url, topic, "private", bearer=publisher, headers=None, private="on"
+        )
+        last = await mercure_publish(hub.url, topic, "public 2", bearer=publisher)
+        assert [e.id for e in await entitled.wait_for(3)] == [first.text, secret.text, last.text]
+        assert [e.id for e in await anonymous.wait_for(2)] == [first.text, last.text]
+        await asyncio.sleep(0.2)
+        assert [e.data for e in anonymous.events] == ["public 1", "public 2"]
