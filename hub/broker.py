@@ -26,7 +26,7 @@ from .backend import Backend
 from .config import Settings
 from .direct import DirectWriter
 from .errors import BackendUnavailable
-from .history import Clock, HistoryReader, read_clock
+from .history import Clock, ClockReads, HistoryReader
 from .ids import format_id, parse_id
 from .keys import Keys
 from .live import Channel, LivePath
@@ -66,6 +66,7 @@ class Broker:
         self.keys = Keys(settings.key_prefix)
         self.redis = backend.command_client()
         self.publisher = Publisher(self.redis, settings, max_channels=settings.max_channels)
+        self._clock = ClockReads(self.redis, self.keys)
         self._live_redis = backend.live_client()
         self._live = LivePath(self.redis, self._live_redis, self.keys, settings)
         self._reader = Supervised(
@@ -85,6 +86,7 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         self.close_all("shutdown")
+        self._clock.close()
         await self._sweeper.__aexit__(exc_type, exc, tb)
         await self._reader.__aexit__(exc_type, exc, tb)
         await self._live_redis.aclose(close_connection_pool=True)
@@ -190,7 +192,7 @@ class Broker:
     ) -> AsyncGenerator[bytes, None]:
         """Everything before the live loop: confirmation, the opening comment, replay."""
         await self._live.confirm(to_confirm)
-        clock = await read_clock(self.redis, self.keys)
+        clock = await self._clock.read()
         for channel in to_confirm:
             channel.floor = max(channel.floor, clock.head)
         yield preamble(self.settings.retry_ms, format_id(clock.head) if cursor is None else None)
@@ -325,7 +327,7 @@ class Broker:
         self, sub: Subscriber, reason: str, message: str, channels: list[str] | None = None
     ) -> bytes:
         """Tell the client its cursor cannot be honoured; it continues live from now."""
-        head = (await read_clock(self.redis, self.keys)).head
+        head = (await self._clock.read()).head
         sub.last = max(sub.last, head)
         sub.sent += 1
         self.stats.resets += 1
