@@ -106,9 +106,10 @@ class LivePath:
             attached.append(channel)
         return attached
 
-    def detach(self, sub: Subscriber) -> None:
+    def detach(self, sub: Subscriber, now: float | None = None) -> None:
         self.subscribers.discard(sub)
-        now = asyncio.get_running_loop().time()
+        if now is None:
+            now = asyncio.get_running_loop().time()
         for name in sub.channels:
             channel = self._channels.get(self.keys.live(name).encode())
             if channel is not None:
@@ -118,6 +119,11 @@ class LivePath:
 
     async def confirm(self, channels: list[Channel]) -> None:
         """Make sure the live connection has confirmed a subscription to each channel."""
+        for channel in channels:
+            if not channel.confirmed.is_set():
+                break
+        else:
+            return  # the common case: nothing to send or wait for
         ps = self._pubsub
         unsent = [c for c in channels if c.session is None]
         if ps is not None and unsent and _usable(ps):
