@@ -27,7 +27,7 @@ from .config import Settings
 from .direct import DirectWriter
 from .errors import BackendUnavailable
 from .history import Clock, ClockReads, HistoryReader
-from .ids import format_id, parse_id
+from .ids import EventId, format_id, parse_id
 from .keys import Keys
 from .live import Channel, LivePath
 from .metrics import Stats, stream_closed
@@ -42,6 +42,8 @@ logger = logging.getLogger("hub")
 
 #: Replay frames are written in chunks of about this many bytes.
 REPLAY_CHUNK = 64 * 1024
+#: Seconds a clock read stays good for starting cursor-less streams from (see _join_id).
+CLOCK_REUSE = 0.1
 #: Bytes in a direct writer's backlog above which the sweeper counts the client as not
 #: reading (uvicorn's flow control pauses a response at 64 KiB too).
 STUCK_BACKLOG = 64 * 1024
@@ -168,7 +170,7 @@ class Broker:
         opened = loop.time()
         self.stats.opened += 1
         try:
-            opening = self._opening(sub, to_confirm, cursor)
+            opening = self._opening(sub, to_confirm, cursor, loop)
             async with contextlib.aclosing(opening):
                 async for chunk in opening:
                     sub.writing_since = sub.last_out = loop.time()
@@ -197,19 +199,59 @@ class Broker:
             sub.on_cut_off = None
 
     async def _opening(
-        self, sub: Subscriber, to_confirm: list[Channel], cursor: str | None
+        self,
+        sub: Subscriber,
+        to_confirm: list[Channel],
+        cursor: str | None,
+        loop: asyncio.AbstractEventLoop,
     ) -> AsyncGenerator[bytes, None]:
         """Everything before the live loop: confirmation, the opening comment, replay."""
         await self._live.confirm(to_confirm)
-        clock = await self._clock.read()
-        for channel in to_confirm:
-            channel.floor = max(channel.floor, clock.head)
-        yield preamble(self.settings.retry_ms, format_id(clock.head) if cursor is None else None)
-        async for chunk in self._replay(sub, cursor, clock):
-            yield chunk
+        if cursor is None:
+            head = self._join_id(to_confirm, loop.time())
+            if head is None:
+                head = (await self._clock.read()).head
+            for channel in to_confirm:
+                channel.floor = max(channel.floor, head)
+            yield preamble(self.settings.retry_ms, format_id(head))
+            sub.last = head
+        else:
+            clock = await self._clock.read()
+            for channel in to_confirm:
+                channel.floor = max(channel.floor, clock.head)
+            yield preamble(self.settings.retry_ms)
+            async for chunk in self._replay(sub, cursor, clock):
+                yield chunk
         tail = sub.go_live()
         if tail:
             yield tail
+
+    def _join_id(self, channels: list[Channel], now: float) -> EventId | None:
+        """Where a cursor-less stream on confirmed ``channels`` starts, without a round
+        trip to Redis; ``None`` when a fresh clock read is needed.
+
+        The stream gets every event with a larger id, and none other; that loses
+        nothing if every such event on its channels reaches it live. One sent to Redis
+        before a channel's subscription took effect has an id at most the head of a
+        clock read sent after that subscription was confirmed; one this node received
+        before the stream was attached, at most the watermark (the live connection
+        delivers in id order). Any other arrives after the stream was attached, so it
+        reaches it. A read counts only while the live session that confirmed the
+        channels is up, and for CLOCK_REUSE seconds: the id is the newest one within
+        that, or newer. Under churn this was a clock read per CLOCK_REUSE instead of
+        one per handful of streams, which cost 14% of the CPU.
+        """
+        latest, watermark = self._clock.latest, self._live.watermark
+        if latest is None or watermark is None or not self._live.live:
+            return None
+        sent_at, clock = latest
+        if now - sent_at > CLOCK_REUSE:
+            return None
+        for channel in channels:
+            # Loop time has a coarse tick: an equal time may be either order.
+            if channel.confirmed_at >= sent_at:
+                return None
+        return max(clock.head, watermark)
 
     async def _sweep(self) -> None:
         """For every open stream: a heartbeat when it has been idle for ``HUB_HEARTBEAT``,

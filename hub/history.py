@@ -74,6 +74,8 @@ class ClockReads:
         self._keys = keys
         self._waiting: list[asyncio.Future[Clock]] = []
         self._task: asyncio.Task[None] | None = None
+        #: The last clock read, and the loop time its request was sent.
+        self.latest: tuple[float, Clock] | None = None
 
     async def read(self) -> Clock:
         """The clock, read by a request sent after this call began."""
@@ -92,9 +94,11 @@ class ClockReads:
 
     async def _run(self) -> None:
         batch: list[asyncio.Future[Clock]] = []
+        loop = asyncio.get_running_loop()
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
+                sent_at = loop.time()
                 try:
                     clock = await read_clock(self._redis, self._keys)
                 except Exception as exc:
@@ -102,6 +106,7 @@ class ClockReads:
                         if not waiter.done():
                             waiter.set_exception(exc)
                 else:
+                    self.latest = (sent_at, clock)
                     for waiter in batch:
                         if not waiter.done():
                             waiter.set_result(clock)

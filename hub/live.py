@@ -54,6 +54,7 @@ POSITION_GRACE = 2.0
 class Channel:
     __slots__ = (
         "confirmed",
+        "confirmed_at",
         "floor",
         "idle_since",
         "name",
@@ -66,6 +67,8 @@ class Channel:
         self.name = name
         self.subscribers: set[Subscriber] = set()
         self.confirmed = asyncio.Event()
+        #: Loop time when ``confirmed`` was last set.
+        self.confirmed_at = 0.0
         #: SUBSCRIBE commands sent on ``session`` and not yet confirmed.
         self.pending = 0
         self.session: PubSub | None = None
@@ -93,6 +96,11 @@ class LivePath:
         self.live = False
         self.stats = Stats()
 
+    @property
+    def watermark(self) -> EventId | None:
+        """The newest id this node has seen live (events up to it were all received)."""
+        return self._watermark
+
     def attach(self, sub: Subscriber) -> list[Channel]:
         self.subscribers.add(sub)
         attached = []
@@ -119,10 +127,7 @@ class LivePath:
 
     async def confirm(self, channels: list[Channel]) -> None:
         """Make sure the live connection has confirmed a subscription to each channel."""
-        for channel in channels:
-            if not channel.confirmed.is_set():
-                break
-        else:
+        if all(c.confirmed.is_set() for c in channels):
             return  # the common case: nothing to send or wait for
         ps = self._pubsub
         unsent = [c for c in channels if c.session is None]
@@ -344,6 +349,7 @@ class LivePath:
         if channel is not None and channel.session is ps:
             channel.pending -= 1
             if channel.pending <= 0:
+                channel.confirmed_at = asyncio.get_running_loop().time()
                 channel.confirmed.set()
 
     async def _unsubscribe_idle(self, ps: PubSub, now: float) -> None:
