@@ -143,8 +143,9 @@ class EventStream:
             await body.aclose()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        self._task = asyncio.current_task()
-        watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task(loop)  # given the loop: one getpid() less
+        watcher = loop.create_task(self._watch(receive))
         started = False
         try:
             # The headers leave with the first chunk, not before: a browser fires `open`
