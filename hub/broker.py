@@ -170,12 +170,19 @@ class Broker:
         opened = loop.time()
         self.stats.opened += 1
         try:
-            opening = self._opening(sub, to_confirm, cursor, loop)
-            async with contextlib.aclosing(opening):
-                async for chunk in opening:
-                    sub.writing_since = sub.last_out = loop.time()
-                    yield chunk
-                    sub.writing_since = None
+            if cursor is None:
+                # Live only, the common case: one chunk, no generator to set up and close.
+                joined = await self._join(sub, to_confirm, loop)
+                sub.writing_since = sub.last_out = loop.time()
+                yield joined
+                sub.writing_since = None
+            else:
+                opening = self._opening(sub, to_confirm, cursor)
+                async with contextlib.aclosing(opening):
+                    async for chunk in opening:
+                        sub.writing_since = sub.last_out = loop.time()
+                        yield chunk
+                        sub.writing_since = None
             if response is not None:
                 # Known once the response has started, which the opening's first chunk did.
                 sub.writer = response.direct
@@ -198,30 +205,31 @@ class Broker:
             # transport waited for the cyclic GC, 10% of the CPU under churn.
             sub.on_cut_off = None
 
-    async def _opening(
-        self,
-        sub: Subscriber,
-        to_confirm: list[Channel],
-        cursor: str | None,
-        loop: asyncio.AbstractEventLoop,
-    ) -> AsyncGenerator[bytes, None]:
-        """Everything before the live loop: confirmation, the opening comment, replay."""
+    async def _join(
+        self, sub: Subscriber, to_confirm: list[Channel], loop: asyncio.AbstractEventLoop
+    ) -> bytes:
+        """A cursor-less stream's opening: confirmation, then the comment with its id,
+        and the live events that arrived meanwhile."""
         await self._live.confirm(to_confirm)
-        if cursor is None:
-            head = self._join_id(to_confirm, loop.time())
-            if head is None:
-                head = (await self._clock.read()).head
-            for channel in to_confirm:
-                channel.floor = max(channel.floor, head)
-            yield preamble(self.settings.retry_ms, format_id(head))
-            sub.last = head
-        else:
-            clock = await self._clock.read()
-            for channel in to_confirm:
-                channel.floor = max(channel.floor, clock.head)
-            yield preamble(self.settings.retry_ms)
-            async for chunk in self._replay(sub, cursor, clock):
-                yield chunk
+        head = self._join_id(to_confirm, loop.time())
+        if head is None:
+            head = (await self._clock.read()).head
+        for channel in to_confirm:
+            channel.floor = max(channel.floor, head)
+        sub.last = head
+        return preamble(self.settings.retry_ms, format_id(head)) + sub.go_live()
+
+    async def _opening(
+        self, sub: Subscriber, to_confirm: list[Channel], cursor: str
+    ) -> AsyncGenerator[bytes, None]:
+        """A resuming stream's opening: confirmation, the comment, replay."""
+        await self._live.confirm(to_confirm)
+        clock = await self._clock.read()
+        for channel in to_confirm:
+            channel.floor = max(channel.floor, clock.head)
+        yield preamble(self.settings.retry_ms)
+        async for chunk in self._replay(sub, cursor, clock):
+            yield chunk
         tail = sub.go_live()
         if tail:
             yield tail
@@ -290,13 +298,8 @@ class Broker:
             sub.heartbeat(HEARTBEAT)
             sub.last_out = now
 
-    async def _replay(
-        self, sub: Subscriber, cursor: str | None, clock: Clock
-    ) -> AsyncIterator[bytes]:
+    async def _replay(self, sub: Subscriber, cursor: str, clock: Clock) -> AsyncIterator[bytes]:
         head, since, now_ms, _lost = clock
-        if cursor is None:
-            sub.last = head
-            return
         strict = True
         if cursor == "earliest":
             after, strict = (0, 0), False
