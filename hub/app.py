@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -201,7 +202,8 @@ async def events(request: Request) -> Response | EventStream:
     """Subscribe: ``GET /events?channel=A&channel=B`` with an optional cursor."""
     broker: Broker = request.app.state.broker
     settings = broker.settings
-    channels = check_channels(request.query_params.getlist("channel"), settings.max_channels)
+    names, cursor = stream_params(request.scope)
+    channels = check_channels(names, settings.max_channels)
     if broker.connections >= settings.max_connections:
         # Checked before the stream exists. A 503 makes a browser's EventSource give up,
         # but it protects the node: the client (or the load balancer) goes elsewhere.
@@ -209,9 +211,6 @@ async def events(request: Request) -> Response | EventStream:
             f"this node has {broker.connections} open streams (HUB_MAX_CONNECTIONS); "
             "retry, or connect to another node"
         )
-    # The header is what EventSource sends on its own reconnects: it is newer than a cursor
-    # the page put in the URL when it first connected.
-    cursor = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
     door: MercureDoor = request.app.state.mercure
     claims = None
     if door.auth.subscriber_verifier is not None:
@@ -229,6 +228,24 @@ async def events(request: Request) -> Response | EventStream:
         timer = asyncio.get_running_loop().call_later(ttl, response.abort, TOKEN_EXPIRED)
         response.on_abort(timer.cancel)
     return response
+
+
+def stream_params(scope: Scope) -> tuple[list[str], str | None]:
+    """A stream request's ``channel`` values and its cursor, read off the ASGI scope as
+    Starlette's ``query_params`` and ``headers`` would give them: building those was 7%
+    of the CPU under connection churn (bench S6)."""
+    query = scope["query_string"].decode("latin-1")
+    if "%" in query or "+" in query:
+        params = parse_qsl(query, keep_blank_values=True)
+    else:  # nothing to unquote: what parse_qsl would return
+        params = [(n, v) for n, _, v in (p.partition("=") for p in query.split("&") if p)]
+    channels = [v for n, v in params if n == "channel"]
+    # The header is what EventSource sends on its own reconnects: it is newer than a cursor
+    # the page put in the URL when it first connected.
+    cursor = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"last-event-id"), None)
+    if not cursor:  # else the last lastEventId, as query_params.get gives it
+        cursor = next((v for n, v in reversed(params) if n == "lastEventId"), None)
+    return channels, cursor
 
 
 async def publish(request: Request) -> Response:

@@ -54,6 +54,7 @@ POSITION_GRACE = 2.0
 class Channel:
     __slots__ = (
         "confirmed",
+        "confirmed_at",
         "floor",
         "idle_since",
         "name",
@@ -66,6 +67,8 @@ class Channel:
         self.name = name
         self.subscribers: set[Subscriber] = set()
         self.confirmed = asyncio.Event()
+        #: Loop time when ``confirmed`` was last set.
+        self.confirmed_at = 0.0
         #: SUBSCRIBE commands sent on ``session`` and not yet confirmed.
         self.pending = 0
         self.session: LiveConnection | None = None
@@ -95,6 +98,11 @@ class LivePath:
         self.live = False
         self.stats = Stats()
 
+    @property
+    def watermark(self) -> EventId | None:
+        """The newest id this node has seen live (events up to it were all received)."""
+        return self._watermark
+
     def attach(self, sub: Subscriber) -> list[Channel]:
         self.subscribers.add(sub)
         attached = []
@@ -108,9 +116,10 @@ class LivePath:
             attached.append(channel)
         return attached
 
-    def detach(self, sub: Subscriber) -> None:
+    def detach(self, sub: Subscriber, now: float | None = None) -> None:
         self.subscribers.discard(sub)
-        now = asyncio.get_running_loop().time()
+        if now is None:
+            now = asyncio.get_running_loop().time()
         for name in sub.channels:
             channel = self._channels.get(self.keys.live(name).encode())
             if channel is not None:
@@ -120,6 +129,8 @@ class LivePath:
 
     async def confirm(self, channels: list[Channel]) -> None:
         """Make sure the live connection has confirmed a subscription to each channel."""
+        if all(c.confirmed.is_set() for c in channels):
+            return  # the common case: nothing to send or wait for
         conn = self._conn
         unsent = [c for c in channels if c.session is None]
         if conn is not None and unsent and not conn.lost.done():
@@ -202,6 +213,7 @@ class LivePath:
         if channel is not None and channel.session is self._conn:
             channel.pending -= 1
             if channel.pending <= 0:
+                channel.confirmed_at = asyncio.get_running_loop().time()
                 channel.confirmed.set()
 
     async def _await_confirmations(self, conn: LiveConnection, channels: list[Channel]) -> None:

@@ -40,10 +40,9 @@ from .backend import Backend
 from .broker import Broker
 from .config import Settings
 from .errors import BackendUnavailable, TooManyConnections
-from .history import Clock
 from .ids import EventId, format_id, parse_id
 from .keys import Keys
-from .live import LivePath
+from .live import Channel, LivePath
 from .sse import EventStream, encode_frame, preamble, retry_frame
 from .subscriber import Subscriber
 from .subscriptions import Registry
@@ -363,8 +362,11 @@ class MercureDoor:
         registry = self.registry if not sub.native else None
         registered = False
 
-        async def opening(clock: Clock) -> AsyncGenerator[bytes, None]:
+        async def opening(confirmed: list[Channel]) -> AsyncGenerator[bytes, None]:
             nonlocal registered
+            clock = await self.broker.clock()
+            for channel in confirmed:
+                channel.floor = max(channel.floor, clock.head)
             if registry is not None:
                 registry.added(sub.uid, sub.topics)
                 registered = True

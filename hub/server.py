@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -122,8 +123,21 @@ def serve(settings: Settings) -> int:
     with _metrics_dir(settings.workers > 1):
         if settings.workers > 1:
             return Supervisor(settings).run()
-        build_server(settings).run()
+        server = build_server(settings)
+        _freeze_startup_objects()
+        server.run()
     return 0
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what imports and set-up made out of the cyclic GC's full collections.
+
+    Those ~60,000 objects live as long as the process; under connection churn (bench
+    S6) a full collection walked them all every half second, 19 ms each: 4% of the CPU.
+    Objects made later are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -327,7 +341,9 @@ def _worker_main(settings: Settings, ready: Connection, supervisor: int) -> None
             ready.send(True)
 
     try:
-        build_server(settings, on_started=started).run(sockets=sockets)
+        server = build_server(settings, on_started=started)
+        _freeze_startup_objects()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:  # forced stop: the supervisor already said why
         sys.exit(130)
 

@@ -106,6 +106,10 @@ class EventStream:
         self.cut_off: str | None = None
         #: Set once the response has started, when the server allows direct writes.
         self.direct: tuple[DirectWriter, Callable[[], int]] | None = None
+        #: Set by the source: says whether it is parked where the abort callbacks end
+        #: it by themselves (waiting for its next chunk); then an abort needs no
+        #: cancellation, which cost more than the rest of a disconnect under churn.
+        self.parked: Callable[[], bool] | None = None
 
     def on_abort(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the stream is aborted (the source should stop too)."""
@@ -116,11 +120,14 @@ class EventStream:
         if self.cut_off is not None:
             return
         self.cut_off = reason
+        parked = self.parked is not None and self.parked()
         # Both: the cancellation stops a write that a stuck client blocks; closing the
         # source ends the stream even if some await on the way swallows the cancellation.
         for callback in self._on_abort:
             callback()
-        if self._task is not None and self._task is not asyncio.current_task():
+        if parked or self._task is None:
+            return
+        if self._task is not asyncio.current_task():
             self._task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,8 +143,9 @@ class EventStream:
             await body.aclose()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        self._task = asyncio.current_task()
-        watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task(loop)  # given the loop: one getpid() less
+        watcher = loop.create_task(self._watch(receive))
         started = False
         try:
             # The headers leave with the first chunk, not before: a browser fires `open`
@@ -149,9 +157,12 @@ class EventStream:
                     started = True
                     self.direct = direct_writer(send)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not started:
-                await send(start)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.cut_off is None:
+                if not started:
+                    await send(start)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # else: aborted while parked, the source ended without a cancellation; the
+            # response ends as a cancelled one does, without a final chunk.
         except asyncio.CancelledError:
             if self.cut_off is None:
                 raise  # the server is cancelling us: not ours to swallow

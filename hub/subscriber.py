@@ -50,6 +50,8 @@ class Subscriber:
         limit: int,
         on_cut_off: Callable[[str], None] | None = None,
         writer: tuple[DirectWriter, Callable[[], int]] | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.channels = channels
         #: The id of the last frame handed to this client; older or equal ids are skipped.
@@ -62,7 +64,9 @@ class Subscriber:
         self._limit = limit
         # A bare future per wait, not an asyncio.Event: this runs once per client per
         # event, and Event's bookkeeping (waiter list, loop lookup) showed in profiles.
-        self._loop = asyncio.get_running_loop()
+        # The caller may pass the loop it has: each lookup costs a getpid() syscall on
+        # Python < 3.12, and a stream is set up with several.
+        self._loop = loop or asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         #: Called with a reason when the client is cut off, to drop its connection at once.
         self.on_cut_off = on_cut_off
@@ -165,6 +169,11 @@ class Subscriber:
         self._size = 0
         self.sent += len(frames)  # once per batch, not per event
         return b"".join(frames)
+
+    def waiting(self) -> bool:
+        """True while the stream's task waits in :meth:`next_batch`: :meth:`close` ends
+        the stream from there, no cancellation needed."""
+        return self._waiter is not None
 
     @property
     def direct(self) -> bool:

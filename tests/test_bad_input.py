@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import Request
 
 from conftest import Backends, RunningHub, StartHub
+from hub.app import stream_params
 from sse_client import SSEStream
 
 pytestmark = pytest.mark.anyio
@@ -434,3 +436,26 @@ async def test_publish_refuses_data_a_browser_could_not_decode(
         )
     assert response.status_code == 400
     assert fragment in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        (b"channel=news", []),
+        (b"channel=a&channel=b&channel=a", []),
+        (b"channel=a%20b&channel=c+d&channel=%E2%82%AC", []),
+        (b"channel=&channel&=x&&channel=%zz", []),
+        (b"channel=caf\xe9&lastEventId=1-0&lastEventId=2-0", []),
+        (b"channel=a&lastEventId=1-0", [(b"last-event-id", b"5-0"), (b"last-event-id", b"6-0")]),
+        (b"channel=a&lastEventId=1-0", [(b"last-event-id", b"")]),
+        (b"channel=a;b&lastEventId=", [(b"accept", b"text/event-stream")]),
+        (b"", []),
+    ],
+)
+def test_stream_params_are_read_as_starlette_reads_them(
+    query: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    scope: dict[str, Any] = {"type": "http", "query_string": query, "headers": headers}
+    request = Request(scope)
+    expected = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    assert stream_params(scope) == (request.query_params.getlist("channel"), expected)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 import httpx
 import pytest
 
 from hub import Publisher
+from hub.server import _freeze_startup_objects
 from sse_client import SSEStream
 from support import HubProcesses, SteadyPublisher
 
@@ -81,3 +83,17 @@ async def test_new_connections_are_refused_once_draining(
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{hub.url}/healthz")
+
+
+class _MadeAtStartup:
+    pass
+
+
+def test_a_served_hub_keeps_its_startup_objects_out_of_full_collections() -> None:
+    made = _MadeAtStartup()
+    try:
+        _freeze_startup_objects()
+        assert gc.get_freeze_count() > 0
+        assert not any(o is made for o in gc.get_objects())  # the collected generations
+    finally:
+        gc.unfreeze()

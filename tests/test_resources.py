@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import httpx
 import pytest
@@ -55,6 +57,27 @@ async def test_two_hundred_clients_share_one_live_redis_connection(
         assert after.get("pub", 0) <= 1  # the publisher's lane
     finally:
         backends.cleanup()
+
+
+async def test_a_stream_whose_client_went_away_is_freed_without_the_cyclic_gc(
+    backends: Backends, start_hub: StartHub
+) -> None:
+    hub = await start_hub(backends.settings())
+    gc.disable()
+    try:
+        async with SSEStream(hub.url, ["freed"]):
+            [sub] = hub.broker._live.subscribers
+            # The response; the subscriber, its task and its transport hang off it.
+            ref = weakref.ref(getattr(sub.on_cut_off, "__self__", None))
+            del sub
+        for _ in range(500):
+            if ref() is None:
+                break
+            await asyncio.sleep(0.01)
+        assert ref() is None
+        assert hub.broker.stats.closed["client"] == 1
+    finally:
+        gc.enable()
 
 
 async def test_stuck_client_is_cut_off_and_does_not_hold_back_others(
