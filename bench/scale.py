@@ -2,7 +2,7 @@
 """Scale-out figure: deliveries per second and CPU per delivery for 1 node, then 2.
 
     .venv/bin/python bench/scale.py [--redis-url redis://127.0.0.1:6379/0] [--nodes 1,2]
-        [--conns 1000] [--rate 200] [--seconds 8] [--layout nodes|workers] [--runs 1]
+        [--conns 1000] [--rate 600] [--seconds 8] [--layout nodes|workers] [--runs 1]
 
 For each node count N it starts N ``hub serve`` processes on free loopback ports
 (``--layout workers``: one ``hub serve --workers N``), opens CONNS SSE clients on one
@@ -241,7 +241,7 @@ def main() -> int:
     ap.add_argument(
         "--rate",
         type=float,
-        default=200,
+        default=600,
         help="msg/s asked for in total (more than the nodes can do)",
     )
     ap.add_argument(
