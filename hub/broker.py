@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -172,17 +172,16 @@ class Broker:
             # events that arrived meanwhile, as one chunk.
             head = self._join_id(confirmed, loop.time())
             if head is None:
-                head = (await self._clock.read()).head
-            for channel in confirmed:
-                channel.floor = max(channel.floor, head)
+                head = (await self.clock(confirmed)).head
+            else:
+                for channel in confirmed:
+                    channel.floor = max(channel.floor, head)
             sub.last = head
             return preamble(retry_ms, format_id(head)) + sub.go_live()
 
         async def resume(confirmed: list[Channel]) -> AsyncGenerator[bytes, None]:
             assert cursor is not None
-            clock = await self._clock.read()
-            for channel in confirmed:
-                channel.floor = max(channel.floor, clock.head)
+            clock = await self.clock(confirmed)
             yield preamble(retry_ms)
             async for chunk in self._replay(sub, cursor, clock):
                 yield chunk
@@ -265,10 +264,15 @@ class Broker:
             # transport waited for the cyclic GC, 10% of the CPU under churn.
             sub.on_cut_off = None
 
-    async def clock(self) -> Clock:
+    async def clock(self, confirmed: Sequence[Channel] = ()) -> Clock:
         """The clock, read by a request sent after this call began (shared by the
-        streams that open together, see :class:`hub.history.ClockReads`)."""
-        return await self._clock.read()
+        streams that open together, see :class:`hub.history.ClockReads`); the
+        ``confirmed`` channels' floors are raised to its head (events up to it were
+        never this node's to deliver live on them)."""
+        clock = await self._clock.read()
+        for channel in confirmed:
+            channel.floor = max(channel.floor, clock.head)
+        return clock
 
     def _join_id(self, channels: list[Channel], now: float) -> EventId | None:
         """Where a cursor-less stream on confirmed ``channels`` starts, without a round

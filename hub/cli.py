@@ -75,9 +75,10 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, so the command line and HUB_* variables cover the same."""
     docs = field_docs()
     for field in fields(Settings):
-        kind = field.type if isinstance(field.type, str) else field.type.__name__
+        # "int", "float", "bool", "str" or "str | None" (annotations are strings here)
+        kind = str(field.type).split(" ")[0]
         converters: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _yes_no}
-        convert = converters.get(kind.split(" ")[0], str)
+        convert = converters.get(kind, str)
         env = f"HUB_{field.name.upper()}"
         default = "none" if field.default in (None, "") else field.default
         if isinstance(default, bool):
@@ -90,7 +91,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
             "--" + field.name.replace("_", "-"),
             dest=field.name,
             type=convert,
-            metavar=kind.split(" ")[0].upper() if convert is not str else "TEXT",
+            metavar=kind.upper() if convert is not str else "TEXT",
             help=f"{text} ({note})".strip(),
         )
 

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from .config import Settings
 from .errors import BackendUnavailable
-from .history import HistoryReader, read_clock, record_loss
+from .history import Clock, HistoryReader, read_clock, record_loss
 from .ids import EventId, format_id, parse_id
 from .keys import Keys
 from .metrics import Stats, lag_since
@@ -179,13 +179,13 @@ class LivePath:
             if initial:
                 await conn.subscribe([self.keys.live(c.name) for c in initial])
             await self._await_confirmations(conn, initial)
-            head = (await read_clock(self.redis, self.keys)).head
+            clock = await read_clock(self.redis, self.keys)
             if self._watermark is None:
-                self._watermark = head
+                self._watermark = clock.head
             else:
-                if head < self._watermark:
-                    await self._note_loss(head, self._watermark)
-                await self._recover()
+                if clock.head < self._watermark:
+                    await self._note_loss(clock.head, self._watermark)
+                await self._recover(clock)
             held, self._held = self._held, None
             for live, payload in held:
                 self._dispatch(live, payload)
@@ -251,15 +251,16 @@ class LivePath:
         for sub in self.subscribers:
             sub.last = min(sub.last, head)
 
-    async def _recover(self) -> None:
-        """Deliver what was published on subscribed channels while the connection was down."""
+    async def _recover(self, clock: Clock) -> None:
+        """Deliver what was published on subscribed channels while the connection was
+        down (``clock``: read once the session's subscriptions were confirmed)."""
         assert self._watermark is not None
         channels = [c for c in self._channels.values() if c.subscribers]
         if not channels:
             return
         by_name = {c.name: c for c in channels}
         ttl_ms = int(self.settings.history_ttl * 1000)
-        now_ms = (await read_clock(self.redis, self.keys)).now_ms
+        now_ms = clock.now_ms
         reader = HistoryReader(
             self.redis,
             self.keys,

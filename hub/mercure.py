@@ -11,7 +11,6 @@ from starlette.responses import PlainTextResponse, Response
 
 from .auth import Claims
 from .errors import BadRequest, Forbidden
-from .history import read_clock
 from .http import read_body
 from .ids import EventId, format_id
 from .keys import MAX_CHANNEL_BYTES, check_channel, check_event_type
@@ -100,7 +99,7 @@ async def native_stream(
     elif cursor:
         after = await door.resolve(cursor)
         if after is None:
-            head = (await read_clock(door.broker.redis, door.keys)).head
+            head = (await door.broker.clock()).head
             reset = signal_frame(
                 "hub.reset",
                 {

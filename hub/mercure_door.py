@@ -40,6 +40,7 @@ from .backend import Backend
 from .broker import Broker
 from .config import Settings
 from .errors import BackendUnavailable, TooManyConnections
+from .history import Clock
 from .ids import EventId, format_id, parse_id
 from .keys import Keys
 from .live import Channel, LivePath
@@ -186,7 +187,7 @@ class MercureLive(LivePath):
             if isinstance(sub, MercureSubscriber) and sub.wants(update.topics, update.private):
                 sub.deliver(update.id, update.frame(sub.native))
 
-    async def _recover(self) -> None:
+    async def _recover(self, clock: Clock) -> None:
         assert self._watermark is not None
         subs = [s for s in self.subscribers if isinstance(s, MercureSubscriber)]
         if not subs:
@@ -364,9 +365,7 @@ class MercureDoor:
 
         async def opening(confirmed: list[Channel]) -> AsyncGenerator[bytes, None]:
             nonlocal registered
-            clock = await self.broker.clock()
-            for channel in confirmed:
-                channel.floor = max(channel.floor, clock.head)
+            clock = await self.broker.clock(confirmed)
             if registry is not None:
                 registry.added(sub.uid, sub.topics)
                 registered = True

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import hiredis
 from redis.asyncio import Redis
@@ -210,4 +210,4 @@ class _PolledPubSub:
 def _retrieve(future: asyncio.Future[None]) -> None:
     # Marks the exception as seen: asyncio logs unretrieved ones when the future dies.
     if future.done() and not future.cancelled():
-        cast(Any, future.exception())
+        future.exception()

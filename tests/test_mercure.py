@@ -273,6 +273,7 @@ async def test_recovery_after_the_log_was_trimmed_past_the_last_seen_event_close
     redis_url: str,
 ) -> None:
     from hub import Publisher
+    from hub.history import read_clock
     from hub.ids import parse_id
     from hub.mercure_door import MercureLive, MercureSubscriber, _MercureKeys
 
@@ -293,7 +294,7 @@ async def test_recovery_after_the_log_was_trimmed_past_the_last_seen_event_close
         live.attach(kept)
         kept.go_live()  # a stream past its replay
         missed = [await publisher.publish("t", f"missed {i}") for i in range(3)]
-        await live._recover()
+        await live._recover(await read_clock(publisher._client, live.keys))
         assert kept.closed is None
         batch = await kept.next_batch()
         assert batch is not None
@@ -306,7 +307,7 @@ async def test_recovery_after_the_log_was_trimmed_past_the_last_seen_event_close
         trimmed.go_live()
         for i in range(10):
             await publisher.publish("t", f"lost {i}")
-        await live._recover()
+        await live._recover(await read_clock(publisher._client, live.keys))
         assert trimmed.closed == "gap"
     finally:
         await live_client.aclose()
