@@ -65,3 +65,16 @@ def test_bench_quick_runs(tmp_path: Path) -> None:
         assert "nchan" in res
     nchan_s1 = results["scenarios"]["S1a"]["nchan"]
     assert "skipped" in nchan_s1 or nchan_s1["delivered_ratio"] == 1.0
+
+
+def test_template_bench_runs_and_reports_every_case() -> None:
+    proc = subprocess.run(
+        [sys.executable, "bench/templates.py", "--repeat", "3", "--re-budget", "0.01"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if " us | " in line]
+    assert len(rows) == 4, proc.stdout
