@@ -50,6 +50,9 @@ class Settings:
     send_timeout: float = 30.0
     #: Largest ``/publish`` request body, in bytes.
     max_payload: int = 1 << 20
+    #: Largest request line plus headers, in bytes; a larger request is answered ``431``
+    #: (a long ``Last-Event-ID``, cookie or URL counts against it).
+    max_header_bytes: int = 16 * 1024
     #: Redis connections for commands (publish, history reads) per process.
     redis_pool_size: int = 10
     #: Seconds between checks that this node has not missed the newest event of a channel.
@@ -96,6 +99,7 @@ class Settings:
             (self.client_buffer >= 1024, "client_buffer must be at least 1024 bytes"),
             (self.send_timeout > 0, "send_timeout must be a positive number of seconds"),
             (self.max_payload >= 1, "max_payload must be at least 1 byte"),
+            (self.max_header_bytes >= 1024, "max_header_bytes must be at least 1024"),
             (self.redis_pool_size >= 1, "redis_pool_size must be at least 1"),
             (self.position_check > 0, "position_check must be a positive number of seconds"),
             (self.max_connections >= 1, "max_connections must be at least 1"),

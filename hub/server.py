@@ -36,6 +36,7 @@ from .config import Settings
 from .errors import ConfigError
 from .logs import configure_logging
 from .metrics import MULTIPROC_ENV
+from .protocol import head_bounded_protocol
 
 __all__ = ["HubServer", "Supervisor", "build_server", "serve"]
 
@@ -106,6 +107,9 @@ def build_server(
         # JSON logs: uvicorn's loggers go through ours (hub.logs) instead of its own setup.
         log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         lifespan="on",
+        # Request heads are bounded (hub/protocol.py); h11, if chosen, by its own limit.
+        http=head_bounded_protocol(settings.max_header_bytes),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         # SSE streams are long; a browser's reconnect must not be refused because of a
         # keep-alive timer meant for short requests.

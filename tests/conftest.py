@@ -22,6 +22,7 @@ import uvicorn
 
 from hub import Backend, Settings, create_app
 from hub.broker import Broker
+from hub.protocol import head_bounded_protocol
 from hub.server import HubServer
 
 if TYPE_CHECKING:
@@ -221,7 +222,8 @@ async def start_hub() -> AsyncIterator[StartHub]:
             app,
             host="127.0.0.1",
             port=settings.port,
-            http=http,
+            # The hub's own protocol (hub serve's), unless a test asks for another.
+            http=head_bounded_protocol(settings.max_header_bytes) if http == "auto" else http,
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=5,

@@ -1,0 +1,114 @@
+"""The HTTP/1.1 protocol ``hub serve`` runs under uvicorn: uvicorn's httptools protocol
+with a bound on the request line and headers.
+
+uvicorn's httptools protocol has no limit of its own: a client could send a header of
+any size, and the parser keeps what it has read of it in memory until the line ends
+(four connections each sending 100 MiB of one header took a node from 91 to 546 MiB).
+Here a request whose line and headers exceed ``HUB_MAX_HEADER_BYTES`` is answered
+``431`` and its connection closed as soon as that many bytes arrived without the end
+of the headers. (uvicorn's h11 protocol has a limit of its own, which
+:func:`hub.server.build_server` sets to the same number.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["HeadBoundedProtocol", "head_bounded_protocol"]
+
+logger = logging.getLogger("hub")
+
+
+class HeadBoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing request heads over :attr:`max_head` bytes.
+
+    Two counts, because the parser reports a head only once it is whole: the request
+    line and headers as parsed (a head that arrives in one read), and the bytes read
+    while a head is still incomplete (one that never ends). The second is taken after
+    the parser saw each read: a read that finished one request and began the next
+    counts whole against the next.
+    """
+
+    #: Bytes of request line and headers accepted; set by :func:`head_bounded_protocol`.
+    max_head = 16 * 1024
+
+    _head_bytes = 0
+    _parsed_bytes = 0
+    _in_head = True
+    _refused = False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        self._parsed_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed_bytes += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._parsed_bytes > self.max_head:
+            # Not handed to the app: answered once the parser returns.
+            self._refused = True
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+        if self._refused:
+            self._refuse()
+            return
+        if not self._in_head or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > self.max_head:
+            self._refused = True
+            self._refuse()
+
+    def _refuse(self) -> None:
+        logger.warning(
+            "refused a request whose line and headers exceed %d bytes (HUB_MAX_HEADER_BYTES)",
+            self.max_head,
+        )
+        body = json.dumps(
+            {
+                "error": "headers_too_large",
+                "message": (
+                    f"the request line and headers exceed {self.max_head} bytes; send "
+                    "less (a shorter URL, fewer or smaller headers and cookies), or "
+                    "raise HUB_MAX_HEADER_BYTES"
+                ),
+            }
+        ).encode()
+        head = (
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: %d\r\n"
+            b"connection: close\r\n\r\n" % len(body)
+        )
+        self.transport.write(head + body)
+        self.transport.close()
+
+
+def head_bounded_protocol(max_head: int) -> type[HeadBoundedProtocol]:
+    """The protocol class to give uvicorn (``Config(http=...)``) for this limit."""
+    return type("HeadBoundedProtocol", (HeadBoundedProtocol,), {"max_head": max_head})
