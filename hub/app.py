@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .auth import expires_in
+from .auth import cors_origins, expires_in
 from .backend import Backend
 from .broker import Broker
 from .config import Settings
@@ -35,7 +35,7 @@ from .errors import (
     TooManyConnections,
 )
 from .http import read_body
-from .keys import check_channels
+from .keys import check_channels, refuse_reserved
 from .mercure import MercureDoor, mercure, native_stream
 from .metrics import TOKEN_EXPIRED, Metrics
 from .openapi import openapi_endpoint
@@ -204,14 +204,11 @@ async def events(request: Request) -> Response | EventStream:
     settings = broker.settings
     names, cursor = stream_params(request.scope)
     channels = check_channels(names, settings.max_channels)
-    if broker.connections >= settings.max_connections:
-        # Checked before the stream exists. A 503 makes a browser's EventSource give up,
-        # but it protects the node: the client (or the load balancer) goes elsewhere.
-        raise TooManyConnections(
-            f"this node has {broker.connections} open streams (HUB_MAX_CONNECTIONS); "
-            "retry, or connect to another node"
-        )
     door: MercureDoor = request.app.state.mercure
+    # Checked before the stream exists, counting every stream of the node, native and
+    # Mercure. A 503 makes a browser's EventSource give up, but it protects the node:
+    # the client (or the load balancer) goes elsewhere.
+    door.check_capacity()
     claims = None
     if door.auth.subscriber_verifier is not None:
         claims = door.auth.subscriber(request)
@@ -270,6 +267,7 @@ async def publish(request: Request) -> Response:
     if unknown:
         raise BadRequest(f"unknown field(s) {unknown}; allowed: {sorted(_PUBLISH_FIELDS)}")
     channels = _publish_channels(body)
+    refuse_reserved(channels)
     if "data" not in body:
         raise BadRequest('"data" is required (a string is sent as-is, other JSON as JSON)')
     private = body.get("private", False)
@@ -300,14 +298,17 @@ def _publish_channels(body: dict[str, Any]) -> list[str]:
 
 
 def _cors(settings: Settings) -> list[Middleware]:
-    origins = settings.cors_origins.replace(",", " ").split()
+    origins = cors_origins(settings)
     if not origins:
         return []
     return [
         Middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_credentials=True,
+            # "*" lets any site read public streams without credentials; cookies and
+            # tokens in browsers are honoured only for origins listed by name, or any
+            # page a visitor opens could read their private updates.
+            allow_credentials=origins != ["*"],
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Last-Event-ID", "Content-Type", "Cache-Control"],
             expose_headers=["Last-Event-ID"],

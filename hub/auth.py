@@ -29,7 +29,7 @@ from .config import Settings
 from .errors import ConfigError, Forbidden, Unauthorized
 from .topics import Selectors
 
-__all__ = ["COOKIE", "Auth", "Claims"]
+__all__ = ["COOKIE", "Auth", "Claims", "cors_origins", "expires_in"]
 
 logger = logging.getLogger("hub")
 
@@ -37,6 +37,12 @@ logger = logging.getLogger("hub")
 COOKIE = "mercureAuthorization"
 
 _ASYMMETRIC = ("RS", "ES", "PS", "Ed")
+#: The last second of the year 9999: a later ``exp`` is out of range, not "never".
+_LATEST = 253402300799
+_OUT_OF_RANGE = (
+    "the token's exp, nbf or iat is out of range; use seconds since the epoch, "
+    "before the year 10000"
+)
 
 
 @dataclass(frozen=True)
@@ -89,14 +95,21 @@ class _Verifier:
                 f"the token was refused ({exc}); it must be a JWS signed with the hub's "
                 f"{self.role} key using {self.algorithm}"
             ) from None
+        except (OverflowError, ValueError, TypeError):
+            # PyJWT's own claim checks on values JSON allows but a clock cannot hold
+            # (exp: 1e400 is infinity): a bad token, not a server error.
+            raise Unauthorized(_OUT_OF_RANGE) from None
         mercure = payload.get("mercure", payload.get("https://mercure.rocks/"))
         if not isinstance(mercure, dict):
             mercure = {}
         exp = payload.get("exp")
+        expires = float(exp) if isinstance(exp, (int, float)) else None
+        if expires is not None and not 0 <= expires <= _LATEST:
+            raise Unauthorized(_OUT_OF_RANGE)
         return Claims(
             _selectors(mercure.get("publish")),
             _selectors(mercure.get("subscribe")),
-            float(exp) if isinstance(exp, (int, float)) else None,
+            expires,
         )
 
 
@@ -116,8 +129,7 @@ class Auth:
         self.publisher_verifier = _Verifier("publisher", pub_key, algorithm) if pub_key else None
         self.subscriber_verifier = _Verifier("subscriber", sub_key, algorithm) if sub_key else None
         self.anonymous = settings.anonymous
-        origins = settings.cors_origins.replace(",", " ").split()
-        self.cors_origins = [o.rstrip("/") for o in origins]
+        self.cors_origins = cors_origins(settings)
 
     def log_mode(self) -> None:
         if self.publisher_verifier is None:
@@ -129,6 +141,12 @@ class Auth:
             logger.warning(
                 "DEVELOPMENT MODE: no HUB_JWT_KEY / HUB_SUBSCRIBER_JWT_KEY, so Mercure "
                 "subscribers receive every update, private ones included"
+            )
+        if self.cors_origins == ["*"]:
+            logger.warning(
+                "HUB_CORS_ORIGINS=*: any site may read public streams without "
+                "credentials; no other origin may use cookies or browser credentials "
+                "(list origins by name for that)"
             )
 
     def publisher(self, request: Request) -> Claims:
@@ -203,12 +221,30 @@ class Auth:
             origin = f"{parts.scheme}://{parts.netloc}"
         origin = origin.rstrip("/")
         own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-        if origin == own or "*" in self.cors_origins or origin in self.cors_origins:
+        # "*" is not a name: it never admits a cookie from a foreign origin.
+        if origin == own or origin in self.cors_origins:
             return
         raise Unauthorized(
             f"origin {origin!r} may not publish with the {COOKIE} cookie; add it to "
             "HUB_CORS_ORIGINS, or send the token in the Authorization header"
         )
+
+
+def cors_origins(settings: Settings) -> list[str]:
+    """The origins of ``HUB_CORS_ORIGINS``: ``["*"]`` alone, or names.
+
+    ``*`` allows credential-less reads from anywhere; named origins also get
+    credentials. Both at once would need two policies for one response, so it is
+    refused.
+    """
+    origins = [o.rstrip("/") for o in settings.cors_origins.replace(",", " ").split()]
+    if "*" in origins and len(origins) > 1:
+        raise ConfigError(
+            "HUB_CORS_ORIGINS mixes '*' with named origins; give '*' alone (any site "
+            "may read public streams, without credentials) or only names (those "
+            "origins may also send cookies and credentials)"
+        )
+    return origins
 
 
 def expires_in(claims: Claims | None) -> float | None:

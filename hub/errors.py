@@ -6,6 +6,7 @@ __all__ = [
     "BackendUnavailable",
     "BadRequest",
     "ConfigError",
+    "Conflict",
     "Forbidden",
     "HubError",
     "NotFound",
@@ -42,6 +43,14 @@ class NotFound(HubError):
 
     status_code = 404
     code = "not_found"
+
+
+class Conflict(HubError):
+    """The request clashes with what the hub holds: a Mercure update ``id`` that another
+    update already has, or one shaped like a hub id."""
+
+    status_code = 409
+    code = "conflict"
 
 
 class PayloadTooLarge(BadRequest):

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["EventId", "format_id", "parse_id"]
+from .errors import BadRequest, Conflict
+
+__all__ = ["MAX_CHOSEN_ID_BYTES", "EventId", "check_chosen_id", "format_id", "parse_id"]
+
+#: Longest id a Mercure publisher may choose for its update, in UTF-8 bytes.
+MAX_CHOSEN_ID_BYTES = 1024
 
 #: (milliseconds, sequence within that millisecond); tuples compare in event order.
 EventId = tuple[int, int]
@@ -35,3 +40,30 @@ def parse_id(text: str | bytes) -> EventId:
 def format_id(event_id: EventId) -> str:
     """The string form of an id, as sent in ``id:`` lines and accepted back."""
     return f"{event_id[0]}-{event_id[1]}"
+
+
+def check_chosen_id(value: str) -> str:
+    """Return a publisher-chosen (Mercure) id if it can be one, else raise.
+
+    Refused with :class:`BadRequest`: control characters (they would break the
+    ``id:`` line or the ``Last-Event-ID`` header), more than
+    :data:`MAX_CHOSEN_ID_BYTES`, and ``earliest``. Refused with :class:`Conflict`: an
+    id shaped like a hub id, which names another event's position in the log. (An id
+    an event in the log still holds is refused by the publish script, atomically.)
+    """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise BadRequest("id must not contain CR, LF, NUL or other control characters")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequest("id contains a lone surrogate; use valid Unicode text") from None
+    if size > MAX_CHOSEN_ID_BYTES:
+        raise BadRequest(f"id is longer than {MAX_CHOSEN_ID_BYTES} bytes")
+    if value == "earliest":
+        raise BadRequest("'earliest' is reserved and cannot be an update id")
+    if _ID.fullmatch(value.strip()) is not None:
+        raise Conflict(
+            f"id {value[:40]!r} has the shape of a hub event id (<ms>-<n>), which names "
+            "another event's place in the log; choose another, such as a URN or a URL"
+        )
+    return value

@@ -27,12 +27,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .errors import BadRequest
+from .errors import BadRequest, Forbidden
 
-__all__ = ["MAX_CHANNEL_BYTES", "Keys", "check_channel", "check_channels", "check_event_type"]
+__all__ = [
+    "MAX_CHANNEL_BYTES",
+    "RESERVED_TOPICS",
+    "Keys",
+    "check_channel",
+    "check_channels",
+    "check_event_type",
+    "refuse_reserved",
+]
 
 MAX_CHANNEL_BYTES = 256
 MAX_EVENT_TYPE_BYTES = 128
+#: Topics containing this are the hub's own (Mercure subscription events): no client
+#: publishes to them, whichever door it uses.
+RESERVED_TOPICS = "/.well-known/mercure"
 
 
 class Keys:
@@ -107,6 +118,16 @@ def check_channels(channels: Iterable[object], limit: int) -> list[str]:
             "(HUB_MAX_CHANNELS)"
         )
     return list(seen)
+
+
+def refuse_reserved(channels: Iterable[object]) -> None:
+    """Raise :class:`Forbidden` if a client names a topic reserved for the hub."""
+    for channel in channels:
+        if isinstance(channel, str) and RESERVED_TOPICS in channel:
+            raise Forbidden(
+                f"topics containing {RESERVED_TOPICS} are reserved for the hub's own "
+                f"subscription events; publish to another topic ({channel[:60]!r})"
+            )
 
 
 def check_event_type(event: object) -> str:

@@ -10,18 +10,17 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from .auth import Claims
-from .errors import BadRequest, Forbidden
+from .errors import BadRequest
 from .http import read_body
-from .ids import EventId, format_id
-from .keys import MAX_CHANNEL_BYTES, check_channel, check_event_type
+from .ids import EventId, check_chosen_id, format_id
+from .keys import check_channel, check_event_type, refuse_reserved
 from .mercure_door import MercureDoor, MercureSubscriber
 from .publisher import Extra
 from .sse import EventStream, signal_frame
-from .topics import compile_template, is_template
+from .topics import check_template, compile_template, is_template
 
 __all__ = ["MercureDoor", "mercure", "mercure_publish", "mercure_subscribe", "native_stream"]
 
-MAX_ID_BYTES = 1024
 _CACHE_CONTROL = b"private, no-cache, no-store, must-revalidate, max-age=0"
 
 
@@ -30,13 +29,16 @@ def _selectors(raw: list[str], limit: int) -> list[str]:
         raise BadRequest("name at least one topic: ?topic=<topic, URI template or *>")
     if len(raw) > limit:
         raise BadRequest(f"{len(raw)} topics requested, at most {limit} (HUB_MAX_CHANNELS)")
+    # Every selector is checked for size first: compiling comes after, and only for a
+    # request whose selectors are all within bounds.
     for selector in raw:
         if is_template(selector):
-            if len(selector.encode("utf-8", "replace")) > 4 * MAX_CHANNEL_BYTES:
-                raise BadRequest(f"URI template {selector[:40]!r}... is too long")
-            compile_template(selector)
+            check_template(selector)
         elif selector != "*":
             check_channel(selector)
+    for selector in raw:
+        if is_template(selector):
+            compile_template(selector)
     return list(dict.fromkeys(raw))
 
 
@@ -50,8 +52,9 @@ async def mercure(request: Request) -> Response | EventStream:
 async def mercure_subscribe(request: Request) -> Response | EventStream:
     """``GET /.well-known/mercure?topic=...``: the Mercure subscription stream."""
     door: MercureDoor = request.app.state.mercure
-    topics = _selectors(request.query_params.getlist("topic"), door.settings.max_channels)
+    # Authenticate before any work a selector could make expensive.
     claims = door.auth.subscriber(request)
+    topics = _selectors(request.query_params.getlist("topic"), door.settings.max_channels)
     door.check_capacity()
     cursor = (
         request.headers.get("last-event-id")
@@ -64,10 +67,11 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
     elif cursor == "earliest":
         after, header = (0, 0), "earliest"
     else:
-        after = await door.resolve(cursor)
+        resolved = await door.resolve(cursor)
         # Mercure: an id the hub does not know is answered with "earliest", so that the
-        # client knows it may have missed updates; it continues live from now.
-        header = cursor if after is not None else "earliest"
+        # client knows it may have missed updates; it continues live from now. A known
+        # one is echoed as the hub spells it, never as the client sent it.
+        after, header = resolved if resolved is not None else (None, "earliest")
     response = EventStream(
         headers=[
             (b"last-event-id", header.encode("utf-8", "replace")),
@@ -89,15 +93,16 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
 async def native_stream(
     request: Request, channels: list[str], claims: Claims, cursor: str | None
 ) -> EventStream:
-    """``/events`` for a token that may receive private updates of its channels."""
+    """``/events`` for a token that may receive private updates of its channels (admitted
+    by the caller)."""
     door: MercureDoor = request.app.state.mercure
-    door.check_capacity()
     after: EventId | None = None
     reset = b""
     if cursor == "earliest":
         after = (0, 0)
     elif cursor:
-        after = await door.resolve(cursor)
+        resolved = await door.resolve(cursor)
+        after = resolved[0] if resolved is not None else None
         if after is None:
             head = (await door.broker.clock()).head
             reset = signal_frame(
@@ -143,8 +148,7 @@ async def mercure_publish(request: Request) -> Response:
         raise BadRequest("missing topic: give at least one topic field")
     for topic in topics:
         check_channel(topic)
-        if "/.well-known/mercure" in topic:
-            raise Forbidden("topics under /.well-known/mercure are reserved for the hub")
+    refuse_reserved(topics)
     if len(topics) > door.settings.max_channels:
         raise BadRequest(f"{len(topics)} topics; at most {door.settings.max_channels}")
     topics = list(dict.fromkeys(topics))
@@ -170,15 +174,7 @@ def _one(form: dict[str, list[str]], name: str) -> str | None:
 
 
 def _update_id(value: str | None) -> str | None:
-    if not value:
-        return None
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise BadRequest("id must not contain CR, LF or NUL characters")
-    if len(value.encode("utf-8", "replace")) > MAX_ID_BYTES:
-        raise BadRequest(f"id is longer than {MAX_ID_BYTES} bytes")
-    if value == "earliest":
-        raise BadRequest("'earliest' is reserved and cannot be an update id")
-    return value
+    return check_chosen_id(value) if value else None
 
 
 def _retry(value: str | None) -> int | None:

@@ -83,7 +83,8 @@ class MercureSubscriber(Subscriber):
         limit: int,
         on_cut_off: Callable[[str], None] | None,
     ) -> None:
-        selectors = Selectors(topics)
+        # Native channels are exact names, braces and all: never templates.
+        selectors = Selectors(topics, exact=native)
         channels = sorted(selectors.exact)
         if selectors.patterns:
             channels.append(ALL)
@@ -305,6 +306,8 @@ class MercureDoor:
         return self._live
 
     def check_capacity(self) -> None:
+        """Admit a new stream, or raise :class:`TooManyConnections`: the one rule for
+        every stream (native and Mercure) against ``HUB_MAX_CONNECTIONS``."""
         total = self.broker.connections + self.connections
         if total >= self.settings.max_connections:
             raise TooManyConnections(
@@ -312,23 +315,36 @@ class MercureDoor:
                 "retry, or connect to another node"
             )
 
-    async def resolve(self, cursor: str) -> EventId | None:
-        """The hub id of a ``Last-Event-ID`` (a chosen Mercure id or a hub id), if that
-        event is still in the log."""
+    async def resolve(self, cursor: str) -> tuple[EventId, str] | None:
+        """Where a ``Last-Event-ID`` stands in the log, and its canonical spelling (the
+        hub id, or the chosen Mercure id as published); ``None`` when the hub cannot
+        resume from it (unknown, trimmed, or later than anything handed out).
+
+        A hub id is read as one before the chosen ids are looked at, so that no
+        publisher's chosen id can stand in for another event's position. A position is
+        resumable when nothing after it was trimmed: the log's oldest entry is at or
+        before it (the log is trimmed from the front only). The event itself need not
+        be in the log: subscription events have ids but are not kept.
+        """
         redis = self.broker.redis
         try:
-            mapped = await redis.hget(self.keys.mercure_ids, cursor)
-            if mapped is not None:
-                candidate = parse_id(mapped)
-            else:
-                try:
-                    candidate = parse_id(cursor)
-                except ValueError:
+            try:
+                position, canonical = parse_id(cursor), ""
+            except ValueError:
+                mapped = await redis.hget(self.keys.mercure_ids, cursor)
+                if mapped is None:
                     return None
-            found = await redis.xrange(self.keys.log, format_id(candidate), format_id(candidate))
+                position, canonical = parse_id(mapped), cursor
+            oldest: list[tuple[bytes, Any]] = cast(
+                Any, await redis.xrange(self.keys.log, b"-", b"+", 1)
+            )
         except RedisError as exc:
             raise BackendUnavailable(f"Redis did not answer ({exc}); retry") from exc
-        return candidate if found else None
+        if not oldest or parse_id(oldest[0][0]) > position:
+            return None
+        if position > (await self.broker.clock()).head:
+            return None  # a made-up id from the future would hide every event until then
+        return position, canonical or format_id(position)
 
     async def newest_id(self) -> str:
         """The Mercure id of the newest event in the log (``earliest`` if it is empty)."""

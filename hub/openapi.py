@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from .config import Settings
 from .keys import MAX_CHANNEL_BYTES, MAX_EVENT_TYPE_BYTES
+from .topics import MAX_TEMPLATE_BYTES, MAX_TEMPLATE_VARIABLES
 
 __all__ = ["openapi_endpoint", "openapi_spec"]
 
@@ -164,6 +165,10 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "enum": [
                         "bad_request",
                         "payload_too_large",
+                        "headers_too_large",
+                        "unauthorized",
+                        "forbidden",
+                        "conflict",
                         "backend_unavailable",
                         "too_many_connections",
                         "not_found",
@@ -280,7 +285,10 @@ def _publish(settings: Settings) -> dict[str, Any]:
                     "event type, or too many channels."
                 ),
                 "401": _error("A JWT key is configured and the token is missing or invalid."),
-                "403": _error("The token's mercure.publish claims do not cover the channels."),
+                "403": _error(
+                    "The token's mercure.publish claims do not cover the channels, or a "
+                    "channel is reserved for the hub (/.well-known/mercure)."
+                ),
                 "413": _error(
                     f"The body or its data is too large (data: HUB_MAX_PAYLOAD, "
                     f"{settings.max_payload} bytes)."
@@ -323,7 +331,10 @@ def _mercure(settings: Settings) -> dict[str, Any]:
                     "description": "The update stream.",
                     "content": {"text/event-stream": {"schema": _ref("StreamEvent")}},
                 },
-                "400": _error("No topic, too many, or a malformed selector."),
+                "400": _error(
+                    "No topic, too many, or a malformed selector; a URI template over "
+                    f"{MAX_TEMPLATE_BYTES} bytes or {MAX_TEMPLATE_VARIABLES} variables."
+                ),
                 "401": _error("A token is required, or the one given is invalid."),
                 "503": _error("Too many streams on this node.", retry_after=True),
             },
@@ -353,7 +364,7 @@ def _mercure(settings: Settings) -> dict[str, Any]:
                                 },
                                 "data": {"type": "string"},
                                 "private": {"type": "string"},
-                                "id": {"type": "string", "pattern": r"^[^\r\n\x00]*$"},
+                                "id": {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]*$"},
                                 "type": {"type": "string", "pattern": r"^[^\r\n\x00]*$"},
                                 "retry": {"type": "string", "pattern": "^[0-9]*$"},
                             },
@@ -365,7 +376,14 @@ def _mercure(settings: Settings) -> dict[str, Any]:
                 "200": {"description": "Published; the body is the update's id.", "content": text},
                 "400": _error("A missing topic or a malformed field."),
                 "401": _error("No valid publisher token."),
-                "403": _error("The token may not publish to these topics."),
+                "403": _error(
+                    "The token may not publish to these topics, or a topic is reserved "
+                    "for the hub (/.well-known/mercure)."
+                ),
+                "409": _error(
+                    "The id is held by another update still in the log, or has the shape "
+                    "of a hub event id (<ms>-<n>)."
+                ),
                 "413": _error("The body is too large."),
                 "503": _error("Redis is unavailable.", retry_after=True),
             },

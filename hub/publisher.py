@@ -23,7 +23,8 @@ from redis.exceptions import (
 
 from .backend import redact
 from .config import Settings
-from .errors import BackendUnavailable, BadRequest, HubError, PayloadTooLarge
+from .errors import BackendUnavailable, BadRequest, Conflict, HubError, PayloadTooLarge
+from .ids import check_chosen_id
 from .keys import Keys, check_channels, check_event_type
 from .lane import InFlightLost, Lane
 
@@ -66,6 +67,9 @@ class Extra:
     mercure_id: str | None = None
     #: Reconnect delay in ms sent along with the event to Mercure subscribers.
     retry: int | None = None
+    #: False: announced to live subscribers but not kept in the hub-wide log, so it
+    #: takes no room from the history that others resume from (subscription events).
+    kept: bool = True
 
 
 class _Prepared:
@@ -94,6 +98,8 @@ class _Prepared:
                 "(HUB_MAX_PAYLOAD)"
             )
         extra = extra or Extra()
+        if extra.mercure_id:
+            check_chosen_id(extra.mercure_id)
         keys = [self.keys.clock, *(self.keys.stream(c) for c in names)]
         keys += [self.keys.log, self.keys.mercure_ids]
         ttl_ms = int(self.settings.history_ttl * 1000)
@@ -102,7 +108,7 @@ class _Prepared:
             extra.mercure_id or "",
             "" if extra.retry is None else extra.retry,
             "1" if extra.private else "",
-            self.settings.log_size,
+            self.settings.log_size if extra.kept else 0,
             self.keys.mercure_all,
         ]
         args.extend(self.keys.live(c) for c in names)
@@ -116,6 +122,11 @@ def _translate(exc: RedisError, where: str) -> HubError:
         # A replica after a failover, a full Redis, or a master without enough replicas
         # (min-replicas-to-write): passing states worth a retry.
         return BackendUnavailable(f"Redis at {where} cannot take writes now ({exc}); retry")
+    if isinstance(exc, ResponseError) and str(exc).startswith("HUBCONFLICT"):
+        return Conflict(
+            f"that id is taken: {str(exc).removeprefix('HUBCONFLICT ')}; every update "
+            "needs an id of its own (or none, and the hub makes one)"
+        )
     if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
         return HubError(f"Redis refused the publish script at {where}: {exc}")
     if isinstance(exc, InFlightLost):

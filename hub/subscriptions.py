@@ -12,7 +12,9 @@ When a Mercure subscriber comes or goes, a private update with its subscription
 (``"active": true`` or ``false``) is published to
 ``/.well-known/mercure/subscriptions/{topic}/{subscriber}`` for each of its topic
 selectors: subscribers whose claims match those topics see who is listening. A node
-that dies publishes no ``"active": false``; its entries just expire.
+that dies publishes no ``"active": false``; its entries just expire. These events are
+announced live but not kept in the hub-wide log: connections coming and going must not
+push the history others resume from out of ``HUB_LOG_SIZE``.
 
 Enabled with ``HUB_SUBSCRIPTIONS=1`` (off by default: it costs a publish per topic
 per connect and disconnect).
@@ -108,7 +110,7 @@ class Registry:
     async def _announce(self, entry: dict[str, Any]) -> None:
         body = json.dumps({"@context": _CONTEXT, **entry})
         try:
-            await self._publisher.publish(entry["id"], body, extra=Extra(private=True))
+            await self._publisher.publish(entry["id"], body, extra=Extra(private=True, kept=False))
         except BadRequest as exc:
             # A selector too long for a topic once URL-encoded: the API still lists it.
             logger.debug("no subscription event for %s: %s", entry["id"][:80], exc)

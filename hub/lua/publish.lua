@@ -17,11 +17,16 @@
 -- The full one (the hub's own publishers) also feeds the Mercure door: N channels,
 -- KEYS = clock, N streams, {prefix}log, {prefix}mercure-ids; ARGV = the four above,
 -- then [5] Mercure id chosen by the publisher ('' for none), [6] retry ('' for none),
--- [7] private ('1' or ''), [8] log size, [9] {prefix}mercure-all (pub/sub for nodes
+-- [7] private ('1' or ''), [8] log size (0: the event is announced but not kept in the
+-- log, as subscription events are), [9] {prefix}mercure-all (pub/sub for nodes
 -- with URI-template subscribers), [10..9+N] {prefix}live:{channel},
 -- [10+N..9+2N] {prefix}mercure:{channel}, [10+2N..9+3N] the channel names.
 -- A private event goes to the log and the Mercure names only: the native live path
 -- and per-channel history never carry it (the native API serves it from the log).
+--
+-- A chosen Mercure id still held by an event in the log is refused with an error reply
+-- starting "HUBCONFLICT", before anything is written: otherwise one topic's publisher
+-- could move another topic's subscribers' cursors.
 --
 -- Returns the event id "<ms>-<n>".
 --
@@ -38,6 +43,14 @@ elseif #KEYS >= 4 and #ARGV == 9 + 3 * (#KEYS - 3) then
   full = true
 else
   return redis.error_reply('ERR hub publish: expected clock + N stream keys and 4 + N args')
+end
+
+if full and ARGV[5] ~= '' then
+  local log, ids = KEYS[n_chan + 2], KEYS[n_chan + 3]
+  local taken = redis.call('HGET', ids, ARGV[5])
+  if taken and #redis.call('XRANGE', log, taken, taken) > 0 then
+    return redis.error_reply('HUBCONFLICT the id is already used by event ' .. taken)
+  end
 end
 
 local t = redis.call('TIME')
@@ -91,7 +104,10 @@ if full then
     names[i] = ARGV[9 + 2 * n_chan + i]
   end
   -- Forget publisher-chosen ids whose events are about to be trimmed from the log.
-  local excess = redis.call('XLEN', log) - log_size + 1
+  local excess = 0
+  if log_size > 0 then
+    excess = redis.call('XLEN', log) - log_size + 1
+  end
   if excess > 0 then
     for _, entry in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', excess)) do
       local fields = entry[2]
@@ -109,12 +125,14 @@ if full then
     flag = '1'
   end
   local channels = table.concat(names, ' ')
-  redis.call('XADD', log, 'MAXLEN', log_size, id, 'c', channels, 'e', event, 'd', data,
-    'm', mid, 'r', retry, 'x', flag)
-  if mid ~= '' then
-    redis.call('HSET', ids, mid, id)
+  if log_size > 0 then
+    redis.call('XADD', log, 'MAXLEN', log_size, id, 'c', channels, 'e', event, 'd', data,
+      'm', mid, 'r', retry, 'x', flag)
+    if mid ~= '' then
+      redis.call('HSET', ids, mid, id)
+    end
   end
-  if age > 0 then
+  if age > 0 and log_size > 0 then
     redis.call('XTRIM', log, 'MINID', string.format('%d-0', ms - age))
     redis.call('PEXPIRE', log, string.format('%d', age))
     redis.call('PEXPIRE', ids, string.format('%d', age))
