@@ -312,3 +312,20 @@ async def test_page_with_authorization_on_publishes_only_with_a_valid_token(
     await page.click("#pub-send")
     shown = await wait_rows(page, 1)
     assert [row[2] for row in shown] == ["with a token"]
+
+
+async def test_page_keeps_its_token_out_of_the_url_and_in_the_tab(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    hub = await hubs.start(env={"HUB_JWT_KEY": KEY, "HUB_ANONYMOUS": "1"})
+    page = await open_page(browser, hub.url, "news")
+    # An old link carrying ?token= : ignored, and gone from the address bar.
+    await page.goto(f"{hub.url}/?channels=news&token=leaked-secret")
+    assert await page.input_value("#token") == ""
+    assert "token" not in page.url
+    # Typed in the form, it survives a reload of the tab, without entering the URL.
+    await page.fill("#token", "typed-secret")
+    await page.dispatch_event("#token", "change")
+    await page.reload()
+    assert await page.input_value("#token") == "typed-secret"
+    assert "secret" not in page.url

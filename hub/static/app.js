@@ -217,13 +217,26 @@
     });
   });
 
-  // ?channels=a,b&token=... pre-fills the form; ?connect=1 connects at once.
+  // The token lives in the form and in this tab's sessionStorage, never in the page's
+  // URL, where it would leak through history and Referer headers.
+  var TOKEN_KEY = "hub-demo-token";
+  try { $("token").value = sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { /* no storage */ }
+  $("token").addEventListener("change", function () {
+    try { sessionStorage.setItem(TOKEN_KEY, token()); } catch (e) { /* no storage */ }
+  });
+
+  // ?channels=a,b pre-fills the form; ?connect=1 connects at once.
   var query = new URLSearchParams(location.search);
+  if (query.has("token")) {
+    // An old link with ?token=: drop it from the address bar and history, unused.
+    query.delete("token");
+    var rest = query.toString();
+    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+  }
   if (query.get("channels")) {
     $("channels").value = query.get("channels");
     $("pub-channel").value = list(query.get("channels"))[0] || "";
   }
   if (query.get("types")) $("types").value = query.get("types");
-  if (query.get("token")) $("token").value = query.get("token");
   if (query.get("connect")) connect();
 })();
