@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -35,54 +36,54 @@ class HeadBoundedProtocol(HttpToolsProtocol):
     #: Bytes of request line and headers accepted; set by :func:`head_bounded_protocol`.
     max_head = 16 * 1024
 
-    _head_bytes = 0
-    _parsed_bytes = 0
-    _in_head = True
-    _refused = False
+    # Set on every request: slots keep them out of uvicorn's large instance dict.
+    __slots__ = ("_head_bytes", "_in_head", "_reading", "_refused")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0
+        self._reading = 0
+        self._in_head = True
+        self._refused = False
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self._in_head = True
         self._head_bytes = 0
-        self._parsed_bytes = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._parsed_bytes += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._parsed_bytes += len(name) + len(value) + 4
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._parsed_bytes > self.max_head:
+        # The head is within what was read since the message began: only when that is
+        # over the limit is it worth measuring exactly.
+        if self._head_bytes + self._reading > self.max_head and self._head_size() > self.max_head:
             # Not handed to the app: answered once the parser returns.
             self._refused = True
             return
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
-            super().on_body(body)
+            HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
         if not self._refused:
-            super().on_message_complete()
+            HttpToolsProtocol.on_message_complete(self)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        super().data_received(data)
+        self._reading = len(data)
+        HttpToolsProtocol.data_received(self, data)
         if self._refused:
             self._refuse()
-            return
-        if not self._in_head or self.transport.is_closing():
-            return
-        self._head_bytes += len(data)
-        if self._head_bytes > self.max_head:
-            self._refused = True
-            self._refuse()
+        elif self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head:
+                self._refused = True
+                self._refuse()
 
     def _refuse(self) -> None:
         logger.warning(
