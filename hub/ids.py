@@ -61,9 +61,11 @@ def check_chosen_id(value: str) -> str:
         raise BadRequest(f"id is longer than {MAX_CHOSEN_ID_BYTES} bytes")
     if value == "earliest":
         raise BadRequest("'earliest' is reserved and cannot be an update id")
-    if _ID.fullmatch(value.strip()) is not None:
-        raise Conflict(
-            f"id {value[:40]!r} has the shape of a hub event id (<ms>-<n>), which names "
-            "another event's place in the log; choose another, such as a URN or a URL"
-        )
-    return value
+    try:
+        parse_id(value)
+    except ValueError:
+        return value
+    raise Conflict(
+        f"id {value[:40]!r} has the shape of a hub event id (<ms>-<n>), which names "
+        "another event's place in the log; choose another, such as a URN or a URL"
+    )

@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from .auth import Claims
 from .errors import BadRequest
 from .http import read_body
-from .ids import EventId, check_chosen_id, format_id
+from .ids import EventId, format_id
 from .keys import check_channel, check_event_type, refuse_reserved
 from .mercure_door import MercureDoor, MercureSubscriber
 from .publisher import Extra
@@ -155,7 +155,8 @@ async def mercure_publish(request: Request) -> Response:
     door.auth.check_publish(claims, topics)
     extra = Extra(
         private="private" in form,
-        mercure_id=_update_id(_one(form, "id")),
+        # Checked by the publisher, for every door (hub.ids.check_chosen_id).
+        mercure_id=_one(form, "id") or None,
         retry=_retry(_one(form, "retry")),
     )
     event = _one(form, "type") or None
@@ -171,10 +172,6 @@ async def mercure_publish(request: Request) -> Response:
 def _one(form: dict[str, list[str]], name: str) -> str | None:
     values = form.get(name)
     return values[0] if values else None
-
-
-def _update_id(value: str | None) -> str | None:
-    return check_chosen_id(value) if value else None
 
 
 def _retry(value: str | None) -> int | None:

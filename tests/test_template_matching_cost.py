@@ -1,8 +1,8 @@
 """URI-template selectors cannot be made to backtrack: the templates a security review
 used to freeze a node match the longest allowed topic at once, templates are bounded,
 the compact form they compile to matches what the template means, and the cache of
-compiled templates stays bounded. (The sub-millisecond figures: ``python -m
-bench.templates``.)"""
+compiled templates and of match results stays bounded. (The sub-millisecond
+figures: ``python bench/templates.py``.)"""
 
 from __future__ import annotations
 
@@ -132,3 +132,17 @@ def test_compiled_template_cache_stays_bounded_by_count_and_size(
     assert recount == topics._cached_instructions
     # The newest template is kept, and found again without compiling.
     assert compile_template(f"/size/99{{;{names}}}") is topics._cache[f"/size/99{{;{names}}}"]
+
+
+def test_match_results_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(topics, "_MATCHES_KEPT", 100)
+    topics._matched.clear()
+    selectors = Selectors(["/books/{id}"])
+    for i in range(250):
+        assert selectors.match(f"/books/{i}")
+        assert not selectors.match(f"/books/{i}/x")
+        assert len(topics._matched) <= 100
+    # Remembered results are the matcher's: the same answers a second time.
+    assert selectors.match("/books/249")
+    assert not selectors.match("/books/249/x")
+    assert topics._matched[("/books/{id}", "/books/249")] is True
