@@ -15,11 +15,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import Backends, RunningHub, StartHub
 from hub import ConfigError, Settings
 from hub.topics import Selectors, compile_template, matches
-from mercure_support import KEY, mercure_publish, mercure_stream, token
-from sse_client import SSEStream
+from support.hubs import Backends, RunningHub, StartHub
+from support.mercure import KEY, mercure_publish, mercure_stream, token
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

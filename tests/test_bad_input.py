@@ -16,9 +16,9 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from conftest import Backends, RunningHub, StartHub
 from hub.app import stream_params
-from sse_client import SSEStream
+from support.hubs import Backends, RunningHub, StartHub
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

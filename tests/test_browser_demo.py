@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright
-from test_workers import WorkerProcess
 
-from mercure_support import KEY, token
-from support import REPO, HubProcesses
+from support.mercure import KEY, token
+from support.processes import REPO, HubProcesses
+from support.workers import WorkerProcess
 
 pytestmark = pytest.mark.anyio
 

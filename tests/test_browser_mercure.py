@@ -13,8 +13,8 @@ from urllib.parse import urlencode
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from conftest import Backends, RunningHub, StartHub
-from mercure_support import KEY, token
+from support.hubs import Backends, RunningHub, StartHub
+from support.mercure import KEY, token
 
 pytestmark = pytest.mark.anyio
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conftest import Backends, StartHub, free_port
 from hub import Event, HubClient
+from support.hubs import Backends, StartHub
+from support.net import free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,6 @@ import anyio
 import httpx
 import pytest
 
-from conftest import Backends, RunningHub, StartHub, free_port
 from hub import (
     BackendUnavailable,
     BadRequest,
@@ -27,6 +26,8 @@ from hub import (
 )
 from hub.broker import Broker
 from hub.client import _reconnect_delay
+from support.hubs import Backends, RunningHub, StartHub
+from support.net import free_port
 
 pytestmark = pytest.mark.anyio
 

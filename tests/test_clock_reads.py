@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 import hub.history
-from conftest import Backends, StartHub
 from hub import Backend, Settings
 from hub.broker import CLOCK_REUSE, Broker
 from hub.errors import BackendUnavailable
@@ -19,6 +18,7 @@ from hub.history import Clock, ClockReads
 from hub.ids import parse_id
 from hub.keys import Keys
 from hub.live import Channel
+from support.hubs import Backends, StartHub
 
 pytestmark = pytest.mark.anyio
 

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from conftest import Backends, StartHub
 from hub import Publisher, SyncPublisher
 from hub.keys import Keys
-from sse_client import SSEStream
+from support.hubs import Backends, StartHub
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,8 @@ import asyncio
 import httpx
 import pytest
 
-from conftest import Backends, StartHub
-from sse_client import SSEStream
+from support.hubs import Backends, StartHub
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +62,7 @@ async def test_direct_stream_ends_with_the_retry_hint_on_shutdown(
 async def test_mercure_streams_get_direct_writes_and_still_filter_per_subscriber(
     backends: Backends, start_hub: StartHub
 ) -> None:
-    from mercure_support import KEY, mercure_publish, mercure_stream, token
+    from support.mercure import KEY, mercure_publish, mercure_stream, token
 
     settings = backends.settings(jwt_key=KEY, anonymous=True)
     hub = await start_hub(settings, backends.backend(), http="httptools")

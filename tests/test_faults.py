@@ -10,13 +10,14 @@ import httpx
 import pytest
 import redis.asyncio
 
-from conftest import Backends, RedisServer, StartHub
 from hub import Publisher
 from hub.history import read_clock, record_loss
 from hub.keys import Keys
 from hub.publisher import PUBLISH_SCRIPT
-from sse_client import SSEStream
-from support import SteadyPublisher
+from support.hubs import Backends, StartHub
+from support.processes import SteadyPublisher
+from support.redis_server import RedisServer
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

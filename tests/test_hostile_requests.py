@@ -16,12 +16,12 @@ from urllib.parse import quote, urlencode, urlsplit
 import httpx
 import pytest
 
-from conftest import Backends, StartHub
 from hub import ConfigError, Settings, create_app, topics
 from hub.topics import MAX_TEMPLATE_BYTES
-from mercure_support import KEY, mercure_publish, mercure_stream, token
-from sse_client import SSEStream
-from support import HubProcesses
+from support.hubs import Backends, StartHub
+from support.mercure import KEY, mercure_publish, mercure_stream, token
+from support.processes import HubProcesses
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

@@ -12,9 +12,9 @@ import redis
 import redis.asyncio
 from redis.exceptions import AuthenticationError, NoScriptError
 
-from conftest import RedisServer
 from hub import BackendUnavailable, Publisher, Settings
 from hub.lane import InFlightLost, Lane, LaneTimeout
+from support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 

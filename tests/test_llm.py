@@ -20,12 +20,13 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio
-from test_workers import ROOT, WorkerProcess, redis_env, redis_only
 
-from conftest import Backends, RunningHub, StartHub, free_port
 from hub import Publisher
 from hub.keys import Keys
-from sse_client import Event, SSEStream
+from support.hubs import Backends, RunningHub, StartHub
+from support.net import free_port
+from support.sse import Event, SSEStream
+from support.workers import ROOT, WorkerProcess, redis_env, redis_only
 from workers.requests import InvalidRequest, parse_request
 from workers.sentences import SentenceSplitter
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sse_client import SSEStream
-from support import HubProcess, HubProcesses
+from support.processes import HubProcess, HubProcesses
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

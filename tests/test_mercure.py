@@ -9,10 +9,10 @@ import httpx
 import pytest
 import redis.asyncio
 
-from conftest import Backends, StartHub
 from hub import Settings
-from mercure_support import KEY, mercure_publish, mercure_stream, token
-from sse_client import SSEStream
+from support.hubs import Backends, StartHub
+from support.mercure import KEY, mercure_publish, mercure_stream, token
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

@@ -10,9 +10,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from conftest import Backends, RunningHub, StartHub
-from mercure_support import KEY, mercure_stream, token
-from sse_client import SSEStream
+from support.hubs import Backends, RunningHub, StartHub
+from support.mercure import KEY, mercure_stream, token
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Backends, StartHub
 from hub import Publisher
-from sse_client import SSEStream
-from support import HubProcesses
-from test_scale import _streams_per_process, _workers
+from support.hubs import Backends, StartHub
+from support.processes import HubProcesses
+from support.procfs import streams_per_process, worker_pids
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 
@@ -144,14 +144,14 @@ async def test_under_two_workers_any_scrape_reports_the_totals_of_both(
     try:
         hub = await hubs.start("--workers", "2")
         for _ in range(200):
-            if len(_workers(hub.pid)) == 2:
+            if len(worker_pids(hub.pid)) == 2:
                 break
             await asyncio.sleep(0.05)
-        workers = _workers(hub.pid)
+        workers = worker_pids(hub.pid)
         streams = [SSEStream(hub.url, ["w"]) for _ in range(12)]
         for stream in streams:
             await stream.__aenter__()
-        spread = _streams_per_process(workers, hub.port)
+        spread = streams_per_process(workers, hub.port)
         for n in range(5):
             await publish(hub.url, "w", str(n))
         for stream in streams:

@@ -28,10 +28,11 @@ from schemathesis.schemas import BaseSchema
 from schemathesis.specs.openapi.checks import negative_data_rejection
 from starlette.routing import Route
 
-from conftest import Backends, free_port
 from hub import Settings, create_app
 from hub.openapi import openapi_spec
 from hub.subscriptions import PATH as SUBSCRIPTIONS_PATH
+from support.hubs import Backends
+from support.net import free_port
 
 #: Kept small so that fuzzing reaches the limit (the default is 100).
 MAX_CHANNELS = 8

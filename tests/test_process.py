@@ -11,8 +11,8 @@ import pytest
 
 from hub import Publisher
 from hub.server import _freeze_startup_objects
-from sse_client import SSEStream
-from support import HubProcesses, SteadyPublisher
+from support.processes import HubProcesses, SteadyPublisher
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

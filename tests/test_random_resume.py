@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from conftest import Backends, StartHub
 from hub import Publisher
 from hub.ids import parse_id
-from sse_client import SSEStream
+from support.hubs import Backends, StartHub
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

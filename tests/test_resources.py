@@ -10,8 +10,8 @@ import httpx
 import pytest
 import redis.asyncio
 
-from conftest import Backends, StartHub
-from sse_client import SSEStream
+from support.hubs import Backends, StartHub
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

@@ -10,16 +10,24 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 import redis.asyncio
 
-from conftest import RedisServer, free_port
 from hub import Publisher
-from sse_client import SSEStream
-from support import REPO, Haproxy, HubProcess, HubProcesses, ResumingClient, SteadyPublisher
+from support.net import free_port
+from support.processes import (
+    REPO,
+    Haproxy,
+    HubProcess,
+    HubProcesses,
+    ResumingClient,
+    SteadyPublisher,
+)
+from support.procfs import running, streams_per_process, worker_pids
+from support.redis_server import RedisServer
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 
@@ -28,47 +36,6 @@ FAST_RETRY = {"HUB_RETRY_MS": "100"}
 
 
 # -- hub serve --workers N -----------------------------------------------------------------
-
-
-def _workers(supervisor: int) -> list[int]:
-    """The worker processes of a ``hub serve --workers N`` (not multiprocessing's helper)."""
-    try:
-        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    except FileNotFoundError:
-        return []
-    return [int(pid) for pid in children if b"spawn_main" in _cmdline(int(pid))]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _streams_per_process(pids: list[int], port: int) -> dict[int, int]:
-    """How many established connections on ``port`` each process holds."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                inodes.add(fields[9])
-    counts = {}
-    for pid in pids:
-        fds = Path(f"/proc/{pid}/fd")
-        links = [str(fd.readlink()) for fd in fds.iterdir() if fd.is_symlink()]
-        counts[pid] = sum(link[8:-1] in inodes for link in links if link.startswith("socket:"))
-    return counts
 
 
 async def _live_connections(url: str) -> int:
@@ -93,10 +60,10 @@ async def _serving(hub: HubProcess, redis_url: str) -> list[int]:
     """Wait until both workers of ``hub`` are up, each with its live Redis connection."""
 
     async def both_live() -> bool:
-        return len(_workers(hub.pid)) == 2 and await _live_connections(redis_url) == 2
+        return len(worker_pids(hub.pid)) == 2 and await _live_connections(redis_url) == 2
 
     await _until(both_live, "two workers with one live connection each")
-    return _workers(hub.pid)
+    return worker_pids(hub.pid)
 
 
 @pytest.fixture
@@ -118,7 +85,7 @@ async def test_workers_share_the_port_each_with_its_own_live_redis_connection(
     try:
         for stream in streams:
             await stream.__aenter__()
-        spread = _streams_per_process(workers, hub.port)
+        spread = streams_per_process(workers, hub.port)
         async with httpx.AsyncClient() as client:
             for n in range(3):
                 response = await client.post(
@@ -141,7 +108,7 @@ async def test_workers_share_the_port_each_with_its_own_live_redis_connection(
     assert all(s.retry is not None and 3000 <= s.retry <= 6000 for s in streams)
     # ...and the supervisor exits 0 with no worker left behind.
     assert code == 0, await hub.stderr()
-    assert not any(_running(pid) for pid in workers)
+    assert not any(running(pid) for pid in workers)
     assert "Traceback" not in await hub.stderr()
 
 
@@ -153,7 +120,7 @@ async def test_a_worker_that_dies_is_replaced(
     os.kill(victim, signal.SIGKILL)
 
     async def replaced() -> bool:
-        workers = _workers(hub.pid)
+        workers = worker_pids(hub.pid)
         return (
             len(workers) == 2
             and victim not in workers
@@ -161,7 +128,7 @@ async def test_a_worker_that_dies_is_replaced(
         )
 
     await _until(replaced, "the dead worker was not replaced", timeout=15)
-    assert survivor in _workers(hub.pid)
+    assert survivor in worker_pids(hub.pid)
     assert await hub.signal(signal.SIGTERM) == 0
 
 
@@ -173,7 +140,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(
     await hub.signal(signal.SIGKILL)
 
     async def gone() -> bool:
-        return not any(_running(pid) for pid in workers)
+        return not any(running(pid) for pid in workers)
 
     await _until(gone, "workers outlived their supervisor", timeout=15)
 

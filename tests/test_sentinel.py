@@ -22,12 +22,13 @@ import pytest
 import redis
 import redis.asyncio
 
-from conftest import Backends, StartHub, free_port, wait_ready
 from hub import Backend, BackendUnavailable, ConfigError, Publisher, Settings
 from hub.backend import parse_sentinel_url
 from hub.keys import Keys
-from sse_client import Event, SSEStream
-from support import ResumingClient, SteadyPublisher
+from support.hubs import Backends, StartHub
+from support.net import free_port, wait_ready
+from support.processes import ResumingClient, SteadyPublisher
+from support.sse import Event, SSEStream
 
 pytestmark = pytest.mark.anyio
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Backends, free_port
-from sse_client import SSEStream
+from support.hubs import Backends
+from support.net import free_port
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 

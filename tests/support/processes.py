@@ -18,9 +18,11 @@ from typing import BinaryIO
 
 import pytest
 
-from conftest import Backends, free_port, wait_ready
 from hub import BackendUnavailable, Publisher
-from sse_client import SSEStream
+
+from .hubs import Backends
+from .net import free_port, wait_ready
+from .sse import SSEStream
 
 REPO = Path(__file__).resolve().parent.parent
 

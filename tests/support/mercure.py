@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import httpx
 import jwt
 
-from sse_client import SSEStream
+from .sse import SSEStream
 
 KEY = "a-test-secret-that-is-long-enough-for-hs256"
 

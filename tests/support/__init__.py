@@ -1,0 +1,1 @@
+"""Helpers shared by tests: one module per kind of thing a test drives."""
