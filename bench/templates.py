@@ -16,9 +16,9 @@ import platform
 import re
 import time
 
-from hub import topics
-from hub.keys import MAX_CHANNEL_BYTES
-from hub.topics import MAX_TEMPLATE_VARIABLES, compile_template
+from hub.doors import topics
+from hub.doors.topics import MAX_TEMPLATE_VARIABLES, compile_template
+from hub.store.keys import MAX_CHANNEL_BYTES
 
 LONGEST = MAX_CHANNEL_BYTES
 VARS = MAX_TEMPLATE_VARIABLES

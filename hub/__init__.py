@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from .app import create_app
-from .backend import Backend
-from .broker import Broker
-from .client import Event, HubClient
-from .config import Settings
-from .errors import (
+from hub.app import create_app
+from hub.client import Event, HubClient
+from hub.config import Settings
+from hub.delivery.broker import Broker
+from hub.errors import (
     BackendUnavailable,
     BadRequest,
     ConfigError,
@@ -16,7 +15,8 @@ from .errors import (
     PayloadTooLarge,
     TooManyConnections,
 )
-from .publisher import Publisher, SyncPublisher
+from hub.store.backend import Backend
+from hub.store.publisher import Publisher, SyncPublisher
 
 __all__ = [
     "Backend",

@@ -1,7 +1,7 @@
 """The HTTP API: ``/events`` (SSE), ``/publish``, ``/healthz``, ``/readyz``, its
 OpenAPI description at ``/openapi.json`` (:mod:`hub.openapi`), ``/metrics``
 (:mod:`hub.metrics`), the demo page at ``/`` (``hub/static``), and the Mercure door
-at ``/.well-known/mercure`` (:mod:`hub.mercure`)."""
+at ``/.well-known/mercure`` (:mod:`hub.doors.mercure.endpoints`)."""
 
 from __future__ import annotations
 
@@ -24,26 +24,27 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .auth import cors_origins, expires_in
-from .backend import Backend
-from .broker import Broker
-from .config import Settings
-from .errors import (
+from hub.config import Settings
+from hub.delivery.broker import Broker
+from hub.delivery.response import EventStream, quiet_cut_off_streams
+from hub.delivery.sse import retry_frame
+from hub.doors.auth import cors_origins, expires_in
+from hub.doors.body import read_body
+from hub.doors.mercure.endpoints import MercureDoor, mercure, native_stream
+from hub.doors.mercure.subscriptions import PATH as SUBSCRIPTIONS_PATH
+from hub.doors.mercure.subscriptions import subscriptions_endpoint
+from hub.errors import (
     BackendUnavailable,
     BadRequest,
     HubError,
     TooManyConnections,
 )
-from .http import read_body
-from .keys import check_channels, refuse_reserved
-from .mercure import MercureDoor, mercure, native_stream
-from .metrics import TOKEN_EXPIRED, Metrics
-from .openapi import openapi_endpoint
-from .publisher import Extra
-from .sse import EventStream, quiet_cut_off_streams, retry_frame
-from .subscriptions import PATH as SUBSCRIPTIONS_PATH
-from .subscriptions import subscriptions_endpoint
-from .supervise import Supervised
+from hub.metrics import TOKEN_EXPIRED, Metrics
+from hub.openapi import openapi_endpoint
+from hub.store.backend import Backend
+from hub.store.keys import check_channels, refuse_reserved
+from hub.store.publisher import Extra
+from hub.supervise import Supervised
 
 __all__ = ["create_app", "drain"]
 
@@ -123,7 +124,7 @@ class _HubApp(Starlette):
 
     Every write to every client would otherwise pass through two middleware wrappers
     (server errors, exception handlers): a few percent of the CPU per delivered event
-    in profiles; and a wrapped ``send`` rules out direct writes (:mod:`hub.direct`).
+    in profiles; and a wrapped ``send`` rules out direct writes (:mod:`hub.delivery.writer`).
     For ``/publish`` the stack and routing were about a quarter of the hub's CPU per
     publish (py-spy, bench/ S1c). None of these endpoints needs them: they render
     their own errors below, and anything unexpected still reaches uvicorn, which logs

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from .config import Settings, field_docs
-from .errors import HubError
+from hub.config import Settings, field_docs
+from hub.errors import HubError
 
 __all__ = ["main"]
 
@@ -114,14 +114,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from hub.server import serve
 
     return serve(settings_from_args(args))
 
 
 async def _publish(args: argparse.Namespace) -> int:
     if args.redis_url:
-        from .publisher import Publisher
+        from hub.store.publisher import Publisher
 
         publisher = Publisher.from_url(args.redis_url)
         try:
@@ -129,7 +129,7 @@ async def _publish(args: argparse.Namespace) -> int:
         finally:
             await publisher.aclose()
     else:
-        from .client import HubClient
+        from hub.client import HubClient
 
         async with HubClient(_hub_url(args)) as client:
             event_id = await client.publish(args.channel, args.data, event=args.event)
@@ -138,7 +138,7 @@ async def _publish(args: argparse.Namespace) -> int:
 
 
 async def _tail(args: argparse.Namespace) -> int:
-    from .client import HubClient
+    from hub.client import HubClient
 
     # Reconnect notices go to stderr, marked as ours; events alone go to stdout.
     logging.basicConfig(level=logging.WARNING, format="hub: %(message)s")

@@ -26,7 +26,7 @@ import anyio
 import httpx
 from httpx_sse import aconnect_sse
 
-from .errors import (
+from hub.errors import (
     BackendUnavailable,
     BadRequest,
     ConfigError,

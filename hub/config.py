@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import ConfigError
+from hub.errors import ConfigError
 
 __all__ = ["Settings", "field_docs"]
 

@@ -34,10 +34,10 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .logs import log_stream_closed
+from hub.logs import log_stream_closed
 
 if TYPE_CHECKING:
-    from .subscriber import Subscriber
+    from hub.delivery.stream import Subscriber
 
 __all__ = [
     "CLOSE_REASONS",

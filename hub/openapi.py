@@ -18,9 +18,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .config import Settings
-from .keys import MAX_CHANNEL_BYTES, MAX_EVENT_TYPE_BYTES
-from .topics import MAX_TEMPLATE_BYTES, MAX_TEMPLATE_VARIABLES
+from hub.config import Settings
+from hub.doors.topics import MAX_TEMPLATE_BYTES, MAX_TEMPLATE_VARIABLES
+from hub.store.keys import MAX_CHANNEL_BYTES, MAX_EVENT_TYPE_BYTES
 
 __all__ = ["openapi_endpoint", "openapi_spec"]
 
@@ -430,7 +430,7 @@ def _subscriptions(depth: int) -> dict[str, Any]:
 
 def openapi_spec(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.0 document of the hub's HTTP API, with this node's limits in it."""
-    from . import __version__  # here: ``hub/__init__.py`` imports this module first
+    from hub import __version__  # here: ``hub/__init__.py`` imports this module first
 
     return {
         "openapi": "3.0.3",

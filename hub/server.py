@@ -30,13 +30,13 @@ from multiprocessing.process import BaseProcess
 import uvicorn
 from starlette.applications import Starlette
 
-from .app import create_app, drain
-from .backend import Backend
-from .config import Settings
-from .errors import ConfigError
-from .logs import configure_logging
-from .metrics import MULTIPROC_ENV
-from .protocol import head_bounded_protocol
+from hub.app import create_app, drain
+from hub.config import Settings
+from hub.errors import ConfigError
+from hub.logs import configure_logging
+from hub.metrics import MULTIPROC_ENV
+from hub.protocol import head_bounded_protocol
+from hub.store.backend import Backend
 
 __all__ = ["HubServer", "Supervisor", "build_server", "serve"]
 

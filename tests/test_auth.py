@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from hub import ConfigError, Settings
-from hub.topics import Selectors, compile_template, matches
+from hub.doors.topics import Selectors, compile_template, matches
 from support.hubs import Backends, RunningHub, StartHub
 from support.mercure import KEY, mercure_publish, mercure_stream, token
 from support.sse import SSEStream
@@ -297,7 +297,7 @@ def _hs256_with(secret: str) -> str:
 
 
 def test_unusable_public_key_is_a_config_error_that_says_what_to_give() -> None:
-    from hub.auth import Auth
+    from hub.doors.auth import Auth
 
     with pytest.raises(ConfigError, match="PEM"):
         Auth(Settings(jwt_key="not a pem", jwt_algorithm="RS256"))

@@ -24,8 +24,8 @@ from hub import (
     PayloadTooLarge,
     Publisher,
 )
-from hub.broker import Broker
 from hub.client import _reconnect_delay
+from hub.delivery.broker import Broker
 from support.hubs import Backends, RunningHub, StartHub
 from support.net import free_port
 

@@ -10,21 +10,21 @@ from typing import Any
 import httpx
 import pytest
 
-import hub.history
+import hub.store.history
 from hub import Backend, Settings
-from hub.broker import CLOCK_REUSE, Broker
+from hub.delivery.broker import CLOCK_REUSE, Broker
+from hub.delivery.live import Channel
 from hub.errors import BackendUnavailable
-from hub.history import Clock, ClockReads
-from hub.ids import parse_id
-from hub.keys import Keys
-from hub.live import Channel
+from hub.store.history import Clock, ClockReads
+from hub.store.ids import parse_id
+from hub.store.keys import Keys
 from support.hubs import Backends, StartHub
 
 pytestmark = pytest.mark.anyio
 
 
 class _Reads:
-    """Stands in for :func:`hub.history.read_clock`: each read waits until released."""
+    """Stands in for :func:`hub.store.history.read_clock`: each read waits until released."""
 
     def __init__(self) -> None:
         self.started: list[asyncio.Future[Clock]] = []
@@ -48,7 +48,7 @@ async def test_clock_reads_are_shared_but_never_older_than_the_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake = _Reads()
-    monkeypatch.setattr(hub.history, "read_clock", fake)
+    monkeypatch.setattr(hub.store.history, "read_clock", fake)
     reads = ClockReads(None, Keys("t:"))  # type: ignore[arg-type]
     first = [asyncio.create_task(reads.read()) for _ in range(3)]
     await _settle()
@@ -72,7 +72,7 @@ async def test_a_cancelled_clock_read_leaves_the_others_waiting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake = _Reads()
-    monkeypatch.setattr(hub.history, "read_clock", fake)
+    monkeypatch.setattr(hub.store.history, "read_clock", fake)
     reads = ClockReads(None, Keys("t:"))  # type: ignore[arg-type]
     gone, stays = (asyncio.create_task(reads.read()) for _ in range(2))
     await _settle()
@@ -87,7 +87,7 @@ async def test_a_failed_clock_read_fails_its_callers_and_shutdown_ends_the_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake = _Reads()
-    monkeypatch.setattr(hub.history, "read_clock", fake)
+    monkeypatch.setattr(hub.store.history, "read_clock", fake)
     reads = ClockReads(None, Keys("t:"))  # type: ignore[arg-type]
     failing = [asyncio.create_task(reads.read()) for _ in range(2)]
     await _settle()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from hub import Publisher, SyncPublisher
-from hub.keys import Keys
+from hub.store.keys import Keys
 from support.hubs import Backends, StartHub
 from support.sse import SSEStream
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hub.sse import EventStream
+from hub.delivery.response import EventStream
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,9 @@ import pytest
 import redis.asyncio
 
 from hub import Publisher
-from hub.history import read_clock, record_loss
-from hub.keys import Keys
-from hub.publisher import PUBLISH_SCRIPT
+from hub.store.history import read_clock, record_loss
+from hub.store.keys import Keys
+from hub.store.publisher import PUBLISH_SCRIPT
 from support.hubs import Backends, StartHub
 from support.processes import SteadyPublisher
 from support.redis_server import RedisServer
@@ -292,11 +292,11 @@ class _SilentableRelay:
 async def test_live_connection_gone_silent_is_probed_and_its_events_recovered(
     redis_server: RedisServer, start_hub: StartHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hub.live
+    import hub.delivery.live
 
     # Seconds, not the production 5 + 5: the probe logic is the same.
-    monkeypatch.setattr(hub.live, "PROBE_AFTER", 0.5)
-    monkeypatch.setattr(hub.live, "PROBE_TIMEOUT", 0.5)
+    monkeypatch.setattr(hub.delivery.live, "PROBE_AFTER", 0.5)
+    monkeypatch.setattr(hub.delivery.live, "PROBE_TIMEOUT", 0.5)
     relay = _SilentableRelay(redis_server.port)
     await relay.start()
     # The position check would also notice, later; this test is about the PING probe.

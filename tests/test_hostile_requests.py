@@ -16,8 +16,9 @@ from urllib.parse import quote, urlencode, urlsplit
 import httpx
 import pytest
 
-from hub import ConfigError, Settings, create_app, topics
-from hub.topics import MAX_TEMPLATE_BYTES
+from hub import ConfigError, Settings, create_app
+from hub.doors import topics
+from hub.doors.topics import MAX_TEMPLATE_BYTES
 from support.hubs import Backends, StartHub
 from support.mercure import KEY, mercure_publish, mercure_stream, token
 from support.processes import HubProcesses

@@ -13,7 +13,7 @@ import redis.asyncio
 from redis.exceptions import AuthenticationError, NoScriptError
 
 from hub import BackendUnavailable, Publisher, Settings
-from hub.lane import InFlightLost, Lane, LaneTimeout
+from hub.store.lane import InFlightLost, Lane, LaneTimeout
 from support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio

@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio
 
 from hub import Publisher
-from hub.keys import Keys
+from hub.store.keys import Keys
 from support.hubs import Backends, RunningHub, StartHub
 from support.net import free_port
 from support.sse import Event, SSEStream

@@ -273,9 +273,9 @@ async def test_recovery_after_the_log_was_trimmed_past_the_last_seen_event_close
     redis_url: str,
 ) -> None:
     from hub import Publisher
-    from hub.history import read_clock
-    from hub.ids import parse_id
-    from hub.mercure_door import MercureLive, MercureSubscriber, _MercureKeys
+    from hub.doors.mercure.door import MercureLive, MercureSubscriber, _MercureKeys
+    from hub.store.history import read_clock
+    from hub.store.ids import parse_id
 
     backends = Backends("redis", redis_url)
     settings = backends.settings(log_size=5)

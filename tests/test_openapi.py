@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 from starlette.routing import Route
 
 from hub import Settings, create_app
+from hub.doors.mercure.subscriptions import PATH as SUBSCRIPTIONS_PATH
 from hub.openapi import openapi_spec
-from hub.subscriptions import PATH as SUBSCRIPTIONS_PATH
 from support.hubs import Backends
 from support.net import free_port
 

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from hub import Publisher
-from hub.ids import parse_id
+from hub.store.ids import parse_id
 from support.hubs import Backends, StartHub
 from support.sse import SSEStream
 

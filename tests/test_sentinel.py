@@ -23,8 +23,8 @@ import redis
 import redis.asyncio
 
 from hub import Backend, BackendUnavailable, ConfigError, Publisher, Settings
-from hub.backend import parse_sentinel_url
-from hub.keys import Keys
+from hub.store.backend import parse_sentinel_url
+from hub.store.keys import Keys
 from support.hubs import Backends, StartHub
 from support.net import free_port, wait_ready
 from support.processes import ResumingClient, SteadyPublisher

@@ -10,16 +10,16 @@ import time
 
 import pytest
 
-from hub import topics
-from hub.errors import BadRequest
-from hub.keys import MAX_CHANNEL_BYTES
-from hub.topics import (
+from hub.doors import topics
+from hub.doors.topics import (
     MAX_TEMPLATE_BYTES,
     MAX_TEMPLATE_VARIABLES,
     Selectors,
     compile_template,
     matches,
 )
+from hub.errors import BadRequest
+from hub.store.keys import MAX_CHANNEL_BYTES
 
 #: The longest topic a publisher or subscriber may name.
 LONGEST = MAX_CHANNEL_BYTES

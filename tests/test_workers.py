@@ -14,7 +14,7 @@ from typing import cast
 import pytest
 import redis.asyncio
 
-from hub.keys import Keys
+from hub.store.keys import Keys
 from support.hubs import Backends, StartHub
 from support.net import free_port
 from support.redis_server import RedisServer

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from hub import Backend, Settings
-from hub.broker import Broker
+from hub.delivery.broker import Broker
 from hub.server import HubServer
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .direct import DirectWriter
-from .ids import EventId
+from hub.delivery.writer import DirectWriter
+from hub.store.ids import EventId
 
 __all__ = ["Subscriber"]
 
@@ -20,7 +20,7 @@ class Subscriber:
     history is being replayed, live frames are held back and released afterwards, so
     replay and live events come out merged, in order, without duplicates.
 
-    With a ``direct`` writer (:mod:`hub.direct`), a subscriber whose queue is empty and
+    With a ``direct`` writer (:mod:`hub.delivery.writer`), a subscriber whose queue is empty and
     whose task is waiting switches to writing each frame onto the socket at once, from
     the reader, and back to queueing when it is closed with a final frame.
     """
@@ -177,7 +177,7 @@ class Subscriber:
 
     @property
     def direct(self) -> bool:
-        """True while frames are written straight to the socket (see :mod:`hub.direct`)."""
+        """True while frames are written straight to the socket (see :mod:`hub.delivery.writer`)."""
         return self._direct is not None
 
     def backlog(self) -> int:

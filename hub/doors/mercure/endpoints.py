@@ -1,6 +1,6 @@
 """The Mercure endpoints: ``GET`` and ``POST /.well-known/mercure`` (the protocol as
 Mercure hub v0.24 speaks it), and native ``/events`` streams that may receive private
-updates. The door they open onto the broker is :mod:`hub.mercure_door`."""
+updates. The door they open onto the broker is :mod:`hub.doors.mercure.door`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from .auth import Claims
-from .errors import BadRequest
-from .http import read_body
-from .ids import EventId, format_id
-from .keys import check_channel, check_event_type, refuse_reserved
-from .mercure_door import MercureDoor, MercureSubscriber
-from .publisher import Extra
-from .sse import EventStream, signal_frame
-from .topics import check_template, compile_template, is_template
+from hub.delivery.response import EventStream
+from hub.delivery.sse import signal_frame
+from hub.doors.auth import Claims
+from hub.doors.body import read_body
+from hub.doors.mercure.door import MercureDoor, MercureSubscriber
+from hub.doors.topics import check_template, compile_template, is_template
+from hub.errors import BadRequest
+from hub.store.ids import EventId, format_id
+from hub.store.keys import check_channel, check_event_type, refuse_reserved
+from hub.store.publisher import Extra
 
 __all__ = ["MercureDoor", "mercure", "mercure_publish", "mercure_subscribe", "native_stream"]
 
@@ -155,7 +156,7 @@ async def mercure_publish(request: Request) -> Response:
     door.auth.check_publish(claims, topics)
     extra = Extra(
         private="private" in form,
-        # Checked by the publisher, for every door (hub.ids.check_chosen_id).
+        # Checked by the publisher, for every door (hub.store.ids.check_chosen_id).
         mercure_id=_one(form, "id") or None,
         retry=_retry(_one(form, "retry")),
     )

@@ -3,7 +3,7 @@
 How updates reach Mercure subscribers, across nodes. Every publish (native or Mercure)
 also appends the event, with its Mercure fields, to the hub-wide ``log`` stream and
 publishes it on ``mercure:{topic}`` for each of its topics and once on ``mercure-all``
-(see ``hub/lua/publish.lua``). A node subscribes, on its own second pub/sub connection
+(see ``hub/store/lua/publish.lua``). A node subscribes, on its own second pub/sub connection
 (opened with its first Mercure subscriber), to ``mercure:{topic}`` for the exact
 topics its subscribers name, and to ``mercure-all`` only while one of them uses a URI
 template or ``*``. Redis delivers a PUBLISH only to connections subscribed to it: a
@@ -35,20 +35,21 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .auth import Auth, Claims, expires_in
-from .backend import Backend
-from .broker import Broker
-from .config import Settings
-from .errors import BackendUnavailable, TooManyConnections
-from .history import Clock
-from .ids import EventId, format_id, parse_id
-from .keys import Keys
-from .live import Channel, LivePath
-from .sse import EventStream, encode_frame, preamble, retry_frame
-from .subscriber import Subscriber
-from .subscriptions import Registry
-from .supervise import Supervised
-from .topics import Selectors
+from hub.config import Settings
+from hub.delivery.broker import Broker
+from hub.delivery.live import Channel, LivePath
+from hub.delivery.response import EventStream
+from hub.delivery.sse import encode_frame, preamble, retry_frame
+from hub.delivery.stream import Subscriber
+from hub.doors.auth import Auth, Claims, expires_in
+from hub.doors.mercure.subscriptions import Registry
+from hub.doors.topics import Selectors
+from hub.errors import BackendUnavailable, TooManyConnections
+from hub.store.backend import Backend
+from hub.store.history import Clock
+from hub.store.ids import EventId, format_id, parse_id
+from hub.store.keys import Keys
+from hub.supervise import Supervised
 
 __all__ = ["ALL", "MercureDoor", "MercureLive", "MercureSubscriber", "read_log"]
 

@@ -21,7 +21,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import ConfigError
+from hub.errors import ConfigError
 
 __all__ = ["SENTINEL_SCHEME", "Backend", "SentinelURL", "parse_sentinel_url", "redact"]
 

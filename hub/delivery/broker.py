@@ -2,7 +2,7 @@
 
 How an event travels: the publish script appends it to each channel's history stream
 and publishes it on each channel's ``live:`` pub/sub name, atomically; the live path
-(:mod:`hub.live`) queues it, encoded once, for every subscriber on this process.
+(:mod:`hub.delivery.live`) queues it, encoded once, for every subscriber on this process.
 
 How a client gets exactly what it missed: its channels are confirmed subscribed
 BEFORE its history is read; live events that arrive meanwhile are held and merged after
@@ -22,19 +22,19 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from .backend import Backend
-from .config import Settings
-from .direct import DirectWriter
-from .errors import BackendUnavailable
-from .history import Clock, ClockReads, HistoryReader
-from .ids import EventId, format_id, parse_id
-from .keys import Keys
-from .live import Channel, LivePath
-from .metrics import Stats, stream_closed
-from .publisher import Publisher
-from .sse import HEARTBEAT, encode_frame, preamble, retry_frame, signal_frame
-from .subscriber import Subscriber
-from .supervise import Supervised
+from hub.config import Settings
+from hub.delivery.live import Channel, LivePath
+from hub.delivery.sse import HEARTBEAT, encode_frame, preamble, retry_frame, signal_frame
+from hub.delivery.stream import Subscriber
+from hub.delivery.writer import DirectWriter
+from hub.errors import BackendUnavailable
+from hub.metrics import Stats, stream_closed
+from hub.store.backend import Backend
+from hub.store.history import Clock, ClockReads, HistoryReader
+from hub.store.ids import EventId, format_id, parse_id
+from hub.store.keys import Keys
+from hub.store.publisher import Publisher
+from hub.supervise import Supervised
 
 __all__ = ["Broker"]
 
@@ -63,7 +63,7 @@ class StreamControl(Protocol):
     #: Says whether the stream is parked where the abort callbacks end it by themselves.
     parked: Callable[[], bool] | None
 
-    #: A direct writer onto the client's socket (:mod:`hub.direct`), or ``None``.
+    #: A direct writer onto the client's socket (:mod:`hub.delivery.writer`), or ``None``.
     direct: tuple[DirectWriter, Callable[[], int]] | None
 
 
@@ -205,7 +205,7 @@ class Broker:
         ``opening(channels)`` gives (one chunk, or a generator of them: the preamble
         and any replay; it reads the clock, sets the channels' floors and leaves
         ``sub.last`` at the newest id it covered), then live events: written straight
-        onto the socket when the response allows (:mod:`hub.direct`), else queued.
+        onto the socket when the response allows (:mod:`hub.delivery.writer`), else queued.
 
         Each chunk is yielded when the previous one has been written: the time between
         is how long a write to this client takes, which the sweeper watches. The live
@@ -266,7 +266,7 @@ class Broker:
 
     async def clock(self, confirmed: Sequence[Channel] = ()) -> Clock:
         """The clock, read by a request sent after this call began (shared by the
-        streams that open together, see :class:`hub.history.ClockReads`); the
+        streams that open together, see :class:`hub.store.history.ClockReads`); the
         ``confirmed`` channels' floors are raised to its head (events up to it were
         never this node's to deliver live on them)."""
         clock = await self._clock.read()

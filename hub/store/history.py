@@ -19,14 +19,14 @@ from weakref import WeakKeyDictionary
 
 from redis.asyncio import Redis
 
-from .errors import BackendUnavailable
-from .ids import EventId, format_id, parse_id
-from .keys import Keys
+from hub.errors import BackendUnavailable
+from hub.store.ids import EventId, format_id, parse_id
+from hub.store.keys import Keys
 
 __all__ = ["Clock", "ClockReads", "Entry", "HistoryReader", "read_clock", "record_loss"]
 
-#: The Lua source that records a loss range in the clock hash (``hub/lua/lost.lua``).
-LOST_SCRIPT = (resources.files("hub") / "lua" / "lost.lua").read_text(encoding="utf-8")
+#: The Lua source that records a loss range in the clock hash (``hub/store/lua/lost.lua``).
+LOST_SCRIPT = (resources.files("hub.store") / "lua" / "lost.lua").read_text(encoding="utf-8")
 
 
 class Clock(NamedTuple):

@@ -21,17 +21,17 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
-from .backend import redact
-from .config import Settings
-from .errors import BackendUnavailable, BadRequest, Conflict, HubError, PayloadTooLarge
-from .ids import check_chosen_id
-from .keys import Keys, check_channels, check_event_type
-from .lane import InFlightLost, Lane
+from hub.config import Settings
+from hub.errors import BackendUnavailable, BadRequest, Conflict, HubError, PayloadTooLarge
+from hub.store.backend import redact
+from hub.store.ids import check_chosen_id
+from hub.store.keys import Keys, check_channels, check_event_type
+from hub.store.lane import InFlightLost, Lane
 
 __all__ = ["PUBLISH_SCRIPT", "Extra", "Publisher", "SyncPublisher", "encode_data"]
 
-#: The Lua source of the publish script (``hub/lua/publish.lua``).
-PUBLISH_SCRIPT = (resources.files("hub") / "lua" / "publish.lua").read_text(encoding="utf-8")
+#: The Lua source of the publish script (``hub/store/lua/publish.lua``).
+PUBLISH_SCRIPT = (resources.files("hub.store") / "lua" / "publish.lua").read_text(encoding="utf-8")
 
 #: Channels one publish may name; the hub's HTTP API applies its own HUB_MAX_CHANNELS.
 MAX_PUBLISH_CHANNELS = 1000

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import BadRequest, Conflict
+from hub.errors import BadRequest, Conflict
 
 __all__ = ["MAX_CHOSEN_ID_BYTES", "EventId", "check_chosen_id", "format_id", "parse_id"]
 

@@ -27,8 +27,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, ResponseError
 
-from .errors import BackendUnavailable
-from .lane import Target, pack
+from hub.errors import BackendUnavailable
+from hub.store.lane import Target, pack
 
 __all__ = ["LiveConnection", "open_live"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from .errors import PayloadTooLarge
+from hub.errors import PayloadTooLarge
 
 __all__ = ["read_body"]
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .errors import BadRequest, Forbidden
+from hub.errors import BadRequest, Forbidden
 
 __all__ = [
     "MAX_CHANNEL_BYTES",

@@ -22,15 +22,15 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .config import Settings
-from .errors import BackendUnavailable
-from .history import Clock, HistoryReader, read_clock, record_loss
-from .ids import EventId, format_id, parse_id
-from .keys import Keys
-from .metrics import Stats, lag_since
-from .pubsub import LiveConnection, open_live
-from .sse import encode_frame, retry_frame
-from .subscriber import Subscriber
+from hub.config import Settings
+from hub.delivery.sse import encode_frame, retry_frame
+from hub.delivery.stream import Subscriber
+from hub.errors import BackendUnavailable
+from hub.metrics import Stats, lag_since
+from hub.store.history import Clock, HistoryReader, read_clock, record_loss
+from hub.store.ids import EventId, format_id, parse_id
+from hub.store.keys import Keys
+from hub.store.pubsub import LiveConnection, open_live
 
 __all__ = ["LivePath"]
 

@@ -4,7 +4,7 @@ A token is a JWS verified with PyJWT: HS256 by default (the key is a shared secr
 or RS256/ES256/... with a PEM public key. It comes from ``Authorization: Bearer``, the
 ``authorization`` query parameter, or the ``mercureAuthorization`` cookie, in that
 order. Its ``mercure`` claim holds ``publish`` and ``subscribe``: lists of topic
-selectors (:mod:`hub.topics`). A publisher may publish to a topic its ``publish``
+selectors (:mod:`hub.doors.topics`). A publisher may publish to a topic its ``publish``
 selectors match (every topic of an update must be matched); a private update reaches
 a subscriber only if one of its topics matches the subscriber's ``subscribe``
 selectors. ``exp`` is honoured: an expired token is refused, and a stream opened with
@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 import jwt
 from starlette.requests import Request
 
-from .config import Settings
-from .errors import ConfigError, Forbidden, Unauthorized
-from .topics import Selectors
+from hub.config import Settings
+from hub.doors.topics import Selectors
+from hub.errors import ConfigError, Forbidden, Unauthorized
 
 __all__ = ["COOKIE", "Auth", "Claims", "cors_origins", "expires_in"]
 

@@ -5,7 +5,7 @@ State lives in Redis: each node keeps its own subscriptions in a hash
 last heartbeat, and announces itself in ``{prefix}subscription-nodes`` (node ->
 expiry). A node that dies takes its subscriptions with it within ``NODE_TTL``
 seconds, with nobody to clean up after it. Every write is one call of
-``hub/lua/subscriptions.lua``, made by one supervised task per node from a queue, so a
+``hub/store/lua/subscriptions.lua``, made by one supervised task per node from a queue, so a
 stream never waits for it.
 
 When a Mercure subscriber comes or goes, a private update with its subscription
@@ -34,16 +34,16 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .config import Settings
-from .errors import BadRequest, Forbidden, NotFound, Unauthorized
-from .keys import Keys
-from .publisher import Extra, Publisher
+from hub.config import Settings
+from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from hub.store.keys import Keys
+from hub.store.publisher import Extra, Publisher
 
 __all__ = ["PATH", "Registry", "subscriptions_endpoint"]
 
 logger = logging.getLogger("hub")
 
-SCRIPT = (resources.files("hub") / "lua" / "subscriptions.lua").read_text(encoding="utf-8")
+SCRIPT = (resources.files("hub.store") / "lua" / "subscriptions.lua").read_text(encoding="utf-8")
 PATH = "/.well-known/mercure/subscriptions"
 #: Seconds a node's subscriptions outlive its last heartbeat...
 NODE_TTL = 15.0
@@ -138,7 +138,7 @@ class Registry:
 
 async def subscriptions_endpoint(request: Request) -> Response:
     """``GET /.well-known/mercure/subscriptions[/{topic}[/{subscriber}]]``."""
-    from .mercure_door import MercureDoor  # the door imports this module
+    from hub.doors.mercure.door import MercureDoor  # the door imports this module
 
     door: MercureDoor = request.app.state.mercure
     registry = door.registry

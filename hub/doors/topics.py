@@ -27,7 +27,7 @@ from typing import Any
 
 import re2
 
-from .errors import BadRequest
+from hub.errors import BadRequest
 
 __all__ = [
     "MAX_TEMPLATE_BYTES",
