@@ -1,20 +1,15 @@
-"""The HTTP API: ``/events`` (SSE), ``/publish``, ``/healthz``, ``/readyz``, its
-OpenAPI description at ``/openapi.json`` (:mod:`hub.openapi`), ``/metrics``
-(:mod:`hub.metrics`), the demo page at ``/`` (``hub/static``), and the Mercure door
-at ``/.well-known/mercure`` (:mod:`hub.doors.mercure.endpoints`)."""
+"""The app: the doors (:mod:`hub.doors`) onto one broker, plus ``/healthz``,
+``/readyz``, ``/metrics`` (:mod:`hub.metrics`), ``/openapi.json`` (:mod:`hub.openapi`)
+and the demo page at ``/`` (``hub/static``)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -28,33 +23,23 @@ from hub.config import Settings
 from hub.delivery.broker import Broker
 from hub.delivery.response import EventStream, quiet_cut_off_streams
 from hub.delivery.sse import retry_frame
-from hub.doors.auth import cors_origins, expires_in
-from hub.doors.body import read_body
-from hub.doors.mercure.endpoints import MercureDoor, mercure, native_stream
-from hub.doors.mercure.subscriptions import PATH as SUBSCRIPTIONS_PATH
-from hub.doors.mercure.subscriptions import subscriptions_endpoint
-from hub.errors import (
-    BackendUnavailable,
-    BadRequest,
-    HubError,
-    TooManyConnections,
-)
-from hub.metrics import TOKEN_EXPIRED, Metrics
+from hub.doors import Door, Endpoint
+from hub.doors.auth import Auth, cors_origins
+from hub.doors.mercure import MERCURE
+from hub.doors.native import NATIVE
+from hub.errors import BackendUnavailable, HubError, TooManyConnections
+from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
-from hub.store.backend import Backend
-from hub.store.keys import check_channels, refuse_reserved
-from hub.store.publisher import Extra
+from hub.store import Backend
 from hub.supervise import Supervised
 
-__all__ = ["create_app", "drain"]
+__all__ = ["DOORS", "create_app", "drain"]
 
 logger = logging.getLogger("hub")
 
-Endpoint = Callable[[Request], Awaitable["Response | EventStream"]]
+#: Every door of the hub: the one place a wire protocol is registered.
+DOORS: tuple[Door, ...] = (NATIVE, MERCURE)
 
-_PUBLISH_FIELDS = {"channel", "channels", "data", "event", "private"}
-#: Room in a publish body for everything but ``data`` (channel names, keys, quoting).
-_ENVELOPE = 64 * 1024
 #: The demo page's files: plain HTML, CSS and JavaScript, no build step.
 STATIC = Path(__file__).resolve().parent / "static"
 #: What ``/static/{name}`` serves: these files and nothing else (no path tricks).
@@ -71,6 +56,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     settings = settings or Settings.from_env()
     backend = backend or Backend(settings.redis_url, pool_size=settings.redis_pool_size)
     quiet_cut_off_streams()
+    auth = Auth(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -81,6 +67,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             )
         else:
             logger.info("using Redis at %s", backend.describe())
+        auth.log_mode()
         async with AsyncExitStack() as stack:
             broker = await stack.enter_async_context(Broker(backend, settings))
             metrics.attach(broker)
@@ -90,49 +77,64 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                     Supervised("hub metrics sync", lambda: metrics.sync_forever(broker))
                 )
                 stack.callback(metrics.sync, broker)  # the last numbers of this worker
-            door = await stack.enter_async_context(MercureDoor(broker, backend, settings))
             app.state.broker = broker
-            app.state.mercure = door
+            for door in DOORS:
+                if door.opened is not None:
+                    state = await stack.enter_async_context(door.opened(broker, auth))
+                    setattr(app.state, door.name, state)
+                for name, value in door.provides.items():
+                    setattr(app.state, name, value)
             yield
 
     metrics = Metrics()
     app = _HubApp(
+        DOORS,
+        fast=not settings.cors_origins,
         routes=[
             Route("/", index, methods=["GET"]),
-            Route("/events", events, methods=["GET"]),
-            Route("/publish", publish, methods=["POST"]),
+            *(route for door in DOORS for route in door.routes),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/static/{name}", static_file, methods=["GET"]),
-            Route("/.well-known/mercure", mercure, methods=["GET", "POST"]),
         ],
         middleware=_cors(settings),
         lifespan=lifespan,
         exception_handlers={HubError: _hub_error},
     )
     app.state.settings = settings
-    app.fast_events = not settings.cors_origins
+    app.state.auth = auth
     app.state.metrics = metrics
     return app
 
 
 class _HubApp(Starlette):
-    """Starlette, except that ``GET /events``, ``POST /publish`` and the Mercure door
-    skip the middleware stack and the router.
+    """Starlette, except that the doors' fast endpoints skip the middleware stack and
+    the router.
 
     Every write to every client would otherwise pass through two middleware wrappers
     (server errors, exception handlers): a few percent of the CPU per delivered event
-    in profiles; and a wrapped ``send`` rules out direct writes (:mod:`hub.delivery.writer`).
-    For ``/publish`` the stack and routing were about a quarter of the hub's CPU per
-    publish (py-spy, bench/ S1c). None of these endpoints needs them: they render
-    their own errors below, and anything unexpected still reaches uvicorn, which logs
-    it and answers 500.
+    in profiles; and a wrapped ``send`` rules out direct writes
+    (:mod:`hub.delivery.writer`). For ``/publish`` the stack and routing were about a
+    quarter of the hub's CPU per publish (py-spy, bench/ S1c). None of these endpoints
+    needs them: they render their own errors below, and anything unexpected still
+    reaches uvicorn, which logs it and answers 500.
     """
 
-    #: False when middleware must see these requests too (CORS headers for other origins).
-    fast_events = True
+    def __init__(self, doors: Sequence[Door], fast: bool, **options: Any) -> None:
+        super().__init__(**options)
+        #: ``(path, method)`` -> endpoint, for the fast path (none when middleware must
+        #: see every request: CORS headers for other origins).
+        self.fast: dict[tuple[str, str], Endpoint] = {
+            (path, method): endpoint
+            for door in doors
+            for path, methods, endpoint in door.fast
+            for method in methods
+            if fast
+        }
+        #: ``(prefix, endpoint)``: paths a door owns by prefix (always served this way).
+        self.prefixes = [prefix for door in doors for prefix in door.prefixes]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -150,27 +152,14 @@ class _HubApp(Starlette):
         await super().__call__(scope, receive, send)
 
     def _fast_endpoint(self, scope: Scope) -> Endpoint | None:
-        path, method = scope["path"], scope["method"]
-        if self.fast_events:
-            if path == "/events" and method in ("GET", "HEAD"):
-                return events
-            if path == "/publish" and method == "POST":
-                return publish
-            if path == "/.well-known/mercure" and method in ("GET", "HEAD", "POST"):
-                return mercure
-        if path.startswith(SUBSCRIPTIONS_PATH):
-            # Not a Route: its {topic} and {subscriber} are URL-encoded and may hold
-            # %2F, which routing (on the decoded path) would split.
-            return subscriptions_endpoint if method in ("GET", "HEAD") else _read_only
+        path: str = scope["path"]
+        endpoint = self.fast.get((path, scope["method"]))
+        if endpoint is not None:
+            return endpoint
+        for prefix, owner in self.prefixes:
+            if path.startswith(prefix):
+                return owner
         return None
-
-
-async def _read_only(request: Request) -> Response:
-    return JSONResponse(
-        {"error": "method_not_allowed", "message": "the subscriptions API only answers GET"},
-        status_code=405,
-        headers={"Allow": "GET, HEAD"},
-    )
 
 
 def drain(app: Starlette) -> None:
@@ -180,14 +169,11 @@ def drain(app: Starlette) -> None:
     if broker is None:
         return
     retry_ms = broker.settings.retry_ms
-    for_each = broker.connections
-    broker.close_all("shutdown", lambda: retry_frame(int(retry_ms * random.uniform(1.0, 2.0))))
-    door: MercureDoor | None = getattr(app.state, "mercure", None)
-    if door is not None:
-        for_each += door.connections
-        door.close_all("shutdown", lambda: retry_frame(int(retry_ms * random.uniform(1.0, 2.0))))
-    if for_each:
-        logger.info("closed %d streams for shutdown", for_each)
+    closed = broker.close_all(
+        "shutdown", lambda: retry_frame(int(retry_ms * random.uniform(1.0, 2.0)))
+    )
+    if closed:
+        logger.info("closed %d streams for shutdown", closed)
 
 
 async def _hub_error(request: Request, exc: Exception) -> Response:
@@ -197,105 +183,6 @@ async def _hub_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(
         {"error": exc.code, "message": str(exc)}, status_code=exc.status_code, headers=headers
     )
-
-
-async def events(request: Request) -> Response | EventStream:
-    """Subscribe: ``GET /events?channel=A&channel=B`` with an optional cursor."""
-    broker: Broker = request.app.state.broker
-    settings = broker.settings
-    names, cursor = stream_params(request.scope)
-    channels = check_channels(names, settings.max_channels)
-    door: MercureDoor = request.app.state.mercure
-    # Checked before the stream exists, counting every stream of the node, native and
-    # Mercure. A 503 makes a browser's EventSource give up, but it protects the node:
-    # the client (or the load balancer) goes elsewhere.
-    door.check_capacity()
-    claims = None
-    if door.auth.subscriber_verifier is not None:
-        claims = door.auth.subscriber(request)
-        if claims is not None and claims.can_receive(channels):
-            # Private updates travel on the Mercure door only; a plain stream costs the
-            # native live path nothing.
-            return await native_stream(request, channels, claims, cursor or None)
-
-    response = EventStream()
-    response.body = broker.stream(channels, cursor or None, response)
-    ttl = expires_in(claims)
-    if ttl is not None:
-        # The token's exp ends the stream; the client comes back with a fresh one.
-        timer = asyncio.get_running_loop().call_later(ttl, response.abort, TOKEN_EXPIRED)
-        response.on_abort(timer.cancel)
-    return response
-
-
-def stream_params(scope: Scope) -> tuple[list[str], str | None]:
-    """A stream request's ``channel`` values and its cursor, read off the ASGI scope as
-    Starlette's ``query_params`` and ``headers`` would give them: building those was 7%
-    of the CPU under connection churn (bench S6)."""
-    query = scope["query_string"].decode("latin-1")
-    if "%" in query or "+" in query:
-        params = parse_qsl(query, keep_blank_values=True)
-    else:  # nothing to unquote: what parse_qsl would return
-        params = [(n, v) for n, _, v in (p.partition("=") for p in query.split("&") if p)]
-    channels = [v for n, v in params if n == "channel"]
-    # The header is what EventSource sends on its own reconnects: it is newer than a cursor
-    # the page put in the URL when it first connected.
-    cursor = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"last-event-id"), None)
-    if not cursor:  # else the last lastEventId, as query_params.get gives it
-        cursor = next((v for n, v in reversed(params) if n == "lastEventId"), None)
-    return channels, cursor
-
-
-async def publish(request: Request) -> Response:
-    """``POST /publish`` ``{"channel": "news", "data": ..., "event": "update"}``."""
-    broker: Broker = request.app.state.broker
-    settings = broker.settings
-    raw = await read_body(request, settings.max_payload + _ENVELOPE)
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    except ValueError:
-        # Python's own limit on integer digits (4300): not the client's JSON being wrong.
-        raise BadRequest("a number in the body has too many digits; send it as a string") from None
-    except RecursionError:
-        raise BadRequest(
-            "the body's JSON is nested too deeply; flatten data, or send it as a string"
-        ) from None
-    if not isinstance(body, dict):
-        raise BadRequest('the body must be a JSON object like {"channel": "news", "data": "hi"}')
-    unknown = sorted(set(body) - _PUBLISH_FIELDS)
-    if unknown:
-        raise BadRequest(f"unknown field(s) {unknown}; allowed: {sorted(_PUBLISH_FIELDS)}")
-    channels = _publish_channels(body)
-    refuse_reserved(channels)
-    if "data" not in body:
-        raise BadRequest('"data" is required (a string is sent as-is, other JSON as JSON)')
-    private = body.get("private", False)
-    if not isinstance(private, bool):
-        raise BadRequest('"private" must be true or false')
-    door: MercureDoor = request.app.state.mercure
-    if door.auth.publisher_verifier is not None:
-        door.auth.check_publish(door.auth.publisher(request), check_channels(channels, 1000))
-    started = time.perf_counter()
-    event_id = await broker.publisher.publish(
-        channels, body["data"], event=body.get("event"), extra=Extra(private=private)
-    )
-    metrics: Metrics = request.app.state.metrics
-    metrics.observe_publish(time.perf_counter() - started)
-    broker.stats.published += 1
-    return JSONResponse({"id": event_id}, status_code=201)
-
-
-def _publish_channels(body: dict[str, Any]) -> list[str]:
-    if ("channel" in body) == ("channels" in body):
-        raise BadRequest('give either "channel": "name" or "channels": ["a", "b"]')
-    if "channel" in body:
-        return check_channels([body["channel"]], 1)
-    channels = body["channels"]
-    if not isinstance(channels, list):
-        raise BadRequest('"channels" must be a list of channel names')
-    return channels  # names and their number are checked by the publisher
 
 
 def _cors(settings: Settings) -> list[Middleware]:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,72 +32,17 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from hub.logs import log_stream_closed
+from hub.delivery.stats import Stats
 
-if TYPE_CHECKING:
-    from hub.delivery.stream import Subscriber
-
-__all__ = [
-    "CLOSE_REASONS",
-    "MULTIPROC_ENV",
-    "Metrics",
-    "Stats",
-    "lag_since",
-    "multiprocess_dir",
-    "stream_closed",
-]
+__all__ = ["MULTIPROC_ENV", "Metrics", "multiprocess_dir"]
 
 #: Where prometheus-client's multiprocess mode keeps the workers' values.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-#: Why a stream closed: the ``reason`` label of ``hub_connections_closed_total``.
-CLOSE_REASONS = ("client", "slow", "expired", "shutdown", "gap", "error")
-#: The cut-off reason of a stream whose token expired.
-TOKEN_EXPIRED = "token expired"
 #: Seconds between syncs of a worker's numbers to the shared directory.
 SYNC_PERIOD = 1.0
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def _no_observation(_seconds: float) -> None:
-    pass
-
-
-class Stats:
-    """Plain counters of one process's hub, bumped on the delivery path.
-
-    Every field only grows. Nothing here allocates or locks, so a ``+=`` on the hot path
-    costs what an attribute write costs.
-    """
-
-    __slots__ = (
-        "closed",
-        "delivered",
-        "observe_lag",
-        "opened",
-        "published",
-        "replayed",
-        "replays",
-        "resets",
-    )
-
-    def __init__(self) -> None:
-        #: Streams opened and closed; ``closed`` by reason (:data:`CLOSE_REASONS`).
-        self.opened = 0
-        self.closed = dict.fromkeys(CLOSE_REASONS, 0)
-        #: Events accepted by ``POST /publish`` on this process.
-        self.published = 0
-        #: Live events queued for clients: once per event, ``+= number of subscribers``.
-        self.delivered = 0
-        #: Streams that resumed from a cursor, and the events they were sent from history.
-        self.replays = 0
-        self.replayed = 0
-        #: ``hub.reset`` signals sent.
-        self.resets = 0
-        #: Seconds from publish (the id's Redis time) to this process, once per event;
-        #: replaced by :class:`Metrics` with a histogram's ``observe``.
-        self.observe_lag: Callable[[float], None] = _no_observation
 
 
 class HubState(Protocol):
@@ -231,38 +174,3 @@ class Metrics:
         while True:
             await asyncio.sleep(SYNC_PERIOD)
             self.sync(state)
-
-
-def lag_since(event_ms: int) -> float:
-    """Seconds since the Redis time ``event_ms`` in an event id (clamped at 0: clocks
-    of Redis and this host may differ a little)."""
-    return max(0.0, time.time() - event_ms / 1000)
-
-
-def stream_closed(stats: Stats, sub: Subscriber, response: object, seconds: float) -> None:
-    """Once per stream, when it ends: count it by reason, and log its one line."""
-    cut_off: str | None = getattr(response, "cut_off", None)
-    if cut_off == "disconnected" or (cut_off is None and sub.closed == "aborted"):
-        reason, detail = "client", "the client went away"
-    elif cut_off == TOKEN_EXPIRED:
-        reason, detail = "expired", "its token expired (the client comes back with a new one)"
-    elif cut_off is not None or sub.closed == "cut off":
-        reason, detail = "slow", cut_off or "cut off as too slow"
-    elif sub.closed in ("shutdown", "gap"):
-        reason = sub.closed
-        detail = (
-            "the node is shutting down"
-            if reason == "shutdown"
-            else "history was trimmed while Redis was unreachable"
-        )
-    else:
-        # The broker ended it on a Redis failure (it logs why), or the server cancelled it.
-        reason, detail = "error", "ended by the hub (see the warning before)"
-    stats.closed[reason] += 1
-    log_stream_closed(
-        seconds=seconds,
-        events=max(0, sub.sent),
-        reason=reason,
-        detail=detail,
-        channels=len(sub.channels),
-    )

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from hub.app import stream_params
+from hub.doors.native import stream_params
 from support.hubs import Backends, RunningHub, StartHub
 from support.sse import SSEStream
 

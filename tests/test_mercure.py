@@ -272,20 +272,18 @@ async def test_token_expiry_ends_the_stream(backends: Backends, start_hub: Start
 async def test_recovery_after_the_log_was_trimmed_past_the_last_seen_event_closes_streams(
     redis_url: str,
 ) -> None:
-    from hub import Publisher
-    from hub.doors.mercure.door import MercureLive, MercureSubscriber, _MercureKeys
-    from hub.store.history import read_clock
-    from hub.store.ids import parse_id
+    from hub.delivery.live import LivePath
+    from hub.doors.mercure.fanout import MercureFanout, MercureStream
+    from hub.store import Store, parse_id
 
     backends = Backends("redis", redis_url)
     settings = backends.settings(log_size=5)
-    backend = backends.backend()
-    publisher = Publisher(backend.command_client(), settings)
-    live_client = backend.live_client()
-    live = MercureLive(publisher._client, live_client, _MercureKeys(backends.prefix), settings)
+    store = Store(backends.backend(), settings)
+    publisher = store.publisher
+    live = LivePath(store, settings, MercureFanout(store, settings))
     try:
         kept, trimmed = [
-            MercureSubscriber(["t"], None, native=False, limit=1 << 20, on_cut_off=None)
+            MercureStream(["t"], None, native=False, limit=1 << 20, on_cut_off=None)
             for _ in range(2)
         ]
         # A node that saw the event "seen", then lost its live connection while three
@@ -294,7 +292,7 @@ async def test_recovery_after_the_log_was_trimmed_past_the_last_seen_event_close
         live.attach(kept)
         kept.go_live()  # a stream past its replay
         missed = [await publisher.publish("t", f"missed {i}") for i in range(3)]
-        await live._recover(await read_clock(publisher._client, live.keys))
+        await live._recover(await store.read_clock())
         assert kept.closed is None
         batch = await kept.next_batch()
         assert batch is not None
@@ -307,9 +305,9 @@ async def test_recovery_after_the_log_was_trimmed_past_the_last_seen_event_close
         trimmed.go_live()
         for i in range(10):
             await publisher.publish("t", f"lost {i}")
-        await live._recover(await read_clock(publisher._client, live.keys))
+        await live._recover(await store.read_clock())
         assert trimmed.closed == "gap"
     finally:
-        await live_client.aclose()
-        await publisher.aclose()
+        await live.aclose()
+        await store.aclose()
         backends.cleanup()

@@ -14,26 +14,21 @@ once. A cursor that cannot be honoured exactly gets ``hub.reset`` and live event
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Protocol
-
-from redis.exceptions import RedisError
+from typing import Any
 
 from hub.config import Settings
+from hub.delivery.admission import Admission
+from hub.delivery.fanout import Fanout, NativeFanout
 from hub.delivery.live import Channel, LivePath
-from hub.delivery.sse import HEARTBEAT, encode_frame, preamble, retry_frame, signal_frame
-from hub.delivery.stream import Subscriber
-from hub.delivery.writer import DirectWriter
+from hub.delivery.sse import HEARTBEAT, encode_frame, preamble, signal_frame
+from hub.delivery.stats import Stats
+from hub.delivery.stream import Stream, StreamControl
 from hub.errors import BackendUnavailable
-from hub.metrics import Stats, stream_closed
-from hub.store.backend import Backend
-from hub.store.history import Clock, ClockReads, HistoryReader
-from hub.store.ids import EventId, format_id, parse_id
-from hub.store.keys import Keys
-from hub.store.publisher import Publisher
+from hub.store import Backend, Clock, EventId, Keys, Publisher, Store, format_id, parse_id
 from hub.supervise import Supervised
 
 __all__ = ["Broker"]
@@ -47,43 +42,33 @@ CLOCK_REUSE = 0.1
 #: Bytes in a direct writer's backlog above which the sweeper counts the client as not
 #: reading (uvicorn's flow control pauses a response at 64 KiB too).
 STUCK_BACKLOG = 64 * 1024
-
-
-#: A stream's opening, given its confirmed channels: one chunk, or a generator of them.
-Opening = Callable[[list[Channel]], Awaitable[bytes] | AsyncGenerator[bytes, None]]
-
-
-class StreamControl(Protocol):
-    """What the broker needs of the HTTP response a stream is written to."""
-
-    def abort(self, reason: str) -> None: ...
-
-    def on_abort(self, callback: Callable[[], None]) -> None: ...
-
-    #: Says whether the stream is parked where the abort callbacks end it by themselves.
-    parked: Callable[[], bool] | None
-
-    #: A direct writer onto the client's socket (:mod:`hub.delivery.writer`), or ``None``.
-    direct: tuple[DirectWriter, Callable[[], int]] | None
+#: What a live path's reader may fail with that it logs briefly and restarts after.
+_PASSING = (BackendUnavailable, OSError)
 
 
 class Broker:
-    """Connects clients' streams to Redis. Use as ``async with Broker(...) as broker``."""
+    """Connects clients' streams to Redis. Use as ``async with Broker(...) as broker``.
+
+    It runs the native live path, and any a door adds (:meth:`add_path`); every stream
+    on any of them is admitted (:attr:`admission`), swept (heartbeats, stuck writes)
+    and closed at shutdown here.
+    """
 
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
-        self.redis = backend.command_client()
-        self.publisher = Publisher(self.redis, settings, max_channels=settings.max_channels)
-        self._clock = ClockReads(self.redis, self.keys)
-        self._live_redis = backend.live_client()
-        self._live = LivePath(self.redis, self._live_redis, self.keys, settings)
-        self._reader = Supervised(
-            "hub live reader", self._live.run, quiet=(RedisError, OSError, BackendUnavailable)
-        )
+        self.store = Store(backend, settings)
+        self.keys: Keys = self.store.keys
+        self.publisher: Publisher = self.store.publisher
+        self._stats = Stats()
+        #: Clock reads shared by the streams that open together.
+        self._clock = self.store.clock
+        self._live = LivePath(self.store, settings, NativeFanout(self.store, settings, self._stats))
+        self._paths: list[LivePath] = [self._live]
+        self._reader = Supervised("hub live reader", self._live.run, quiet=_PASSING)
         self._sweeper = Supervised("hub stream sweeper", self._sweep)
-        #: Live paths whose streams the sweeper looks after (the Mercure door adds its own).
-        self._swept: list[LivePath] = [self._live]
+        self._stack = AsyncExitStack()
+        #: The one connection limit, over every stream of every live path.
+        self.admission = Admission(settings, self.open_streams)
 
     async def __aenter__(self) -> Broker:
         await self._reader.__aenter__()
@@ -97,12 +82,21 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         self.close_all("shutdown")
-        self._clock.close()
+        self.store.clock.close()
+        await self._stack.__aexit__(exc_type, exc, tb)
         await self._sweeper.__aexit__(exc_type, exc, tb)
         await self._reader.__aexit__(exc_type, exc, tb)
-        await self._live_redis.aclose(close_connection_pool=True)
-        await self.publisher.aclose(close_client=False)
-        await self.redis.aclose(close_connection_pool=True)
+        for path in self._paths:
+            await path.aclose()
+        await self.store.aclose()
+
+    async def add_path(self, fanout: Fanout, name: str) -> LivePath:
+        """Start another live path (a door's own messages): its reader runs supervised
+        until the broker stops, and its streams are admitted, swept and closed here."""
+        path = LivePath(self.store, self.settings, fanout)
+        self._paths.append(path)
+        await self._stack.enter_async_context(Supervised(name, path.run, quiet=_PASSING))
+        return path
 
     @property
     def live(self) -> bool:
@@ -111,13 +105,17 @@ class Broker:
 
     @property
     def connections(self) -> int:
-        """Open client streams on this process."""
+        """Open ``/events`` streams on the native live path of this process."""
         return len(self._live.subscribers)
+
+    def open_streams(self) -> int:
+        """Open streams of every kind on this process (what admission counts)."""
+        return sum(len(path.subscribers) for path in self._paths)
 
     @property
     def stats(self) -> Stats:
         """This process's plain counters, for :mod:`hub.metrics`."""
-        return self._live.stats
+        return self._stats
 
     @property
     def subscriptions(self) -> int:
@@ -129,17 +127,17 @@ class Broker:
         """Times the live Redis connection was lost and set up again."""
         return self._reader.restarts
 
-    def close_all(self, reason: str, final: Callable[[], bytes] | None = None) -> None:
-        """End every open stream after its queued frames, then ``final()`` (shutdown)."""
-        for sub in list(self._live.subscribers):
+    def close_all(self, reason: str, final: Callable[[], bytes] | None = None) -> int:
+        """End every open stream after its queued frames, then ``final()`` (shutdown);
+        return how many there were."""
+        streams = [sub for path in self._paths for sub in path.subscribers]
+        for sub in streams:
             sub.close(reason, final=final() if final else b"")
+        return len(streams)
 
     async def ping(self) -> None:
         """Raise :class:`BackendUnavailable` unless Redis answers."""
-        try:
-            await self.redis.ping()
-        except RedisError as exc:
-            raise BackendUnavailable(f"Redis did not answer PING: {exc}") from exc
+        await self.store.ping()
 
     # -- one client's stream ------------------------------------------------------------
 
@@ -164,7 +162,7 @@ class Broker:
         """
         loop = asyncio.get_running_loop()
         on_cut_off = response.abort if response is not None else None
-        sub = Subscriber(channels, self.settings.client_buffer, on_cut_off, loop=loop)
+        sub = Stream(channels, self.settings.client_buffer, on_cut_off, loop=loop)
         retry_ms = self.settings.retry_ms
 
         async def join(confirmed: list[Channel]) -> bytes:
@@ -187,82 +185,9 @@ class Broker:
                 yield chunk
 
         opening = join if cursor is None else resume
-        return self.serve(self._live, sub, response, opening, loop=loop)
-
-    async def serve(
-        self,
-        live: LivePath,
-        sub: Subscriber,
-        response: StreamControl | None,
-        opening: Opening,
-        *,
-        on_close: Callable[[], None] | None = None,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> AsyncGenerator[bytes, None]:
-        """Serve ``sub`` from ``live`` (the native live path, or the Mercure door's).
-
-        Attach, wait for Redis to confirm the subscriptions, send what
-        ``opening(channels)`` gives (one chunk, or a generator of them: the preamble
-        and any replay; it reads the clock, sets the channels' floors and leaves
-        ``sub.last`` at the newest id it covered), then live events: written straight
-        onto the socket when the response allows (:mod:`hub.delivery.writer`), else queued.
-
-        Each chunk is yielded when the previous one has been written: the time between
-        is how long a write to this client takes, which the sweeper watches. The live
-        loop is written out here, one generator deep, because it runs for every client
-        for every event on the queued path.
-        """
-        if response is not None:
-            response.on_abort(lambda: sub.close("aborted", drop=True))
-            response.parked = sub.waiting
-        loop = loop or asyncio.get_running_loop()
-        to_confirm = live.attach(sub)
-        opened = loop.time()
-        self.stats.opened += 1
-        try:
-            await live.confirm(to_confirm)
-            first = opening(to_confirm)
-            if isinstance(first, AsyncGenerator):
-                async with contextlib.aclosing(first):
-                    async for chunk in first:
-                        sub.writing_since = sub.last_out = loop.time()
-                        yield chunk
-                        sub.writing_since = None
-            else:
-                # One chunk (a live-only stream, the common case): no generator to set
-                # up and close.
-                chunk = await first
-                sub.writing_since = sub.last_out = loop.time()
-                yield chunk
-                sub.writing_since = None
-            tail = sub.go_live()
-            if tail:
-                sub.writing_since = sub.last_out = loop.time()
-                yield tail
-                sub.writing_since = None
-            if response is not None:
-                # Known once the response has started, which the opening's first chunk did.
-                sub.writer = response.direct
-            while (batch := await sub.next_batch()) is not None:
-                sub.writing_since = sub.last_out = loop.time()
-                yield batch
-                sub.writing_since = None
-        except (RedisError, BackendUnavailable) as exc:
-            # Never a silent hang and never an error status (EventSource would give up
-            # for good): say why in a comment and let the browser come back after the hint.
-            logger.warning("closing a stream: %s", exc)
-            note = str(exc).replace("\n", " ").replace("\r", " ").encode()
-            yield b": " + note + b"\n" + retry_frame(self.settings.retry_ms)
-        finally:
-            now = loop.time()
-            live.detach(sub, now)
-            if on_close is not None:
-                on_close()
-            stream_closed(self.stats, sub, response, now - opened)
-            # The response and the subscriber refer to each other (their abort and
-            # cut-off callbacks): without this cut, every stream, its task and its
-            # transport waited for the cyclic GC, 10% of the CPU under churn.
-            sub.on_cut_off = None
+        return sub.run(
+            self._live, response, opening, stats=self.stats, retry_ms=self.settings.retry_ms
+        )
 
     async def clock(self, confirmed: Sequence[Channel] = ()) -> Clock:
         """The clock, read by a request sent after this call began (shared by the
@@ -312,7 +237,7 @@ class Broker:
         while True:
             await asyncio.sleep(period)
             now = loop.time()
-            for sub in [sub for live in self._swept for sub in live.subscribers]:
+            for sub in [sub for path in self._paths for sub in path.subscribers]:
                 if sub.direct:
                     self._sweep_direct(sub, now)
                 elif sub.writing_since is not None:
@@ -321,12 +246,7 @@ class Broker:
                 elif now - sub.last_out >= settings.heartbeat:
                     sub.heartbeat(HEARTBEAT)
 
-    def sweep(self, live: LivePath) -> None:
-        """Have the sweeper look after ``live``'s streams too (heartbeats, stuck writes)."""
-        if live not in self._swept:
-            self._swept.append(live)
-
-    def _sweep_direct(self, sub: Subscriber, now: float) -> None:
+    def _sweep_direct(self, sub: Stream, now: float) -> None:
         # A direct writer never blocks; a stuck client shows as a backlog that stays
         # above what uvicorn's own flow control would have waited on.
         if sub.backlog() > STUCK_BACKLOG:
@@ -344,7 +264,7 @@ class Broker:
             sub.heartbeat(HEARTBEAT)
             sub.last_out = now
 
-    async def _replay(self, sub: Subscriber, cursor: str, clock: Clock) -> AsyncIterator[bytes]:
+    async def _replay(self, sub: Stream, cursor: str, clock: Clock) -> AsyncIterator[bytes]:
         head, since, now_ms, _lost = clock
         strict = True
         if cursor == "earliest":
@@ -383,9 +303,7 @@ class Broker:
                 return
         ttl_ms = int(self.settings.history_ttl * 1000)
         self.stats.replays += 1
-        reader = HistoryReader(
-            self.redis,
-            self.keys,
+        reader = self.store.history(
             sub.channels,
             after,
             strict=strict,
@@ -424,7 +342,7 @@ class Broker:
             )
 
     async def _reset(
-        self, sub: Subscriber, reason: str, message: str, channels: list[str] | None = None
+        self, sub: Stream, reason: str, message: str, channels: list[str] | None = None
     ) -> bytes:
         """Tell the client its cursor cannot be honoured; it continues live from now."""
         head = (await self._clock.read()).head

@@ -19,20 +19,13 @@ import contextlib
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from hub.config import Settings
-from hub.delivery.sse import encode_frame, retry_frame
-from hub.delivery.stream import Subscriber
+from hub.delivery.fanout import Fanout
+from hub.delivery.stream import Stream
 from hub.errors import BackendUnavailable
-from hub.metrics import Stats, lag_since
-from hub.store.history import Clock, HistoryReader, read_clock, record_loss
-from hub.store.ids import EventId, format_id, parse_id
-from hub.store.keys import Keys
-from hub.store.pubsub import LiveConnection, open_live
+from hub.store import Clock, EventId, Follower, LiveConnection, Store, format_id
 
-__all__ = ["LivePath"]
+__all__ = ["Channel", "LivePath"]
 
 logger = logging.getLogger("hub")
 
@@ -65,7 +58,7 @@ class Channel:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.subscribers: set[Subscriber] = set()
+        self.subscribers: set[Stream] = set()
         self.confirmed = asyncio.Event()
         #: Loop time when ``confirmed`` was last set.
         self.confirmed_at = 0.0
@@ -79,35 +72,50 @@ class Channel:
 
 
 class LivePath:
-    """The channel registry and the reader of the live connection (run it supervised)."""
+    """The channel registry and the reader of one live connection (run it supervised).
 
-    def __init__(self, redis: Redis, live_redis: Redis, keys: Keys, settings: Settings) -> None:
+    What a live message means, and how to catch up after a reconnect, is the
+    ``fanout``'s business (:mod:`hub.delivery.fanout`): the native path's, or a door's.
+    """
+
+    def __init__(self, store: Store, settings: Settings, fanout: Fanout) -> None:
         self.settings = settings
-        self.keys = keys
-        self.redis = redis
-        self._live_redis = live_redis
+        self.store = store
+        self.fanout = fanout
+        self._follower: Follower = store.follower()
         self._channels: dict[bytes, Channel] = {}
         #: Every open client stream of this process.
-        self.subscribers: set[Subscriber] = set()
+        self.subscribers: set[Stream] = set()
         self._conn: LiveConnection | None = None
         #: Messages that arrived while a session was being set up (until its recovery).
         self._held: list[tuple[bytes, bytes]] | None = None
         self._watermark: EventId | None = None
-        self._cached: tuple[bytes, bytes] = (b"", b"")
         #: True while the live connection is up and subscribed.
         self.live = False
-        self.stats = Stats()
 
     @property
     def watermark(self) -> EventId | None:
         """The newest id this node has seen live (events up to it were all received)."""
         return self._watermark
 
-    def attach(self, sub: Subscriber) -> list[Channel]:
+    def channels(self) -> list[Channel]:
+        """The channels this path is subscribed to (or about to be)."""
+        return list(self._channels.values())
+
+    def advance(self, event_id: EventId) -> None:
+        """Events up to ``event_id`` have been received (live, or recovered)."""
+        if self._watermark is None or event_id > self._watermark:
+            self._watermark = event_id
+
+    async def aclose(self) -> None:
+        """Close the live connection's client (the node is stopping)."""
+        await self._follower.aclose()
+
+    def attach(self, sub: Stream) -> list[Channel]:
         self.subscribers.add(sub)
         attached = []
         for name in sub.channels:
-            live = self.keys.live(name).encode()
+            live = self.fanout.live_name(name).encode()
             channel = self._channels.get(live)
             if channel is None:
                 channel = self._channels[live] = Channel(name)
@@ -116,12 +124,12 @@ class LivePath:
             attached.append(channel)
         return attached
 
-    def detach(self, sub: Subscriber, now: float | None = None) -> None:
+    def detach(self, sub: Stream, now: float | None = None) -> None:
         self.subscribers.discard(sub)
         if now is None:
             now = asyncio.get_running_loop().time()
         for name in sub.channels:
-            channel = self._channels.get(self.keys.live(name).encode())
+            channel = self._channels.get(self.fanout.live_name(name).encode())
             if channel is not None:
                 channel.subscribers.discard(sub)
                 if not channel.subscribers:
@@ -138,8 +146,8 @@ class LivePath:
                 channel.session = conn
                 channel.pending += 1
             # On failure the reader notices the broken connection and resubscribes everything.
-            with contextlib.suppress(RedisError):
-                await conn.subscribe([self.keys.live(c.name) for c in unsent])
+            with contextlib.suppress(BackendUnavailable):
+                await conn.subscribe([self.fanout.live_name(c.name) for c in unsent])
         loop = asyncio.get_running_loop()
         # With the live connection known to be down, say so soon rather than keep a new
         # client waiting in silence; a slow but working Redis gets the full timeout.
@@ -166,7 +174,7 @@ class LivePath:
     async def run(self) -> None:
         """One life of the live connection: subscribe, recover, then read until it breaks."""
         self._held = []
-        conn = await open_live(self._live_redis, self._on_message, self._on_subscribed)
+        conn = await self._follower.open(self._on_message, self._on_subscribed)
         try:
             self._conn = conn
             for live, channel in list(self._channels.items()):
@@ -177,9 +185,9 @@ class LivePath:
                 channel.session, channel.pending = conn, 1
                 channel.confirmed.clear()
             if initial:
-                await conn.subscribe([self.keys.live(c.name) for c in initial])
+                await conn.subscribe([self.fanout.live_name(c.name) for c in initial])
             await self._await_confirmations(conn, initial)
-            clock = await read_clock(self.redis, self.keys)
+            clock = await self.store.read_clock()
             if self._watermark is None:
                 self._watermark = clock.head
             else:
@@ -244,7 +252,7 @@ class LivePath:
             format_id(watermark),
             format_id(watermark),
         )
-        await record_loss(self.redis, self.keys, head, watermark)
+        await self.store.record_loss(head, watermark)
         self._watermark = head
         # Open streams that saw lost events must not skip the new master's events as
         # already sent: those can carry lower ids when both masters took writes.
@@ -255,38 +263,7 @@ class LivePath:
         """Deliver what was published on subscribed channels while the connection was
         down (``clock``: read once the session's subscriptions were confirmed)."""
         assert self._watermark is not None
-        channels = [c for c in self._channels.values() if c.subscribers]
-        if not channels:
-            return
-        by_name = {c.name: c for c in channels}
-        ttl_ms = int(self.settings.history_ttl * 1000)
-        now_ms = clock.now_ms
-        reader = HistoryReader(
-            self.redis,
-            self.keys,
-            list(by_name),
-            self._watermark,
-            expired_before=(now_ms - ttl_ms, 0) if ttl_ms else None,
-            dedupe=False,
-        )
-        recovered = 0
-        async for entry in reader:
-            frame = encode_frame(entry.raw_id, entry.event, entry.data)
-            self.stats.delivered += len(by_name[entry.channel].subscribers)
-            for sub in list(by_name[entry.channel].subscribers):
-                sub.deliver(entry.id, frame)
-            self._watermark = max(self._watermark, entry.id)
-            recovered += 1
-        for name in reader.gaps:
-            # Trimmed before we could read it: these clients reconnect and get hub.reset.
-            for sub in list(by_name[name].subscribers):
-                sub.close("gap", final=retry_frame(self.settings.retry_ms))
-        if recovered or reader.gaps:
-            logger.warning(
-                "recovered %d events published while the live connection was down%s",
-                recovered,
-                f"; history too short for {reader.gaps}" if reader.gaps else "",
-            )
+        await self.fanout.recover(self, self._watermark, clock)
 
     async def _watch(self, conn: LiveConnection) -> None:
         """Chores, once a second, until the connection breaks: unsubscribe idle channels,
@@ -324,21 +301,14 @@ class LivePath:
         channels = [c for c in self._channels.values() if c.subscribers and c.confirmed.is_set()]
         if not channels or self._watermark is None:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for channel in channels:
-                pipe.xrevrange(self.keys.stream(channel.name), b"+", b"-", 1)
-            pipe.time()
-            *lasts, (secs, micros) = await pipe.execute()
-        settled_ms = (
-            secs * 1000
-            + micros // 1000
-            - int(min(POSITION_GRACE, self.settings.position_check / 2) * 1000)
+        lasts, now_ms = await self.store.newest(
+            [self.fanout.history_key(channel.name) for channel in channels]
         )
+        settled_ms = now_ms - int(min(POSITION_GRACE, self.settings.position_check / 2) * 1000)
         missed = []
-        for channel, last in zip(channels, lasts, strict=True):
-            if not last:
+        for channel, newest in zip(channels, lasts, strict=True):
+            if newest is None:
                 continue
-            newest = parse_id(last[0][0])
             if newest > max(self._watermark, channel.floor) and newest[0] < settled_ms:
                 missed.append(channel.name)
         if missed:
@@ -363,21 +333,4 @@ class LivePath:
         await conn.unsubscribe(idle)
 
     def _dispatch(self, live: bytes, payload: bytes) -> None:
-        """One live message: encode it once, queue it for every subscriber of the channel."""
-        raw_id, _prev, event, data = payload.split(b"\n", 3)
-        ms, _, n = raw_id.partition(b"-")
-        event_id = (int(ms), int(n))
-        if self._watermark is None or event_id > self._watermark:
-            self._watermark = event_id
-        channel = self._channels.get(live)
-        if channel is None or not channel.subscribers:
-            return
-        # An event published to several channels arrives once per channel, back to back.
-        cached_id, frame = self._cached
-        if cached_id != raw_id:
-            frame = encode_frame(raw_id, event, data)
-            self._cached = (raw_id, frame)
-            self.stats.observe_lag(lag_since(event_id[0]))
-        self.stats.delivered += len(channel.subscribers)
-        for sub in channel.subscribers:
-            sub.deliver(event_id, frame)
+        self.advance(self.fanout.dispatch(self._channels.get(live), payload))

@@ -55,7 +55,8 @@ class EventStream:
         self.parked: Callable[[], bool] | None = None
 
     def on_abort(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` when the stream is aborted (the source should stop too)."""
+        """Call ``callback`` when the stream is aborted (the source should stop too);
+        :attr:`cut_off` says why."""
         self._on_abort.append(callback)
 
     def abort(self, reason: str) -> None:

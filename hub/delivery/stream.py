@@ -1,18 +1,67 @@
-"""One client's end of the live path: a bounded queue of ready-made SSE frames."""
+"""One client's stream: its channels, its place in the event order, its queue of
+ready-made SSE frames, the loop that writes them, and why it ended.
+
+Everything about one stream lives on its :class:`Stream`; the response it is written
+to (:mod:`hub.delivery.response`) only carries bytes and reports the client leaving.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 
+from hub.delivery.sse import retry_frame
+from hub.delivery.stats import TOKEN_EXPIRED, Stats
 from hub.delivery.writer import DirectWriter
+from hub.errors import BackendUnavailable
+from hub.logs import log_stream_closed
 from hub.store.ids import EventId
 
-__all__ = ["Subscriber"]
+if TYPE_CHECKING:
+    from hub.delivery.live import Channel, LivePath
+
+__all__ = ["Opening", "Stream", "StreamControl"]
+
+logger = logging.getLogger("hub")
 
 
-class Subscriber:
-    """Frames queued for one client, in id order, each id at most once.
+class StreamControl(Protocol):
+    """What a stream needs of the HTTP response it is written to."""
+
+    def abort(self, reason: str) -> None: ...
+
+    def on_abort(self, callback: Callable[[], None]) -> None: ...
+
+    #: Why the response was aborted, once it was.
+    cut_off: str | None
+
+    #: Says whether the stream is parked where the abort callbacks end it by themselves.
+    parked: Callable[[], bool] | None
+
+    #: A direct writer onto the client's socket (:mod:`hub.delivery.writer`), or ``None``.
+    direct: tuple[DirectWriter, Callable[[], int]] | None
+
+
+#: A stream's opening, given its confirmed channels: one chunk, or a generator of them.
+Opening = Callable[["list[Channel]"], Awaitable[bytes] | AsyncGenerator[bytes, None]]
+
+#: How each way a stream can close is counted (``hub_connections_closed_total``) and
+#: told in its log line: reason label and what it means.
+_ENDINGS = {
+    "aborted": ("client", "the client went away"),
+    TOKEN_EXPIRED: ("expired", "its token expired (the client comes back with a new one)"),
+    "cut off": ("slow", "cut off as too slow"),
+    "shutdown": ("shutdown", "the node is shutting down"),
+    "gap": ("gap", "history was trimmed while Redis was unreachable"),
+    "failed": ("error", "ended by the hub (see the warning before)"),
+}
+
+
+class Stream:
+    """One client's stream: frames queued in id order, each id at most once.
 
     The broker's reader calls :meth:`deliver` (synchronously, for every event of the
     client's channels); the client's response task drains the queue with
@@ -38,8 +87,10 @@ class Subscriber:
         "last",
         "last_out",
         "on_cut_off",
+        "response",
         "sent",
         "sent_seen",
+        "why",
         "writer",
         "writing_since",
     )
@@ -56,8 +107,10 @@ class Subscriber:
         self.channels = channels
         #: The id of the last frame handed to this client; older or equal ids are skipped.
         self.last: EventId = (0, 0)
-        #: Why the subscriber was closed (``"slow"``, ``"shutdown"``, ...), or ``None``.
+        #: How the stream was closed (a key of ``_ENDINGS``), or ``None`` while open.
         self.closed: str | None = None
+        #: The detail of a cut-off or an abort (what the log line says).
+        self.why = ""
         self._frames: list[bytes] = []
         self._held: list[tuple[EventId, bytes]] | None = []
         self._size = 0
@@ -68,6 +121,8 @@ class Subscriber:
         # Python < 3.12, and a stream is set up with several.
         self._loop = loop or asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
+        #: The response the stream is written to, while it runs.
+        self.response: StreamControl | None = None
         #: Called with a reason when the client is cut off, to drop its connection at once.
         self.on_cut_off = on_cut_off
         #: Loop time when the current write to the client began (``None``: not writing),
@@ -110,9 +165,23 @@ class Subscriber:
     def cut_off(self, reason: str) -> None:
         """Drop the client now, queued frames included; it resumes with its last id."""
         if self.closed is None:
+            self.why = reason
             self.close("cut off", drop=True)
             if self.on_cut_off is not None:
                 self.on_cut_off(reason)
+
+    def _response_aborted(self) -> None:
+        # The response says why at the moment it is aborted; from then on the reason
+        # is the stream's.
+        response = self.response
+        self.aborted((response.cut_off if response is not None else None) or "disconnected")
+
+    def aborted(self, why: str) -> None:
+        """The response was aborted: the client went away, its token expired, or it was
+        cut off (then it is closed already)."""
+        if self.closed is None:
+            self.why = why
+            self.close(TOKEN_EXPIRED if why == TOKEN_EXPIRED else "aborted", drop=True)
 
     def heartbeat(self, frame: bytes) -> None:
         """Queue a comment on an idle stream (no id: it does not move the cursor)."""
@@ -183,6 +252,99 @@ class Subscriber:
     def backlog(self) -> int:
         """Bytes written directly but not yet taken by the client's socket (-1: closing)."""
         return self.writer[1]() if self.writer is not None else 0
+
+    def ending(self) -> tuple[str, str]:
+        """Why the stream ended: its ``reason`` label and the detail for its log line."""
+        reason, detail = _ENDINGS.get(self.closed or "failed", _ENDINGS["failed"])
+        if self.closed == "cut off" and self.why:
+            detail = self.why
+        return reason, detail
+
+    async def run(
+        self,
+        live: LivePath,
+        response: StreamControl | None,
+        opening: Opening,
+        *,
+        stats: Stats,
+        retry_ms: int,
+        on_close: Callable[[], None] | None = None,
+    ) -> AsyncGenerator[bytes, None]:
+        """Serve this stream from ``live`` (the native live path, or the Mercure door's).
+
+        Attach, wait for Redis to confirm the subscriptions, send what
+        ``opening(channels)`` gives (one chunk, or a generator of them: the preamble
+        and any replay; it reads the clock, sets the channels' floors and leaves
+        :attr:`last` at the newest id it covered), then live events: written straight
+        onto the socket when the response allows (:mod:`hub.delivery.writer`), else
+        queued.
+
+        Each chunk is yielded when the previous one has been written: the time between
+        is how long a write to this client takes, which the broker's sweeper watches.
+        The live loop is written out here, one generator deep, because it runs for
+        every client for every event on the queued path.
+        """
+        if response is not None:
+            self.response = response
+            response.on_abort(self._response_aborted)
+            response.parked = self.waiting
+        loop = self._loop
+        to_confirm = live.attach(self)
+        opened = loop.time()
+        stats.opened += 1
+        try:
+            await live.confirm(to_confirm)
+            first = opening(to_confirm)
+            if isinstance(first, AsyncGenerator):
+                async with contextlib.aclosing(first):
+                    async for chunk in first:
+                        self.writing_since = self.last_out = loop.time()
+                        yield chunk
+                        self.writing_since = None
+            else:
+                # One chunk (a live-only stream, the common case): no generator to set
+                # up and close.
+                chunk = await first
+                self.writing_since = self.last_out = loop.time()
+                yield chunk
+                self.writing_since = None
+            tail = self.go_live()
+            if tail:
+                self.writing_since = self.last_out = loop.time()
+                yield tail
+                self.writing_since = None
+            if response is not None:
+                # Known once the response has started, which the opening's first chunk did.
+                self.writer = response.direct
+            while (batch := await self.next_batch()) is not None:
+                self.writing_since = self.last_out = loop.time()
+                yield batch
+                self.writing_since = None
+        except BackendUnavailable as exc:
+            # Never a silent hang and never an error status (EventSource would give up
+            # for good): say why in a comment and let the browser come back after the hint.
+            logger.warning("closing a stream: %s", exc)
+            note = str(exc).replace("\n", " ").replace("\r", " ").encode()
+            yield b": " + note + b"\n" + retry_frame(retry_ms)
+        finally:
+            now = loop.time()
+            live.detach(self, now)
+            if on_close is not None:
+                on_close()
+            reason, detail = self.ending()
+            stats.closed[reason] += 1
+            log_stream_closed(
+                seconds=now - opened,
+                events=max(0, self.sent),
+                reason=reason,
+                detail=detail,
+                channels=len(self.channels),
+            )
+            # The response and the stream refer to each other (their abort and cut-off
+            # callbacks): without this cut, every stream, its task and its transport
+            # waited for the cyclic GC, 10% of the CPU under churn.
+            self.on_cut_off = None
+            self.response = None
 
     def _wake(self) -> None:
         waiter = self._waiter

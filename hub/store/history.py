@@ -20,8 +20,10 @@ from weakref import WeakKeyDictionary
 from redis.asyncio import Redis
 
 from hub.errors import BackendUnavailable
-from hub.store.ids import EventId, format_id, parse_id
+from hub.store.failures import translated
+from hub.store.ids import EventId, format_id, parse_id, stream_id
 from hub.store.keys import Keys
+from hub.store.records import entry_fields
 
 __all__ = ["Clock", "ClockReads", "Entry", "HistoryReader", "read_clock", "record_loss"]
 
@@ -45,10 +47,11 @@ class Clock(NamedTuple):
 
 async def read_clock(redis: Redis, keys: Keys) -> Clock:
     """Read the publish clock and the server's time in one round trip."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hmget(keys.clock, "ms", "n", "since", "lost_after", "lost_upto")
-        pipe.time()
-        (ms, n, since, lost_after, lost_upto), (secs, micros) = await pipe.execute()
+    with translated("reading the publish clock"):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.clock, "ms", "n", "since", "lost_after", "lost_upto")
+            pipe.time()
+            (ms, n, since, lost_after, lost_upto), (secs, micros) = await pipe.execute()
     head = (int(ms), int(n)) if ms is not None else (0, 0)
     lost = None
     if lost_after is not None and lost_upto is not None:
@@ -121,7 +124,8 @@ class ClockReads:
 
 async def record_loss(redis: Redis, keys: Keys, after: EventId, upto: EventId) -> None:
     """Note in Redis that events ``(after, upto]`` are gone (see ``lua/lost.lua``)."""
-    await redis.eval(LOST_SCRIPT, 1, keys.clock, format_id(after), format_id(upto))
+    with translated("recording lost events"):
+        await redis.eval(LOST_SCRIPT, 1, keys.clock, format_id(after), format_id(upto))
 
 
 class Entry(NamedTuple):
@@ -155,20 +159,6 @@ def _raw_xrange(redis: Redis) -> Redis:
 
 def _as_is(response: Any, **_options: Any) -> Any:
     return response
-
-
-def _fields(flat: list[bytes]) -> tuple[bytes, bytes, bytes]:
-    """``(event, data, prev)`` from an entry's field list as the publish script writes it."""
-    if len(flat) == 6 and flat[0] == b"e" and flat[2] == b"d" and flat[4] == b"p":
-        return flat[1], flat[3], flat[5]
-    fields = dict(zip(flat[::2], flat[1::2], strict=False))
-    return fields.get(b"e", b"message"), fields.get(b"d", b""), fields.get(b"p", b"")
-
-
-def _stream_id(raw: bytes) -> EventId:
-    # Ids read back from Redis streams: always "<ms>-<n>", no need for parse_id's checks.
-    ms, _, n = raw.partition(b"-")
-    return int(ms), int(n)
 
 
 class HistoryReader:
@@ -238,10 +228,11 @@ class HistoryReader:
                 heapq.heappush(heap, (buffer[0].id, i, channel))
 
     async def _fill(self, channels: list[str]) -> None:
-        async with self._raw.pipeline(transaction=False) as pipe:
-            for channel in channels:
-                pipe.xrange(self._keys.stream(channel), self._next[channel], b"+", self._page)
-            pages = await pipe.execute()
+        with translated("reading history"):
+            async with self._raw.pipeline(transaction=False) as pipe:
+                for channel in channels:
+                    pipe.xrange(self._keys.stream(channel), self._next[channel], b"+", self._page)
+                pages = await pipe.execute()
         for channel, page in zip(channels, pages, strict=True):
             if len(page) < self._page:
                 self._done.add(channel)
@@ -249,14 +240,14 @@ class HistoryReader:
                 if self._last[channel] is None and await self._maybe_expired(channel):
                     self._gap(channel)
                 continue
-            first_prev = _fields(page[0][1])[2]
+            first_prev = entry_fields(page[0][1])[2]
             if not self._continuous(channel, first_prev):
                 self._gap(channel)
                 continue
             buffer = self._buffers[channel]
             for raw_id, flat in page:
-                event, data, _prev = _fields(flat)
-                buffer.append(Entry(_stream_id(raw_id), raw_id, event, data, channel))
+                event, data, _prev = entry_fields(flat)
+                buffer.append(Entry(stream_id(raw_id), raw_id, event, data, channel))
             last = page[-1][0]
             self._last[channel] = last
             self._next[channel] = b"(" + last
@@ -276,7 +267,8 @@ class HistoryReader:
     async def _maybe_expired(self, channel: str) -> bool:
         if not self._strict or self._expired_before is None or self._after >= self._expired_before:
             return False
-        return not await self._redis.exists(self._keys.stream(channel))
+        with translated("reading history"):
+            return not await self._redis.exists(self._keys.stream(channel))
 
     def _gap(self, channel: str) -> None:
         self.gaps.append(channel)

@@ -16,7 +16,14 @@ import re
 
 from hub.errors import BadRequest, Conflict
 
-__all__ = ["MAX_CHOSEN_ID_BYTES", "EventId", "check_chosen_id", "format_id", "parse_id"]
+__all__ = [
+    "MAX_CHOSEN_ID_BYTES",
+    "EventId",
+    "check_chosen_id",
+    "format_id",
+    "parse_id",
+    "stream_id",
+]
 
 #: Longest id a Mercure publisher may choose for its update, in UTF-8 bytes.
 MAX_CHOSEN_ID_BYTES = 1024
@@ -35,6 +42,13 @@ def parse_id(text: str | bytes) -> EventId:
     if match is None:
         raise ValueError(f"not a hub event id: {text[:40]!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def stream_id(raw: bytes) -> EventId:
+    """An id as Redis hands it back (a stream entry's, a live message's): always
+    ``<ms>-<n>``, so none of :func:`parse_id`'s checks; this runs once per event."""
+    ms, _, n = raw.partition(b"-")
+    return int(ms), int(n)
 
 
 def format_id(event_id: EventId) -> str:

@@ -10,23 +10,15 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis.exceptions import (
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-)
-from redis.exceptions import (
-    TimeoutError as RedisTimeoutError,
-)
+from redis.exceptions import NoScriptError, RedisError
 
 from hub.config import Settings
-from hub.errors import BackendUnavailable, BadRequest, Conflict, HubError, PayloadTooLarge
+from hub.errors import BadRequest, PayloadTooLarge
 from hub.store.backend import redact
+from hub.store.failures import publish_failure
 from hub.store.ids import check_chosen_id
 from hub.store.keys import Keys, check_channels, check_event_type
-from hub.store.lane import InFlightLost, Lane
+from hub.store.lane import Lane
 
 __all__ = ["PUBLISH_SCRIPT", "Extra", "Publisher", "SyncPublisher", "encode_data"]
 
@@ -117,34 +109,6 @@ class _Prepared:
         return keys, args
 
 
-def _translate(exc: RedisError, where: str) -> HubError:
-    if isinstance(exc, (ReadOnlyError, OutOfMemoryError)) or str(exc).startswith("NOREPLICAS"):
-        # A replica after a failover, a full Redis, or a master without enough replicas
-        # (min-replicas-to-write): passing states worth a retry.
-        return BackendUnavailable(f"Redis at {where} cannot take writes now ({exc}); retry")
-    if isinstance(exc, ResponseError) and str(exc).startswith("HUBCONFLICT"):
-        return Conflict(
-            f"that id is taken: {str(exc).removeprefix('HUBCONFLICT ')}; every update "
-            "needs an id of its own (or none, and the hub makes one)"
-        )
-    if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
-        return HubError(f"Redis refused the publish script at {where}: {exc}")
-    if isinstance(exc, InFlightLost):
-        return BackendUnavailable(
-            f"the connection to Redis at {where} broke after the publish was sent ({exc}); "
-            "the event may or may not have been published"
-        )
-    if isinstance(exc, RedisTimeoutError):
-        return BackendUnavailable(
-            f"Redis at {where} did not answer in time ({exc}); the event may or may not "
-            "have been published"
-        )
-    return BackendUnavailable(
-        f"Redis at {where} is unreachable ({exc}); nothing was published. "
-        "Check that Redis is running and HUB_REDIS_URL points at it, then retry."
-    )
-
-
 class Publisher:
     """Publishes events into Redis with the hub's atomic publish script (asyncio).
 
@@ -198,7 +162,7 @@ class Publisher:
                     await self._lane.call("SCRIPT", "LOAD", PUBLISH_SCRIPT)
                     result = await self._lane.call(*command)
         except RedisError as exc:
-            raise _translate(exc, self._where) from exc
+            raise publish_failure(exc, self._where) from exc
         return result.decode() if isinstance(result, bytes) else str(result)
 
     async def aclose(self, *, close_client: bool = True) -> None:
@@ -244,7 +208,7 @@ class SyncPublisher:
         try:
             result = self._script(keys=keys, args=args)
         except RedisError as exc:
-            raise _translate(exc, self._where) from exc
+            raise publish_failure(exc, self._where) from exc
         return result.decode() if isinstance(result, bytes) else str(result)
 
     def close(self) -> None:

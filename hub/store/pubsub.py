@@ -28,6 +28,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, ResponseError
 
 from hub.errors import BackendUnavailable
+from hub.store.failures import FAILURES, translated
 from hub.store.lane import Target, pack
 
 __all__ = ["LiveConnection", "open_live"]
@@ -119,7 +120,7 @@ class _RawPubSub(asyncio.Protocol):
 
     def _fail(self, exc: BaseException) -> None:
         if not self.lost.done():
-            self.lost.set_exception(exc)
+            self.lost.set_exception(_as_lost(exc))
         self._transport.abort()
 
     async def subscribe(self, names: Sequence[str | bytes]) -> None:
@@ -182,18 +183,21 @@ class _PolledPubSub:
 
     def _fail(self, exc: BaseException) -> None:
         if not self.lost.done():
-            self.lost.set_exception(exc)
+            self.lost.set_exception(_as_lost(exc))
 
     async def subscribe(self, names: Sequence[str | bytes]) -> None:
-        await self._ps.subscribe(*names)
+        with translated("subscribing"):
+            await self._ps.subscribe(*names)
 
     async def unsubscribe(self, names: Sequence[str | bytes]) -> None:
-        await self._ps.unsubscribe(*names)
+        with translated("unsubscribing"):
+            await self._ps.unsubscribe(*names)
 
     async def ping(self) -> bool:
         if not self._ps.subscribed:
             return False
-        await self._ps.ping()
+        with translated("probing the live connection"):
+            await self._ps.ping()
         return True
 
     async def aclose(self) -> None:
@@ -205,6 +209,13 @@ class _PolledPubSub:
         _retrieve(self.lost)
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
             await asyncio.wait_for(self._ps.aclose(), 2.0)  # type: ignore[no-untyped-call]
+
+
+def _as_lost(exc: BaseException) -> BaseException:
+    # What ends a live connection reaches the live path as a hub error, whatever broke.
+    if isinstance(exc, FAILURES):
+        return _lost("failed", exc)
+    return exc
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

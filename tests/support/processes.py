@@ -24,7 +24,7 @@ from .hubs import Backends
 from .net import free_port, wait_ready
 from .sse import SSEStream
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class SteadyPublisher:

@@ -12,7 +12,7 @@ import pytest
 
 from .hubs import Backends
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Restricts the parametrized ``backends`` fixture to real Redis: a worker is another
 #: process, and cannot share the embedded backend.

@@ -4,18 +4,24 @@ updates. The door they open onto the broker is :mod:`hub.doors.mercure.door`."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
+from typing import Any
+from urllib.parse import parse_qsl, unquote
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
+from hub.delivery.broker import Broker
 from hub.delivery.response import EventStream
 from hub.delivery.sse import signal_frame
-from hub.doors.auth import Claims
+from hub.doors import Door
+from hub.doors.auth import Auth, Claims
 from hub.doors.body import read_body
-from hub.doors.mercure.door import MercureDoor, MercureSubscriber
+from hub.doors.mercure.door import MercureDoor
+from hub.doors.mercure.fanout import MercureStream
+from hub.doors.mercure.subscriptions import CONTEXT, PATH
 from hub.doors.topics import check_template, compile_template, is_template
-from hub.errors import BadRequest
+from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from hub.store.ids import EventId, format_id
 from hub.store.keys import check_channel, check_event_type, refuse_reserved
 from hub.store.publisher import Extra
@@ -56,7 +62,7 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
     # Authenticate before any work a selector could make expensive.
     claims = door.auth.subscriber(request)
     topics = _selectors(request.query_params.getlist("topic"), door.settings.max_channels)
-    door.check_capacity()
+    door.broker.admission.check()
     cursor = (
         request.headers.get("last-event-id")
         or request.query_params.get("lastEventID")
@@ -80,7 +86,7 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
         ]
     )
     response.headers = [h for h in response.headers if h != (b"cache-control", b"no-cache")]
-    sub = MercureSubscriber(
+    sub = MercureStream(
         topics,
         claims,
         native=False,
@@ -116,7 +122,7 @@ async def native_stream(
                 event_id=format_id(head),
             )
     response = EventStream()
-    sub = MercureSubscriber(
+    sub = MercureStream(
         channels,
         claims,
         native=True,
@@ -181,3 +187,78 @@ def _retry(value: str | None) -> int | None:
     if not value.isdigit() or len(value) > 10:
         raise BadRequest("retry must be an unsigned integer (milliseconds)")
     return int(value)
+
+
+async def subscriptions_endpoint(request: Request) -> Response:
+    """``GET /.well-known/mercure/subscriptions[/{topic}[/{subscriber}]]``."""
+    door: MercureDoor = request.app.state.mercure
+    registry = door.registry
+    if registry is None:
+        raise NotFound("the subscriptions API is off; run the hub with HUB_SUBSCRIPTIONS=1")
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw.decode("latin-1").split("?", 1)[0]
+    claims = door.auth.subscriber(request)
+    if claims is None:
+        raise Unauthorized("the subscriptions API needs a subscriber JWT")
+    if claims.subscribe is None or not claims.subscribe.match(path):
+        raise Forbidden(
+            f"the token's mercure.subscribe selectors do not match {path[:120]!r}; add "
+            f"a selector such as '{PATH}{{/topic}}{{/subscriber}}'"
+        )
+    parts = [unquote(p) for p in path[len(PATH) :].split("/") if p]
+    if len(parts) > 2:
+        raise BadRequest(f"use {PATH}, {PATH}/{{topic}} or {PATH}/{{topic}}/{{subscriber}}")
+    entries = await registry.all()
+    last = await door.newest_id()
+    if len(parts) == 2:
+        for entry in entries:
+            if entry["topic"] == parts[0] and entry["subscriber"] == parts[1]:
+                return _ld({"@context": CONTEXT, **entry, "lastEventID": last})
+        return JSONResponse(
+            {"error": "not_found", "message": "no such subscription"}, status_code=404
+        )
+    if parts:
+        entries = [e for e in entries if e["topic"] == parts[0]]
+    return _ld(
+        {
+            "@context": CONTEXT,
+            "id": path,
+            "type": "Subscriptions",
+            "lastEventID": last,
+            "subscriptions": entries,
+        }
+    )
+
+
+def _ld(body: dict[str, Any]) -> Response:
+    return JSONResponse(body, media_type="application/ld+json")
+
+
+async def _read_only(request: Request) -> Response:
+    return JSONResponse(
+        {"error": "method_not_allowed", "message": "the subscriptions API only answers GET"},
+        status_code=405,
+        headers={"Allow": "GET, HEAD"},
+    )
+
+
+async def _subscriptions(request: Request) -> Response:
+    if request.method in ("GET", "HEAD"):
+        return await subscriptions_endpoint(request)
+    return await _read_only(request)
+
+
+def _opened(broker: Broker, auth: Auth) -> MercureDoor:
+    return MercureDoor(broker, auth)
+
+
+#: The Mercure door, as the app registers it.
+MERCURE = Door(
+    "mercure",
+    routes=[Route("/.well-known/mercure", mercure, methods=["GET", "POST"])],
+    fast=[("/.well-known/mercure", frozenset({"GET", "HEAD", "POST"}), mercure)],
+    # Not a Route: {topic} and {subscriber} are URL-encoded and may hold %2F.
+    prefixes=[(PATH, _subscriptions)],
+    opened=_opened,
+    provides={"private_streams": native_stream},
+)

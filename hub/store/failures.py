@@ -1,0 +1,87 @@
+"""Redis errors become hub errors here, and only here.
+
+Everything above the store wing sees :class:`hub.errors.BackendUnavailable` (retry
+later), :class:`hub.errors.Conflict` or :class:`hub.errors.HubError`, never an
+exception of redis-py: a wing that wants to survive Redis failing needs to know one
+exception, and a message that says what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TypeVar
+
+from redis.exceptions import (
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+
+from hub.errors import BackendUnavailable, Conflict, HubError
+from hub.store.lane import InFlightLost
+
+__all__ = ["FAILURES", "publish_failure", "read_failure", "translated"]
+
+#: What a call into Redis may raise before translation: redis-py's errors, and the
+#: socket's own on the hub's raw connections.
+FAILURES = (RedisError, OSError)
+
+T = TypeVar("T")
+
+
+def publish_failure(exc: RedisError, where: str) -> HubError:
+    """The hub error for a publish script call that failed with ``exc``."""
+    if isinstance(exc, (ReadOnlyError, OutOfMemoryError)) or str(exc).startswith("NOREPLICAS"):
+        # A replica after a failover, a full Redis, or a master without enough replicas
+        # (min-replicas-to-write): passing states worth a retry.
+        return BackendUnavailable(f"Redis at {where} cannot take writes now ({exc}); retry")
+    if isinstance(exc, ResponseError) and str(exc).startswith("HUBCONFLICT"):
+        return Conflict(
+            f"that id is taken: {str(exc).removeprefix('HUBCONFLICT ')}; every update "
+            "needs an id of its own (or none, and the hub makes one)"
+        )
+    if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
+        return HubError(f"Redis refused the publish script at {where}: {exc}")
+    if isinstance(exc, InFlightLost):
+        return BackendUnavailable(
+            f"the connection to Redis at {where} broke after the publish was sent ({exc}); "
+            "the event may or may not have been published"
+        )
+    if isinstance(exc, RedisTimeoutError):
+        return BackendUnavailable(
+            f"Redis at {where} did not answer in time ({exc}); the event may or may not "
+            "have been published"
+        )
+    return BackendUnavailable(
+        f"Redis at {where} is unreachable ({exc}); nothing was published. "
+        "Check that Redis is running and HUB_REDIS_URL points at it, then retry."
+    )
+
+
+def read_failure(exc: BaseException, doing: str) -> BackendUnavailable:
+    """The hub error for a read or bookkeeping call that failed with ``exc``."""
+    return BackendUnavailable(f"Redis did not answer while {doing} ({exc}); retry")
+
+
+@contextmanager
+def translated(doing: str) -> Iterator[None]:
+    """Raise Redis and socket errors inside as :class:`BackendUnavailable`."""
+    try:
+        yield
+    except FAILURES as exc:
+        raise read_failure(exc, doing) from exc
+
+
+@asynccontextmanager
+async def translated_async(doing: str) -> AsyncIterator[None]:
+    """:func:`translated` for ``async with`` blocks that hold a Redis resource."""
+    try:
+        yield
+    except FAILURES as exc:
+        raise read_failure(exc, doing) from exc
