@@ -11,8 +11,8 @@ until ``max_steps`` steps are done or a SIGTERM/SIGINT arrives. The base takes c
   process exits 0; a second signal stops at once;
 - Redis outages: :meth:`Worker.publish` retries on :class:`hub.BackendUnavailable` with
   exponential back-off and jitter, logging each failure, instead of crashing;
-- logging: one line per record with ``key=value`` fields, or one JSON object per line
-  with ``--log-json`` (or ``HUB_LOG_JSON=1``).
+- logging: the hub's (:mod:`hub.logs`): one line per record with ``key=value`` fields,
+  or one JSON object per line with ``--log-json`` (or ``HUB_LOG_JSON=1``).
 
 Exit codes: 0 done or stopped by a signal, 1 crashed, 2 bad options or configuration,
 128 + N stopped forcibly by a second signal N.
@@ -38,32 +38,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import random
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from typing import Any, ClassVar, TextIO, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from redis.asyncio import Redis
 
 from hub import Backend, BackendUnavailable, ConfigError, Publisher, Settings
 from hub.errors import BadRequest
 from hub.keys import check_channel
+from hub.logs import configure_logging, log_fields
 
 __all__ = [
     "EXIT_CRASHED",
     "EXIT_OK",
     "EXIT_USAGE",
-    "JsonFormatter",
     "Stopped",
-    "TextFormatter",
     "Worker",
     "channel_name",
-    "configure_logging",
     "non_negative_int",
     "positive_float",
     "positive_int",
@@ -72,14 +68,6 @@ __all__ = [
 EXIT_OK = 0
 EXIT_CRASHED = 1
 EXIT_USAGE = 2
-
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
 
 NO_REDIS_MESSAGE = (
     "no Redis URL: set HUB_REDIS_URL or pass --redis-url redis://HOST:6379/0. A worker runs "
@@ -145,81 +133,6 @@ def channel_name(text: str) -> str:
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-# -- logging ------------------------------------------------------------------------------
-
-
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    fields = getattr(record, "fields", None)
-    return fields if isinstance(fields, dict) else {}
-
-
-def _text_value(value: object) -> str:
-    text = str(value)
-    # Quote only when needed, so the common case stays readable and still splits on spaces.
-    if not text or any(c.isspace() or c in '"=' for c in text):
-        return json.dumps(text, ensure_ascii=False)
-    return text
-
-
-class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: message key=value ...``: readable, and still greppable."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        # Fields go right after the message, before any traceback that format() appends.
-        line = super().formatMessage(record)
-        fields = _fields(record)
-        if fields:
-            line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
-        return line
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``time`` (UTC), ``level``, ``logger``, ``message``, fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in _fields(record).items():
-            # A field must not pass itself off as one of the fixed keys log shippers rely on.
-            entry.setdefault(key, value)
-        if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
-
-
-class _WorkerHandler(logging.StreamHandler[TextIO]):
-    """Marks the handler :func:`configure_logging` installs, so a second call replaces it."""
-
-
-def configure_logging(level: str = "info", *, json_lines: bool = False) -> None:
-    """Send every log record (the worker's, the hub's, libraries') to stderr, one per line.
-
-    Raises :class:`hub.ConfigError` for an unknown level name.
-    """
-    number = _LEVELS.get(level.strip().lower())
-    if number is None:
-        raise ConfigError(f"log level {level!r} is not one of {', '.join(_LEVELS)}")
-    handler = _WorkerHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _WorkerHandler)]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    # Debug output is wanted from the worker and the hub, not from asyncio and redis-py.
-    root.setLevel(max(number, logging.INFO))
-    for name in ("workers", "hub"):
-        logging.getLogger(name).setLevel(number)
 
 
 # -- the worker ---------------------------------------------------------------------------
@@ -301,7 +214,7 @@ class Worker:
 
     def log(self, level: int, message: str, **fields: Any) -> None:
         """Log ``message`` with structured ``fields`` (``key=value``, or JSON keys)."""
-        self.logger.log(level, message, extra={"fields": fields})
+        self.logger.log(level, message, extra=log_fields(**fields))
 
     async def sleep(self, seconds: float) -> bool:
         """Wait up to ``seconds``, less if a stop is requested; return whether it was."""
@@ -477,7 +390,11 @@ class Worker:
                 history_size=options.history_size,
                 log_level=options.log_level,
             )
-            configure_logging(settings.log_level, json_lines=options.log_json)
+            configure_logging(
+                settings.log_level,
+                "json" if options.log_json else "text",
+                verbose_loggers=("workers", "hub"),
+            )
         except ConfigError as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return EXIT_USAGE

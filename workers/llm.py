@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 
 from hub import Publisher, Settings
 from hub.keys import Keys
+from hub.logs import log_fields
 
 from .base import (
     Stopped,
@@ -362,7 +363,7 @@ class LLMWorker(Worker):
             self.log(logging.WARNING, "answer abandoned", request=delivery.id, error=str(exc))
         except Exception:
             self.logger.error(
-                "answering failed", exc_info=True, extra={"fields": {"request": delivery.id}}
+                "answering failed", exc_info=True, extra=log_fields(request=delivery.id)
             )
             try:
                 if request is not None:
