@@ -42,16 +42,11 @@ from hub import Publisher, Settings
 from hub.keys import Keys
 from hub.logs import log_fields
 
-from .base import (
-    Stopped,
-    Worker,
-    channel_name,
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
+from .base import Worker
 from .models import Completion, DemoModel, Model, ModelError, OpenAIModel
+from .options import channel_name, non_negative_int, positive_float, positive_int
 from .requests import Delivery, InvalidRequest, LLMRequest, RequestQueue, parse_request
+from .run import Stopped
 from .sentences import SentenceSplitter
 
 __all__ = ["Completion", "DemoModel", "LLMWorker", "Model", "ModelError", "OpenAIModel", "main"]
