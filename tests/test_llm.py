@@ -26,8 +26,8 @@ from conftest import Backends, RunningHub, StartHub, free_port
 from hub import Publisher
 from hub.keys import Keys
 from sse_client import Event, SSEStream
-from workers.requests import InvalidRequest, parse_request
-from workers.sentences import SentenceSplitter
+from workers.llm.request import InvalidRequest, parse_request
+from workers.llm.sentences import SentenceSplitter
 
 pytestmark = pytest.mark.anyio
 
