@@ -27,8 +27,8 @@ from support.hubs import Backends, RunningHub, StartHub
 from support.net import free_port
 from support.sse import Event, SSEStream
 from support.workers import ROOT, WorkerProcess, redis_env, redis_only
-from workers.requests import InvalidRequest, parse_request
-from workers.sentences import SentenceSplitter
+from workers.llm.request import InvalidRequest, parse_request
+from workers.llm.sentences import SentenceSplitter
 
 pytestmark = pytest.mark.anyio
 

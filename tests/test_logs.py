@@ -3,14 +3,20 @@ per closed stream with its duration, the events it was sent and why it ended."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import logging
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from hub.errors import ConfigError
+from hub.logs import JsonFormatter, TextFormatter, configure_logging, log_fields
 from support.processes import HubProcess, HubProcesses
 from support.sse import SSEStream
 
@@ -73,3 +79,76 @@ async def test_streams_ended_by_shutdown_are_logged_with_that_reason(
     closed = await closed_streams(hub, 3)
     assert [line["reason"] for line in closed] == ["shutdown"] * 3
     assert all(line["events"] == 0 for line in closed)
+
+
+# -- the one format of the hub and the workers --------------------------------------------
+
+
+def record(
+    msg: str, *, fields: dict[str, Any] | None = None, failed: bool = False
+) -> logging.LogRecord:
+    """A record of the ``workers.test`` logger, as ``logger.warning(msg, extra=...)`` makes."""
+    exc_info = None
+    if failed:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            exc_info = sys.exc_info()
+    return logging.getLogger("workers.test").makeRecord(
+        "workers.test", logging.WARNING, __file__, 1, msg, (), exc_info,
+        extra=None if fields is None else log_fields(**fields),
+    )  # fmt: skip
+
+
+def test_text_lines_carry_fields_as_key_value_after_the_message_and_the_traceback_below() -> None:
+    line = TextFormatter().format(
+        record(
+            "publish failed",
+            fields={"attempt": 2, "error": 'no "redis" here', "e": ""},
+            failed=True,
+        )
+    )
+    first, *rest = line.splitlines()
+    assert first.endswith(
+        ' WARNING workers.test: publish failed attempt=2 error="no \\"redis\\" here" e=""'
+    )
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "ValueError: boom"
+    # Several processes on one stream: each line says which one wrote it.
+    hello = record("hello")
+    assert (
+        TextFormatter(with_pid=True)
+        .format(hello)
+        .endswith(f" WARNING workers.test[{hello.process}]: hello")
+    )
+
+
+def test_json_lines_have_the_hub_keys_then_the_fields_which_cannot_take_them_over() -> None:
+    fields = {"request": "1-0", "msg": "not the message", "pid": 0, "exc": "no"}
+    text = JsonFormatter().format(record("answering failed", fields=fields, failed=True))
+    line = json.loads(text)
+    assert list(line) == ["ts", "level", "logger", "pid", "msg", "request", "exc"]
+    assert line["msg"] == "answering failed"
+    assert line["level"] == "warning"
+    assert line["logger"] == "workers.test"
+    assert line["pid"] > 0
+    assert line["ts"].endswith("Z")
+    assert line["exc"].endswith("ValueError: boom")
+
+
+def test_an_unknown_log_level_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="log level 'loud' is not one of debug, info"):
+        configure_logging("loud")
+
+
+def test_the_logging_setup_imports_nothing_of_the_web_stack() -> None:
+    # Workers import hub.logs, and run no web server.
+    source = Path(__file__).resolve().parent.parent / "hub" / "logs.py"
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or "").partition(".")[0])
+    assert not imported & {"starlette", "sse_starlette", "uvicorn", "jwt", "prometheus_client"}
+    assert {name for name in imported if name.startswith(".")} <= {".errors"}

@@ -115,10 +115,15 @@ async def test_hub_worker_command_runs_the_ticker(
     assert [t["seq"] for t in ticks] == [1, 2]
     # --log-json: every line is one JSON object.
     records = [json.loads(line) for line in worker.lines]
-    assert {r["message"] for r in records} >= {"worker started", "worker stopped"}
-    started = next(r for r in records if r["message"] == "worker started")
+    assert {r["msg"] for r in records} >= {"worker started", "worker stopped"}
+    started = next(r for r in records if r["msg"] == "worker started")
     assert started["channel"] == "via-cli"
     assert started["key_prefix"] == backends.prefix
+    # The hub's JSON lines: the same keys, whichever process writes them.
+    assert started["logger"] == "workers.ticker"
+    assert started["level"] == "info"
+    assert started["pid"] == worker.process.pid
+    assert started["ts"].endswith("Z")
 
 
 # -- stopping -----------------------------------------------------------------------------

@@ -1,228 +1,32 @@
-"""The worker kit: a base class for long-running producers that publish into the hub.
+"""The ``Worker`` base class: what a worker provides, and what the kit gives it.
 
-A worker is a loop of steps: :meth:`Worker.step` does one unit of work (typically one
-publish), then the worker waits until ``interval`` seconds after the step began, and so on
-until ``max_steps`` steps are done or a SIGTERM/SIGINT arrives. The base takes care of:
-
-- configuration: ``--redis-url`` / ``HUB_REDIS_URL`` (required), and the key prefix,
-  history size and other publish settings from ``HUB_*`` via :meth:`hub.Settings.from_env`;
-- shutdown: the first SIGTERM/SIGINT lets the current step finish (a step that is
-  waiting to retry a publish is abandoned instead), then the publisher is closed and the
-  process exits 0; a second signal stops at once;
-- Redis outages: :meth:`Worker.publish` retries on :class:`hub.BackendUnavailable` with
-  exponential back-off and jitter, logging each failure, instead of crashing;
-- logging: one line per record with ``key=value`` fields, or one JSON object per line
-  with ``--log-json`` (or ``HUB_LOG_JSON=1``).
-
-Exit codes: 0 done or stopped by a signal, 1 crashed, 2 bad options or configuration,
-128 + N stopped forcibly by a second signal N.
-
-A worker that is not a fixed-rate loop (a consumer that blocks reading requests) sets
-``interval = 0`` and blocks inside :meth:`Worker.step`; :meth:`Worker.setup`,
-:meth:`Worker.finish` and :meth:`Worker.close` let it start and stop background work,
-and overriding :meth:`Worker.create` gives it the Redis client and the settings.
-
-A minimal worker::
-
-    class Hello(Worker):
-        name = "hello"
-
-        async def step(self, n: int) -> None:
-            await self.publish("greetings", {"n": n}, event="hello")
-
-    def main(argv: list[str] | None = None) -> int:
-        return Hello.main(argv)
+A subclass sets ``name`` and ``description``, adds its options in
+:meth:`Worker.add_arguments`, does one unit of work in :meth:`Worker.step`, and its
+``main`` is ``return MyWorker.main(argv)``. The loop around the steps is in
+:mod:`workers.run`, the way from a command line to a running worker in
+:mod:`workers.launch`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
-import os
-import random
-import signal
-import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from typing import Any, ClassVar, TextIO, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from redis.asyncio import Redis
 
-from hub import Backend, BackendUnavailable, ConfigError, Publisher, Settings
-from hub.errors import BadRequest
-from hub.keys import check_channel
+from hub import BackendUnavailable, Publisher, Settings
+from hub.logs import log_fields
 
-__all__ = [
-    "EXIT_CRASHED",
-    "EXIT_OK",
-    "EXIT_USAGE",
-    "JsonFormatter",
-    "Stopped",
-    "TextFormatter",
-    "Worker",
-    "channel_name",
-    "configure_logging",
-    "non_negative_int",
-    "positive_float",
-    "positive_int",
-]
+from . import pacing
+from .launch import launch
+from .options import add_common_options
+from .run import Stopped, StopRequest, run
 
-EXIT_OK = 0
-EXIT_CRASHED = 1
-EXIT_USAGE = 2
-
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
-
-NO_REDIS_MESSAGE = (
-    "no Redis URL: set HUB_REDIS_URL or pass --redis-url redis://HOST:6379/0. A worker runs "
-    "in its own process, so it cannot reach a hub's embedded in-memory backend; it needs "
-    "the same Redis the hub nodes use."
-)
-
+__all__ = ["Worker"]
 
 _W = TypeVar("_W", bound="Worker")
-
-
-class Stopped(Exception):
-    """A stop was requested while a step waited (to retry a publish); the step is abandoned.
-
-    Raised by :meth:`Worker.publish`; the run loop catches it and ends normally. A step
-    that catches broad exceptions must let this one through.
-    """
-
-
-# -- option types -------------------------------------------------------------------------
-
-
-def positive_float(text: str) -> float:
-    """``argparse`` type: a number of seconds greater than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number greater than 0")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """``argparse`` type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """``argparse`` type: a whole number of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
-
-
-def channel_name(text: str) -> str:
-    """``argparse`` type: a channel name the hub accepts (checked before anything runs)."""
-    try:
-        return check_channel(text)
-    except BadRequest as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-# -- logging ------------------------------------------------------------------------------
-
-
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    fields = getattr(record, "fields", None)
-    return fields if isinstance(fields, dict) else {}
-
-
-def _text_value(value: object) -> str:
-    text = str(value)
-    # Quote only when needed, so the common case stays readable and still splits on spaces.
-    if not text or any(c.isspace() or c in '"=' for c in text):
-        return json.dumps(text, ensure_ascii=False)
-    return text
-
-
-class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: message key=value ...``: readable, and still greppable."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        # Fields go right after the message, before any traceback that format() appends.
-        line = super().formatMessage(record)
-        fields = _fields(record)
-        if fields:
-            line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
-        return line
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``time`` (UTC), ``level``, ``logger``, ``message``, fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in _fields(record).items():
-            # A field must not pass itself off as one of the fixed keys log shippers rely on.
-            entry.setdefault(key, value)
-        if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
-
-
-class _WorkerHandler(logging.StreamHandler[TextIO]):
-    """Marks the handler :func:`configure_logging` installs, so a second call replaces it."""
-
-
-def configure_logging(level: str = "info", *, json_lines: bool = False) -> None:
-    """Send every log record (the worker's, the hub's, libraries') to stderr, one per line.
-
-    Raises :class:`hub.ConfigError` for an unknown level name.
-    """
-    number = _LEVELS.get(level.strip().lower())
-    if number is None:
-        raise ConfigError(f"log level {level!r} is not one of {', '.join(_LEVELS)}")
-    handler = _WorkerHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _WorkerHandler)]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    # Debug output is wanted from the worker and the hub, not from asyncio and redis-py.
-    root.setLevel(max(number, logging.INFO))
-    for name in ("workers", "hub"):
-        logging.getLogger(name).setLevel(number)
-
-
-# -- the worker ---------------------------------------------------------------------------
 
 
 class Worker:
@@ -246,8 +50,8 @@ class Worker:
         self.max_steps: int | None = None
         self.retry_min: float = options.retry_min
         self.retry_max: float = max(options.retry_max, options.retry_min)
-        self._stopping = asyncio.Event()
-        self._forced_by: int | None = None
+        #: Set by :meth:`stop` and by SIGTERM/SIGINT while :meth:`run` runs.
+        self.stop_request = StopRequest()
 
     # -- what a subclass provides ----------------------------------------------------------
 
@@ -293,36 +97,24 @@ class Worker:
     @property
     def stopping(self) -> bool:
         """Whether a stop was requested; a long step may check it to end early."""
-        return self._stopping.is_set()
+        return self.stop_request.is_set()
 
     def stop(self) -> None:
         """Request a graceful stop: the current step finishes, no new step starts."""
-        self._stopping.set()
+        self.stop_request.set()
 
     def log(self, level: int, message: str, **fields: Any) -> None:
         """Log ``message`` with structured ``fields`` (``key=value``, or JSON keys)."""
-        self.logger.log(level, message, extra={"fields": fields})
+        self.logger.log(level, message, extra=log_fields(**fields))
 
     async def sleep(self, seconds: float) -> bool:
         """Wait up to ``seconds``, less if a stop is requested; return whether it was."""
-        if self._stopping.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self._stopping.wait(), max(seconds, 0.0))
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await self.stop_request.wait(seconds)
 
     def backoff(self, failures: int) -> float:
-        """Seconds to wait after ``failures`` failed attempts in a row.
-
-        Exponential from ``retry_min`` up to ``retry_max``, with "equal jitter" (half
-        fixed, half random) so that workers cut off by the same outage do not all come
-        back in the same instant.
-        """
-        # The exponent is capped so that a days-long outage cannot overflow the float.
-        ceiling = min(self.retry_max, self.retry_min * 2 ** min(failures - 1, 60))
-        return random.uniform(ceiling / 2, ceiling)
+        """Seconds to wait after ``failures`` failed attempts in a row: exponential from
+        ``retry_min`` up to ``retry_max``, with jitter (:func:`workers.pacing.backoff`)."""
+        return pacing.backoff(failures, self.retry_min, self.retry_max)
 
     async def publish(
         self, channels: str | Sequence[str], data: Any, *, event: str | None = None
@@ -331,10 +123,11 @@ class Worker:
 
         Each failure is logged and followed by :meth:`backoff`; the event is retried
         until it is published (its id is returned) or a stop is requested (then
-        :class:`Stopped` is raised). Delivery is at least once: a publish whose reply was
-        lost may have gone through before it is retried, so give events something a
-        consumer can recognise duplicates by (the ticker's ``seq``). Other errors (a bad
-        channel, a payload over ``HUB_MAX_PAYLOAD``) are bugs, and are raised at once.
+        :class:`~workers.Stopped` is raised). Delivery is at least once: a publish whose
+        reply was lost may have gone through before it is retried, so give events
+        something a consumer can recognise duplicates by (the ticker's ``seq``). Other
+        errors (a bad channel, a payload over ``HUB_MAX_PAYLOAD``) are bugs, and are
+        raised at once.
         """
         failures = 0
         while True:
@@ -358,168 +151,22 @@ class Worker:
             return event_id
 
     async def run(self) -> int:
-        """Run steps until done or stopped, handling SIGTERM/SIGINT; return the exit code."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        installed: list[signal.Signals] = []
-
-        def on_signal(signum: signal.Signals) -> None:
-            if not self._stopping.is_set():
-                self.log(
-                    logging.INFO, "stop requested; finishing the current step", signal=signum.name
-                )
-                self._stopping.set()
-                return
-            # A second signal means the operator will not wait for the step to finish.
-            self.log(logging.WARNING, "second signal; stopping now", signal=signum.name)
-            self._forced_by = int(signum)
-            if task is not None:
-                task.cancel()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(signum, on_signal, signum)
-            except (NotImplementedError, RuntimeError, ValueError):
-                # Not the main thread, or no signal support (Windows): the default
-                # handlers stay, and Ctrl-C still ends the process.
-                continue
-            installed.append(signum)
-        try:
-            await self.setup()
-            steps = await self._steps()
-            await self.finish()
-        except asyncio.CancelledError:
-            if self._forced_by is None:
-                raise
-            return 128 + self._forced_by
-        finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
-            try:
-                await self.close()
-            finally:
-                await self.publisher.aclose()
-        self.log(logging.INFO, "worker stopped", steps=steps)
-        return EXIT_OK
-
-    async def _steps(self) -> int:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        n = 0
-        while not self._stopping.is_set():
-            n += 1
-            try:
-                await self.step(n)
-            except Stopped as exc:
-                self.log(logging.WARNING, "step abandoned", step=n, reason=str(exc))
-                return n - 1
-            if self.max_steps is not None and n >= self.max_steps:
-                break
-            # A fixed rate rather than a fixed pause, so steps do not drift by their own
-            # duration; steps missed while behind (a Redis outage) are skipped, not burst.
-            next_at += self.interval
-            now = loop.time()
-            next_at = max(next_at, now)
-            if await self.sleep(next_at - now):
-                break
-        return n
+        """Run steps until done or stopped, handling SIGTERM/SIGINT; return the exit code
+        (:func:`workers.run.run`)."""
+        return await run(self)
 
     # -- running it from the command line --------------------------------------------------
 
     @classmethod
     def parser(cls) -> argparse.ArgumentParser:
-        """The worker's command line: the common options plus :meth:`add_arguments`."""
+        """The worker's command line: :meth:`add_arguments`, then the common options."""
         parser = argparse.ArgumentParser(prog=f"hub worker {cls.name}", description=cls.description)
         cls.add_arguments(parser)
-        common = parser.add_argument_group("common worker options")
-        common.add_argument(
-            "--redis-url", help="redis://HOST:PORT/DB the hub nodes use (HUB_REDIS_URL); required"
-        )
-        common.add_argument("--key-prefix", help="prefix of the hub's Redis keys (HUB_KEY_PREFIX)")
-        common.add_argument(
-            "--history-size", type=positive_int, help="events kept per channel (HUB_HISTORY_SIZE)"
-        )
-        common.add_argument("--log-level", help="debug, info, warning, error (HUB_LOG_LEVEL)")
-        common.add_argument(
-            "--log-json",
-            action="store_true",
-            default=_env_flag("HUB_LOG_JSON"),
-            help="log one JSON object per line (HUB_LOG_JSON=1)",
-        )
-        common.add_argument(
-            "--retry-min",
-            type=positive_float,
-            default=0.5,
-            metavar="SECONDS",
-            help="first back-off after a failed publish (default 0.5)",
-        )
-        common.add_argument(
-            "--retry-max",
-            type=positive_float,
-            default=30.0,
-            metavar="SECONDS",
-            help="longest back-off between publish attempts (default 30)",
-        )
+        add_common_options(parser)
         return parser
 
     @classmethod
     def main(cls, argv: Sequence[str] | None = None) -> int:
-        """Parse ``argv``, configure, run until done or stopped; return the exit code."""
-        prog = f"hub worker {cls.name}"
-        try:
-            options = cls.parser().parse_args(argv)
-        except SystemExit as exc:  # --help, or a usage error argparse already reported
-            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-        try:
-            settings = Settings.from_env(
-                redis_url=options.redis_url,
-                key_prefix=options.key_prefix,
-                history_size=options.history_size,
-                log_level=options.log_level,
-            )
-            configure_logging(settings.log_level, json_lines=options.log_json)
-        except ConfigError as exc:
-            print(f"{prog}: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        logger = logging.getLogger(f"workers.{cls.name}")
-        if not settings.redis_url:
-            logger.error(NO_REDIS_MESSAGE)
-            return EXIT_USAGE
-        try:
-            return asyncio.run(cls._start(options, settings))
-        except ConfigError as exc:
-            logger.error("%s", exc)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            return 128 + signal.SIGINT
-        except Exception:
-            logger.exception("worker crashed")
-            return EXIT_CRASHED
-
-    @classmethod
-    async def _start(cls, options: argparse.Namespace, settings: Settings) -> int:
-        assert settings.redis_url is not None
-        backend = Backend(
-            settings.redis_url, pool_size=settings.redis_pool_size, client_name=f"worker:{cls.name}"
-        )
-        try:
-            client = backend.command_client()
-        except ValueError as exc:
-            raise ConfigError(f"HUB_REDIS_URL / --redis-url is not usable: {exc}") from None
-        # The publisher names this URL in its error messages, which end up in logs: give
-        # it the form without credentials.
-        publisher = Publisher(client, settings.replace(redis_url=backend.describe()))
-        try:
-            worker = cls.create(options, publisher, redis=client, settings=settings)
-        except BaseException:
-            await publisher.aclose()
-            raise
-        worker.log(
-            logging.INFO,
-            "worker started",
-            redis=backend.describe(),
-            key_prefix=settings.key_prefix,
-            pid=os.getpid(),
-            **worker.describe(),
-        )
-        return await worker.run()
+        """Parse ``argv``, configure, run until done or stopped; return the exit code
+        (:func:`workers.launch.launch`)."""
+        return launch(cls, argv)

@@ -20,7 +20,8 @@ from typing import Any
 
 from hub import Publisher
 
-from .base import Worker, channel_name, positive_float, positive_int
+from .base import Worker
+from .options import channel_name, positive_float, positive_int
 
 __all__ = ["EVENT_TYPE", "Ticker", "main"]
 

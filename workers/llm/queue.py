@@ -1,4 +1,4 @@
-"""Requests for the ``llm`` worker: their format, and the queue that hands out each once.
+"""The queue of requests for the ``llm`` worker, which hands each one out once.
 
 A request is an ordinary hub event on the requests channel (``llm.requests``), so it
 lands in that channel's history stream, ``{prefix}stream:llm.requests``. Workers read
@@ -24,14 +24,15 @@ from typing import Any, cast
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from hub.errors import BadRequest
-from hub.keys import Keys, check_channel
+from hub.store.keys import Keys
 
-__all__ = ["Delivery", "InvalidRequest", "LLMRequest", "RequestQueue", "parse_request"]
+from .request import LLMRequest
 
+__all__ = ["Delivery", "RequestQueue"]
+
+# The worker's logger, not this module's: to whoever reads the logs these lines are the
+# worker's, and they keep the name they had before the worker became a package.
 logger = logging.getLogger("workers.llm")
-
-_FIELDS = ("prompt", "reply_to", "model", "system")
 
 #: Idle time given to requests a stopping worker hands back: any sweep takes them.
 _RELEASED_IDLE_MS = 365 * 24 * 3600 * 1000
@@ -51,66 +52,6 @@ for i = 3, #ARGV do
 end
 return lost
 """
-
-
-@dataclass(frozen=True)
-class LLMRequest:
-    """One question. ``id`` is the request event's id, which names it in logs and replies."""
-
-    id: str
-    prompt: str
-    reply_to: str
-    model: str | None = None
-    system: str | None = None
-
-
-class InvalidRequest(Exception):
-    """A request that cannot be answered; ``reply_to`` is where to say so, if known."""
-
-    def __init__(self, message: str, reply_to: str | None = None) -> None:
-        super().__init__(message)
-        self.reply_to = reply_to
-
-
-def parse_request(request_id: str, data: bytes | str, requests_channel: str) -> LLMRequest:
-    """Read a request's data: JSON ``{"prompt", "reply_to", "model"?, "system"?}``.
-
-    Raises :class:`InvalidRequest` with a message that says what to change.
-    """
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        body = json.loads(text)
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidRequest(
-            'a request must be a JSON object {"prompt": "...", "reply_to": "<channel>"}'
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"a request must be a JSON object, not {type(body).__name__}")
-    reply_to = body.get("reply_to")
-    try:
-        reply_to = check_channel(reply_to) if reply_to is not None else None
-    except BadRequest as exc:
-        raise InvalidRequest(f"reply_to is not a usable channel: {exc}") from None
-    if reply_to == requests_channel:
-        # Replies there would be read back as requests.
-        raise InvalidRequest(f"reply_to must not be the requests channel {requests_channel!r}")
-    unknown = sorted(set(body) - set(_FIELDS))
-    if unknown:
-        raise InvalidRequest(
-            f"unknown field {unknown[0]!r}; a request has {', '.join(_FIELDS)}", reply_to
-        )
-    if reply_to is None:
-        raise InvalidRequest("a request needs reply_to: the channel to stream the answer to")
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidRequest("a request needs prompt: a non-empty string", reply_to)
-    optional: dict[str, str | None] = {}
-    for name in ("model", "system"):
-        value = body.get(name)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise InvalidRequest(f"{name} must be a non-empty string when given", reply_to)
-        optional[name] = value
-    return LLMRequest(request_id, prompt, reply_to, optional["model"], optional["system"])
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any, Protocol, cast
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from hub.backend import redact
+from hub.store.backend import redact
 
 __all__ = ["DEMO_ANSWER", "Completion", "DemoModel", "Model", "ModelError", "OpenAIModel"]
 
