@@ -5,8 +5,10 @@ ends or the connection breaks it comes back by itself, after the hub's ``retry:`
 sending ``Last-Event-ID`` so that the hub replays exactly what was missed.
 
 >>> async with HubClient("http://127.0.0.1:8000") as hub:
-...     event_id = await hub.publish("news", {"title": "hello"}, event="update")
-...     async for event in hub.subscribe(["news"], last_event_id=event_id):
+...     cursor = await hub.publish("news", "an event the subscriber has seen")
+...     await hub.publish("news", {"title": "hello"}, event="update")
+...     # Everything after the cursor: the "update" event, then live events.
+...     async for event in hub.subscribe(["news"], last_event_id=cursor):
 ...         print(event.id, event.event, event.data)
 """
 
