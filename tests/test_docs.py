@@ -55,8 +55,8 @@ import httpx
 import pytest
 import redis
 
-from conftest import free_port
 from hub.config import Settings
+from support.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

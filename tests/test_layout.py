@@ -151,3 +151,23 @@ def test_only_the_store_talks_to_redis() -> None:
                 f"{module}: {n}" for n in names if n.split(".")[0] in ("redis", "fakeredis")
             ]
     assert talkers == []
+
+
+def test_no_test_imports_conftest_or_another_test() -> None:
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            found += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0] == "conftest" or n.split(".")[0].startswith("test_")
+            ]
+    assert found == []
