@@ -13,7 +13,7 @@ import pytest
 import hub.store.history
 from hub import Backend, Settings
 from hub.delivery.broker import CLOCK_REUSE, Broker
-from hub.delivery.live import Channel
+from hub.delivery.channel import Channel
 from hub.errors import BackendUnavailable
 from hub.store.history import Clock, ClockReads
 from hub.store.ids import parse_id

@@ -22,8 +22,9 @@ from typing import Any
 
 from hub.config import Settings
 from hub.delivery.admission import Admission
+from hub.delivery.channel import Channel
 from hub.delivery.fanout import Fanout, NativeFanout
-from hub.delivery.live import Channel, LivePath
+from hub.delivery.live import LivePath
 from hub.delivery.sse import HEARTBEAT, encode_frame, preamble, signal_frame
 from hub.delivery.stats import Stats
 from hub.delivery.stream import Stream, StreamControl

@@ -9,20 +9,33 @@ Mercure door's log) brings its own, and reuses the whole live path unchanged.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from hub.config import Settings
+from hub.delivery.channel import Channel
 from hub.delivery.sse import encode_frame, retry_frame
 from hub.delivery.stats import Stats, lag_since
+from hub.delivery.stream import Stream
 from hub.store import Clock, EventId, Keys, Store
 from hub.store.records import live_event
 
-if TYPE_CHECKING:
-    from hub.delivery.live import Channel, LivePath
-
-__all__ = ["Fanout", "NativeFanout"]
+__all__ = ["Fanout", "NativeFanout", "Recovering"]
 
 logger = logging.getLogger("hub")
+
+
+class Recovering(Protocol):
+    """What recovery needs of the live path it catches up (a ``LivePath``)."""
+
+    subscribers: set[Stream]
+
+    def channels(self) -> list[Channel]:
+        """The channels the path is subscribed to."""
+        ...
+
+    def advance(self, event_id: EventId) -> None:
+        """Events up to ``event_id`` have been received."""
+        ...
 
 
 class Fanout(Protocol):
@@ -41,7 +54,7 @@ class Fanout(Protocol):
         follows it); return its id."""
         ...
 
-    async def recover(self, live: LivePath, after: EventId, clock: Clock) -> None:
+    async def recover(self, live: Recovering, after: EventId, clock: Clock) -> None:
         """Deliver, in order, what was published after ``after`` on ``live``'s channels
         while its connection was down; :meth:`LivePath.advance` past each event."""
         ...
@@ -79,7 +92,7 @@ class NativeFanout:
             sub.deliver(event_id, frame)
         return event_id
 
-    async def recover(self, live: LivePath, after: EventId, clock: Clock) -> None:
+    async def recover(self, live: Recovering, after: EventId, clock: Clock) -> None:
         channels = [c for c in live.channels() if c.subscribers]
         if not channels:
             return

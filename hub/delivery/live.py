@@ -20,12 +20,13 @@ import logging
 from typing import Any
 
 from hub.config import Settings
+from hub.delivery.channel import Channel
 from hub.delivery.fanout import Fanout
 from hub.delivery.stream import Stream
 from hub.errors import BackendUnavailable
 from hub.store import Clock, EventId, Follower, LiveConnection, Store, format_id
 
-__all__ = ["Channel", "LivePath"]
+__all__ = ["LivePath"]
 
 logger = logging.getLogger("hub")
 
@@ -42,33 +43,6 @@ PROBE_TIMEOUT = 5.0
 #: Seconds an event may take from publish to this node before the position check
 #: counts it as missed (capped at half the check interval).
 POSITION_GRACE = 2.0
-
-
-class Channel:
-    __slots__ = (
-        "confirmed",
-        "confirmed_at",
-        "floor",
-        "idle_since",
-        "name",
-        "pending",
-        "session",
-        "subscribers",
-    )
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.subscribers: set[Stream] = set()
-        self.confirmed = asyncio.Event()
-        #: Loop time when ``confirmed`` was last set.
-        self.confirmed_at = 0.0
-        #: SUBSCRIBE commands sent on ``session`` and not yet confirmed.
-        self.pending = 0
-        self.session: LiveConnection | None = None
-        self.idle_since: float | None = None
-        #: The newest id when the subscription was confirmed: older events were never
-        #: this node's to deliver live (clients replayed them from history).
-        self.floor: EventId = (0, 0)
 
 
 class LivePath:

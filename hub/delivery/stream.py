@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from hub.delivery.sse import retry_frame
 from hub.delivery.stats import TOKEN_EXPIRED, Stats
@@ -19,9 +19,6 @@ from hub.delivery.writer import DirectWriter
 from hub.errors import BackendUnavailable
 from hub.logs import log_stream_closed
 from hub.store.ids import EventId
-
-if TYPE_CHECKING:
-    from hub.delivery.live import Channel, LivePath
 
 __all__ = ["Opening", "Stream", "StreamControl"]
 
@@ -46,7 +43,24 @@ class StreamControl(Protocol):
 
 
 #: A stream's opening, given its confirmed channels: one chunk, or a generator of them.
-Opening = Callable[["list[Channel]"], Awaitable[bytes] | AsyncGenerator[bytes, None]]
+Opening = Callable[[list[Any]], Awaitable[bytes] | AsyncGenerator[bytes, None]]
+
+
+class Path(Protocol):
+    """What a stream needs of the live path it runs on (:class:`hub.delivery.live.LivePath`)."""
+
+    def attach(self, stream: Stream) -> list[Any]:
+        """Follow the stream's channels; return them, to be confirmed."""
+        ...
+
+    async def confirm(self, channels: list[Any]) -> None:
+        """Return once Redis has confirmed the subscriptions to ``channels``."""
+        ...
+
+    def detach(self, stream: Stream, now: float | None = None) -> None:
+        """Stop delivering to the stream."""
+        ...
+
 
 #: How each way a stream can close is counted (``hub_connections_closed_total``) and
 #: told in its log line: reason label and what it means.
@@ -262,7 +276,7 @@ class Stream:
 
     async def run(
         self,
-        live: LivePath,
+        live: Path,
         response: StreamControl | None,
         opening: Opening,
         *,

@@ -23,7 +23,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 
 from hub.delivery.broker import Broker
-from hub.delivery.live import Channel, LivePath
+from hub.delivery.channel import Channel
+from hub.delivery.live import LivePath
 from hub.delivery.response import EventStream
 from hub.delivery.sse import preamble
 from hub.doors.auth import Auth, expires_in

@@ -14,17 +14,15 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from hub.config import Settings
+from hub.delivery.channel import Channel
+from hub.delivery.fanout import Recovering
 from hub.delivery.sse import encode_frame, retry_frame
 from hub.delivery.stream import Stream
 from hub.doors.auth import Claims
 from hub.doors.topics import Selectors
 from hub.store import Clock, EventId, Keys, Store, Update, format_id
-
-if TYPE_CHECKING:
-    from hub.delivery.live import Channel, LivePath
 
 __all__ = ["ALL", "FramedUpdate", "MercureFanout", "MercureStream"]
 
@@ -123,7 +121,7 @@ class MercureFanout:
                     sub.deliver(update.id, update.frame(sub.native))
         return update.id
 
-    async def recover(self, live: LivePath, after: EventId, clock: Clock) -> None:
+    async def recover(self, live: Recovering, after: EventId, clock: Clock) -> None:
         subs = [s for s in live.subscribers if isinstance(s, MercureStream)]
         if not subs:
             return
