@@ -16,17 +16,53 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
 
 from hub import Backend, ConfigError, Publisher, Settings
 from hub.logs import configure_logging
 
 from .run import EXIT_OK
 
-if TYPE_CHECKING:
-    from .base import Worker
 
-__all__ = ["EXIT_CRASHED", "EXIT_OK", "EXIT_USAGE", "NO_REDIS_MESSAGE", "launch"]
+class Launched(Protocol):
+    """A worker once made: what :func:`launch` does with it."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def log(self, level: int, message: str, **fields: Any) -> None: ...
+
+    async def run(self) -> int: ...
+
+
+class Launchable(Protocol):
+    """A worker class (:class:`workers.Worker` and its subclasses)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def parser(self) -> argparse.ArgumentParser: ...
+
+    def create(
+        self,
+        options: argparse.Namespace,
+        publisher: Publisher,
+        *,
+        redis: Redis,
+        settings: Settings,
+    ) -> Launched: ...
+
+
+__all__ = [
+    "EXIT_CRASHED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "NO_REDIS_MESSAGE",
+    "Launchable",
+    "Launched",
+    "launch",
+]
 
 EXIT_CRASHED = 1
 EXIT_USAGE = 2
@@ -41,7 +77,7 @@ NO_REDIS_MESSAGE = (
 VERBOSE_LOGGERS = ("workers", "hub")
 
 
-def launch(cls: type[Worker], argv: Sequence[str] | None = None) -> int:
+def launch(cls: Launchable, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, configure, run a ``cls`` until done or stopped; return the exit code."""
     prog = f"hub worker {cls.name}"
     try:
@@ -79,7 +115,7 @@ def launch(cls: type[Worker], argv: Sequence[str] | None = None) -> int:
         return EXIT_CRASHED
 
 
-async def _start(cls: type[Worker], options: argparse.Namespace, settings: Settings) -> int:
+async def _start(cls: Launchable, options: argparse.Namespace, settings: Settings) -> int:
     """Connect to the hub's Redis, make the worker, log its configuration and run it."""
     assert settings.redis_url is not None
     backend = Backend(

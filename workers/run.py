@@ -15,16 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from hub import Publisher
 from hub.logs import log_fields
 
 from .pacing import FixedRate
 
-if TYPE_CHECKING:
-    from .base import Worker
-
-__all__ = ["EXIT_OK", "StopRequest", "Stopped", "run", "run_steps"]
+__all__ = ["EXIT_OK", "Runnable", "StopRequest", "Stopped", "run", "run_steps"]
 
 EXIT_OK = 0
 
@@ -97,7 +95,32 @@ class StopRequest:
             loop.remove_signal_handler(self._installed.pop())
 
 
-async def run(worker: Worker) -> int:
+class Runnable(Protocol):
+    """What the run loop needs of a worker (:class:`workers.Worker` has it all)."""
+
+    stop_request: StopRequest
+    logger: logging.Logger
+    publisher: Publisher
+    interval: float
+    max_steps: int | None
+
+    @property
+    def stopping(self) -> bool: ...
+
+    async def setup(self) -> None: ...
+
+    async def step(self, n: int) -> None: ...
+
+    async def finish(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def sleep(self, seconds: float) -> bool: ...
+
+    def log(self, level: int, message: str, **fields: Any) -> None: ...
+
+
+async def run(worker: Runnable) -> int:
     """Run ``worker`` until done or stopped, handling SIGTERM/SIGINT; return the exit code."""
     stop = worker.stop_request
     stop.handle_signals(asyncio.current_task(), worker.logger)
@@ -120,7 +143,7 @@ async def run(worker: Worker) -> int:
     return EXIT_OK
 
 
-async def run_steps(worker: Worker) -> int:
+async def run_steps(worker: Runnable) -> int:
     """Call ``worker.step(1)``, ``step(2)`` ... at a fixed rate until ``max_steps`` or a
     stop request; return how many steps were completed."""
     loop = asyncio.get_running_loop()
