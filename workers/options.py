@@ -12,7 +12,7 @@ import argparse
 import os
 
 from hub.errors import BadRequest
-from hub.store.keys import check_channel
+from hub.store import check_channel
 
 __all__ = [
     "add_common_options",

@@ -24,7 +24,7 @@ from typing import Any, cast
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from hub.store.keys import Keys
+from hub.store import Keys
 
 from .request import LLMRequest
 

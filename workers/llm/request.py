@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from hub.errors import BadRequest
-from hub.store.keys import check_channel
+from hub.store import check_channel
 
 __all__ = ["InvalidRequest", "LLMRequest", "parse_request"]
 

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from hub import Publisher, Settings
-from hub.store.keys import Keys
+from hub.store import Keys
 
 from ..base import Worker
 from . import options as llm_options
