@@ -8,9 +8,8 @@ exception, and a message that says what to do about it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from redis.exceptions import (
     NoScriptError,
@@ -31,8 +30,6 @@ __all__ = ["FAILURES", "publish_failure", "read_failure", "translated"]
 #: What a call into Redis may raise before translation: redis-py's errors, and the
 #: socket's own on the hub's raw connections.
 FAILURES = (RedisError, OSError)
-
-T = TypeVar("T")
 
 
 def publish_failure(exc: RedisError, where: str) -> HubError:
@@ -66,21 +63,15 @@ def publish_failure(exc: RedisError, where: str) -> HubError:
 
 def read_failure(exc: BaseException, doing: str) -> BackendUnavailable:
     """The hub error for a read or bookkeeping call that failed with ``exc``."""
-    return BackendUnavailable(f"Redis did not answer while {doing} ({exc}); retry")
+    return BackendUnavailable(
+        f"Redis failed while {doing}: {exc or type(exc).__name__}. Check that Redis is "
+        "running and HUB_REDIS_URL points at it; clients retry by themselves"
+    )
 
 
 @contextmanager
 def translated(doing: str) -> Iterator[None]:
     """Raise Redis and socket errors inside as :class:`BackendUnavailable`."""
-    try:
-        yield
-    except FAILURES as exc:
-        raise read_failure(exc, doing) from exc
-
-
-@asynccontextmanager
-async def translated_async(doing: str) -> AsyncIterator[None]:
-    """:func:`translated` for ``async with`` blocks that hold a Redis resource."""
     try:
         yield
     except FAILURES as exc:

@@ -67,7 +67,7 @@ class Store:
 
     async def ping(self) -> None:
         """Raise :class:`hub.errors.BackendUnavailable` unless Redis answers."""
-        with translated("answering PING"):
+        with translated("pinging Redis"):
             await self._redis.ping()
 
     async def read_clock(self) -> Clock:
