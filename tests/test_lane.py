@@ -1,4 +1,4 @@
-"""The publish lane (hub/lane.py): one pipelined connection per publisher, real Redis."""
+"""The publish lane (hub/store/lane.py): one pipelined connection per publisher, real Redis."""
 
 from __future__ import annotations
 

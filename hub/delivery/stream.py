@@ -83,7 +83,7 @@ class Stream:
     history is being replayed, live frames are held back and released afterwards, so
     replay and live events come out merged, in order, without duplicates.
 
-    With a ``direct`` writer (:mod:`hub.delivery.writer`), a subscriber whose queue is empty and
+    With a ``direct`` writer (:mod:`hub.delivery.writer`), a stream whose queue is empty and
     whose task is waiting switches to writing each frame onto the socket at once, from
     the reader, and back to queueing when it is closed with a final frame.
     """

@@ -129,7 +129,7 @@ class Publisher:
         self._where = (
             redact(settings.redis_url) if settings and settings.redis_url else "the backend"
         )
-        # The script goes down a lane of its own when the server allows (hub/lane.py):
+        # The script goes down a lane of its own when the server allows (hub/store/lane.py):
         # less than half the CPU per publish of a pooled redis-py call.
         self._lane = Lane.for_client(client)
 
