@@ -154,6 +154,15 @@ def test_publishing_from_a_worker_loads_no_web_stack(statement: str) -> None:
     assert heavy == []
 
 
+def _imported(node: ast.AST) -> list[str]:
+    """The absolute module names an import statement names (none for other nodes)."""
+    if isinstance(node, ast.ImportFrom):
+        return [node.module or ""]
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    return []
+
+
 def test_only_the_store_talks_to_redis() -> None:
     # Redis errors become hub errors in one place (hub.store.failures): a module that
     # imported redis-py outside the store would see, and have to handle, its exceptions.
@@ -163,13 +172,7 @@ def test_only_the_store_talks_to_redis() -> None:
         if module.startswith("hub.store"):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = (
-                [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else []
-            )
+            names = _imported(node)
             talkers += [
                 f"{module}: {n}" for n in names if n.split(".")[0] in ("redis", "fakeredis")
             ]
@@ -181,13 +184,7 @@ def test_no_test_imports_conftest_or_another_test() -> None:
     found = []
     for path in tests.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = (
-                [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else []
-            )
+            names = _imported(node)
             found += [
                 f"{path.name}: {n}"
                 for n in names

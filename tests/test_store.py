@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hub import BackendUnavailable, Settings
-from hub.store import Backend, Store, Update
+from hub.store import Backend, Store
 from support.hubs import Backends
 from support.redis_server import RedisServer
 
@@ -27,7 +27,7 @@ async def test_the_store_reads_back_what_its_publisher_wrote(backends: Backends)
         newest, now_ms = await store.newest([store.keys.stream("news"), store.keys.stream("none")])
         assert newest == [clock.head, None]
         assert now_ms >= clock.head[0]
-        log = [u async for u in store.read_log((0, 0), Update)]
+        log = [u async for u in store.read_log((0, 0))]
         assert [(u.raw_id.decode(), u.topics, u.data) for u in log] == [
             (first, ["news"], b"one"),
             (second, ["news"], b"two"),
@@ -58,7 +58,7 @@ async def test_every_read_raises_backend_unavailable_when_redis_is_gone(
         "recording lost events": lambda: store.record_loss((1, 0), (2, 0)),
         "reading history": lambda: drain(store.history(["news"], (1, 0))),
         "checking positions": lambda: store.newest([store.keys.stream("news")]),
-        "reading the log": lambda: drain(store.read_log((0, 0), Update)),
+        "reading the log": lambda: drain(store.read_log((0, 0))),
         "looking up an event id": lambda: store.chosen_id("x"),
     }
     try:

@@ -14,15 +14,13 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from hub.store.ids import EventId, stream_id
 
 __all__ = ["LiveEvent", "Update", "entry_fields", "live_event"]
 
 _MESSAGE = b"message"
-
-U = TypeVar("U", bound="Update")
 
 
 class LiveEvent(NamedTuple):
@@ -49,10 +47,7 @@ def entry_fields(flat: list[bytes]) -> tuple[bytes, bytes, bytes]:
 
 
 class Update:
-    """One event as the Mercure door sees it: a log entry or a Mercure live message.
-
-    A door may subclass it to keep what it builds per event (its frames) beside it.
-    """
+    """One event as the Mercure door sees it: a log entry or a Mercure live message."""
 
     __slots__ = ("data", "event", "id", "mid", "private", "raw_id", "retry", "topics")
 
@@ -77,13 +72,13 @@ class Update:
         self.data = data
 
     @classmethod
-    def from_message(cls: type[U], payload: bytes) -> U:
+    def from_message(cls, payload: bytes) -> Update:
         """Decode a Mercure live message."""
         raw_id, mid, event, retry, private, topics, data = payload.split(b"\n", 6)
         return cls(raw_id, mid, event, retry, private == b"1", topics, data)
 
     @classmethod
-    def from_entry(cls: type[U], raw_id: bytes, fields: dict[bytes, bytes]) -> U:
+    def from_entry(cls, raw_id: bytes, fields: dict[bytes, bytes]) -> Update:
         """Decode a log entry."""
         return cls(
             raw_id,

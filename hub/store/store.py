@@ -20,7 +20,8 @@ from hub.store.ids import EventId, format_id, parse_id, stream_id
 from hub.store.keys import Keys
 from hub.store.publisher import Publisher
 from hub.store.pubsub import LiveConnection, OnMessage, OnSubscribed, open_live
-from hub.store.records import U, Update
+from hub.store.records import Update
+from hub.store.subscriptions import SubscriptionRecords
 
 __all__ = ["Follower", "Store"]
 
@@ -111,8 +112,8 @@ class Store:
 
     # -- the Mercure door's log ------------------------------------------------------
 
-    async def read_log(self, after: EventId, cls: type[U]) -> AsyncIterator[U]:
-        """Every event of the hub-wide log after ``after``, in id order, as ``cls``."""
+    async def read_log(self, after: EventId) -> AsyncIterator[Update]:
+        """Every event of the hub-wide log after ``after``, in id order."""
         start = b"(" + format_id(after).encode() if after > (0, 0) else b"-"
         while True:
             with translated("reading the log"):
@@ -120,7 +121,7 @@ class Store:
                     Any, await self._redis.xrange(self.keys.log, start, b"+", _LOG_PAGE)
                 )
             for raw_id, fields in page:
-                yield cls.from_entry(raw_id, fields)
+                yield Update.from_entry(raw_id, fields)
             if len(page) < _LOG_PAGE:
                 return
             start = b"(" + page[-1][0]
@@ -147,7 +148,6 @@ class Store:
             mapped = await self._redis.hget(self.keys.mercure_ids, mercure_id)
         return parse_id(mapped) if mapped is not None else None
 
-    @property
-    def redis(self) -> Any:
-        """The command client: for the store's own modules (records of their own)."""
-        return self._redis
+    def subscription_records(self, node: str, ttl_ms: int) -> SubscriptionRecords:
+        """Node ``node``'s records in the Mercure subscriptions registry."""
+        return SubscriptionRecords(self._redis, self.keys, node, ttl_ms)

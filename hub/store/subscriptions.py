@@ -12,8 +12,10 @@ import json
 from importlib import resources
 from typing import Any, cast
 
+from redis.asyncio import Redis
+
 from hub.store.failures import translated
-from hub.store.store import Store
+from hub.store.keys import Keys
 
 __all__ = ["SubscriptionRecords"]
 
@@ -23,10 +25,10 @@ SCRIPT = (resources.files("hub.store") / "lua" / "subscriptions.lua").read_text(
 class SubscriptionRecords:
     """One node's subscription records, and everyone's for reading."""
 
-    def __init__(self, store: Store, node: str, ttl_ms: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, node: str, ttl_ms: int) -> None:
         self.node = node
-        self._redis = store.redis
-        self._keys = store.keys
+        self._redis = redis
+        self._keys = keys
         self._script = self._redis.register_script(SCRIPT)
         self._ttl_ms = ttl_ms
 

@@ -28,7 +28,7 @@ from hub.delivery.live import LivePath
 from hub.delivery.response import EventStream
 from hub.delivery.sse import preamble
 from hub.doors.auth import Auth, expires_in
-from hub.doors.mercure.fanout import FramedUpdate, MercureFanout, MercureStream
+from hub.doors.mercure.fanout import Frames, MercureFanout, MercureStream
 from hub.doors.mercure.subscriptions import Registry
 from hub.errors import BackendUnavailable
 from hub.store import EventId, format_id, parse_id
@@ -163,10 +163,10 @@ class MercureDoor:
     async def _replay(self, sub: MercureStream, after: EventId) -> AsyncIterator[bytes]:
         chunk: list[bytes] = []
         size = 0
-        async for update in self.store.read_log(after, FramedUpdate):
+        async for update in self.store.read_log(after):
             if update.id <= sub.last or not sub.wants(update.topics, update.private):
                 continue
-            frame = update.frame(sub.native)
+            frame = Frames(update).frame(sub.native)
             chunk.append(frame)
             size += len(frame)
             sub.last = update.id

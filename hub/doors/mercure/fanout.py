@@ -24,7 +24,7 @@ from hub.doors.auth import Claims
 from hub.doors.topics import Selectors
 from hub.store import Clock, EventId, Keys, Store, Update, format_id
 
-__all__ = ["ALL", "FramedUpdate", "MercureFanout", "MercureStream"]
+__all__ = ["ALL", "Frames", "MercureFanout", "MercureStream"]
 
 logger = logging.getLogger("hub")
 
@@ -67,34 +67,27 @@ class MercureStream(Stream):
         return not private or (self.claims is not None and self.claims.can_receive(topics))
 
 
-class FramedUpdate(Update):
-    """An update and its two frames (Mercure and native), each built once when needed."""
+class Frames:
+    """An update's two frames (Mercure and native), each built once, when first needed:
+    one update goes to many streams of either kind."""
 
-    __slots__ = ("_mercure", "_native")
+    __slots__ = ("_mercure", "_native", "update")
 
-    def __init__(
-        self,
-        raw_id: bytes,
-        mid: bytes,
-        event: bytes,
-        retry: bytes,
-        private: bool,
-        topics: bytes,
-        data: bytes,
-    ) -> None:
-        super().__init__(raw_id, mid, event, retry, private, topics, data)
+    def __init__(self, update: Update) -> None:
+        self.update = update
         self._mercure: bytes | None = None
         self._native: bytes | None = None
 
     def frame(self, native: bool) -> bytes:
+        update = self.update
         if native:
             if self._native is None:
-                self._native = encode_frame(self.raw_id, self.event, self.data)
+                self._native = encode_frame(update.raw_id, update.event, update.data)
             return self._native
         if self._mercure is None:
-            frame = encode_frame(self.mercure_id, self.event, self.data)
-            if self.retry:
-                frame = b"retry: " + self.retry + b"\n" + frame
+            frame = encode_frame(update.mercure_id, update.event, update.data)
+            if update.retry:
+                frame = b"retry: " + update.retry + b"\n" + frame
             self._mercure = frame
         return self._mercure
 
@@ -114,11 +107,12 @@ class MercureFanout:
         return self._keys.log if channel == ALL else self._keys.stream(channel)
 
     def dispatch(self, channel: Channel | None, payload: bytes) -> EventId:
-        update = FramedUpdate.from_message(payload)
+        update = Update.from_message(payload)
         if channel is not None:
+            frames = Frames(update)
             for sub in channel.subscribers:
                 if isinstance(sub, MercureStream) and sub.wants(update.topics, update.private):
-                    sub.deliver(update.id, update.frame(sub.native))
+                    sub.deliver(update.id, frames.frame(sub.native))
         return update.id
 
     async def recover(self, live: Recovering, after: EventId, clock: Clock) -> None:
@@ -145,10 +139,11 @@ class MercureFanout:
                 live.advance(newest.id)
             return
         recovered = 0
-        async for update in self._store.read_log(after, FramedUpdate):
+        async for update in self._store.read_log(after):
+            frames = Frames(update)
             for sub in subs:
                 if sub.wants(update.topics, update.private):
-                    sub.deliver(update.id, update.frame(sub.native))
+                    sub.deliver(update.id, frames.frame(sub.native))
             live.advance(update.id)
             recovered += 1
         if recovered:

@@ -32,7 +32,6 @@ from urllib.parse import quote
 from hub.errors import BadRequest
 from hub.store.publisher import Extra
 from hub.store.store import Store
-from hub.store.subscriptions import SubscriptionRecords
 
 __all__ = ["CONTEXT", "PATH", "Registry", "subscription", "subscription_id"]
 
@@ -65,7 +64,7 @@ class Registry:
 
     def __init__(self, store: Store) -> None:
         self.node = uuid.uuid4().hex
-        self._records = SubscriptionRecords(store, self.node, int(NODE_TTL * 1000))
+        self._records = store.subscription_records(self.node, int(NODE_TTL * 1000))
         self._publisher = store.publisher
         self._queue: asyncio.Queue[tuple[str, str, list[str]]] = asyncio.Queue()
 
