@@ -29,7 +29,7 @@ from hub.delivery.sse import HEARTBEAT, encode_frame, preamble, signal_frame
 from hub.delivery.stats import Stats
 from hub.delivery.stream import Stream, StreamControl
 from hub.errors import BackendUnavailable
-from hub.store import Backend, Clock, EventId, Keys, Publisher, Store, format_id, parse_id
+from hub.store import Backend, Clock, EventId, Publisher, Store, format_id, parse_id
 from hub.supervise import Supervised
 
 __all__ = ["Broker"]
@@ -58,7 +58,6 @@ class Broker:
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self.settings = settings
         self.store = Store(backend, settings)
-        self.keys: Keys = self.store.keys
         self.publisher: Publisher = self.store.publisher
         self._stats = Stats()
         #: Clock reads shared by the streams that open together.
