@@ -5,6 +5,7 @@ and the demo page at ``/`` (``hub/static``)."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -27,7 +28,13 @@ from hub.doors import Door, Endpoint
 from hub.doors.auth import Auth, cors_origins
 from hub.doors.mercure import MERCURE
 from hub.doors.native import NATIVE
-from hub.errors import BackendUnavailable, HubError, TooManyConnections
+from hub.errors import (
+    BackendUnavailable,
+    HubError,
+    KeysUnavailable,
+    RateLimited,
+    TooManyConnections,
+)
 from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
 from hub.store import Backend
@@ -69,6 +76,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             logger.info("using Redis at %s", backend.describe())
         auth.log_mode()
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(auth.opened())
             broker = await stack.enter_async_context(Broker(backend, settings))
             metrics.attach(broker)
             if metrics.multiprocess:
@@ -178,8 +186,11 @@ def drain(app: Starlette) -> None:
 
 async def _hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
-    retry_later = isinstance(exc, (BackendUnavailable, TooManyConnections))
-    headers = {"Retry-After": "5"} if retry_later else None
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    elif isinstance(exc, (BackendUnavailable, TooManyConnections, KeysUnavailable)):
+        headers = {"Retry-After": "5"}
     return JSONResponse(
         {"error": exc.code, "message": str(exc)}, status_code=exc.status_code, headers=headers
     )

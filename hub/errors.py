@@ -9,8 +9,10 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "HubError",
+    "KeysUnavailable",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimited",
     "TooManyConnections",
     "Unauthorized",
 ]
@@ -73,6 +75,26 @@ class TooManyConnections(HubError):
 
     status_code = 503
     code = "too_many_connections"
+
+
+class KeysUnavailable(HubError):
+    """The hub has not loaded its keys from ``HUB_JWT_JWKS_URL`` yet (the endpoint has
+    not answered since start-up); answered with ``Retry-After``."""
+
+    status_code = 503
+    code = "keys_unavailable"
+
+
+class RateLimited(HubError):
+    """Beyond ``HUB_PUBLISH_RATE``: answered ``429`` with ``Retry-After``."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        #: Seconds until the next publish is allowed.
+        self.retry_after = retry_after
 
 
 class Unauthorized(HubError):

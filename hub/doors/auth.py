@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ import jwt
 from starlette.requests import Request
 
 from hub.config import Settings
+from hub.doors.keys import Verification, key_sources, opened
 from hub.doors.topics import Selectors
 from hub.errors import ConfigError, Forbidden, Unauthorized
 
@@ -36,7 +38,6 @@ logger = logging.getLogger("hub")
 #: The cookie a browser sends its token in (Mercure's name).
 COOKIE = "mercureAuthorization"
 
-_ASYMMETRIC = ("RS", "ES", "PS", "Ed")
 #: The last second of the year 9999: a later ``exp`` is out of range, not "never".
 _LATEST = 253402300799
 _OUT_OF_RANGE = (
@@ -55,6 +56,8 @@ class Claims:
     subscribe: Selectors | None
     #: The token's ``exp`` (seconds since the epoch), or ``None``.
     expires: float | None = None
+    #: The token's ``sub``, or ``None`` (what ``HUB_PUBLISH_RATE`` counts by).
+    subject: str | None = None
 
     def can_receive(self, topics: list[str]) -> bool:
         return self.subscribe is not None and self.subscribe.match_any(topics)
@@ -65,35 +68,19 @@ EVERYTHING = Claims(Selectors(["*"]), Selectors(["*"]))
 
 
 class _Verifier:
-    def __init__(self, role: str, key: str, algorithm: str) -> None:
+    def __init__(self, role: str, verification: Verification) -> None:
         self.role = role
-        self.algorithm = algorithm
-        self.key: Any = key
-        if algorithm.startswith(_ASYMMETRIC):
-            # Keys often travel in env vars with their newlines written as \n.
-            pem = key.replace("\\n", "\n").strip()
-            try:
-                self.key = jwt.algorithms.get_default_algorithms()[algorithm].prepare_key(pem)
-            except (KeyError, ValueError, TypeError, jwt.InvalidKeyError) as exc:
-                raise ConfigError(
-                    f"the {role} JWT key is not a usable {algorithm} public key ({exc}); "
-                    "give the PEM text (-----BEGIN PUBLIC KEY-----...) in HUB_JWT_KEY or "
-                    f"HUB_{role.upper()}_JWT_KEY"
-                ) from None
-        elif algorithm not in jwt.algorithms.get_default_algorithms():
-            raise ConfigError(
-                f"HUB_JWT_ALGORITHM={algorithm!r} is not supported; use HS256, RS256 or ES256"
-            )
+        self.verification = verification
 
-    def verify(self, token: str) -> Claims:
+    async def verify(self, token: str) -> Claims:
         try:
-            payload = jwt.decode(token, self.key, algorithms=[self.algorithm])
+            payload = await self.verification.decode(token)
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired; get a fresh one") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(
-                f"the token was refused ({exc}); it must be a JWS signed with the hub's "
-                f"{self.role} key using {self.algorithm}"
+                f"the token was refused ({exc}); it must be a JWS signed with "
+                f"{self.verification.description}"
             ) from None
         except (OverflowError, ValueError, TypeError):
             # PyJWT's own claim checks on values JSON allows but a clock cannot hold
@@ -106,10 +93,12 @@ class _Verifier:
         expires = float(exp) if isinstance(exp, (int, float)) else None
         if expires is not None and not 0 <= expires <= _LATEST:
             raise Unauthorized(_OUT_OF_RANGE)
+        sub = payload.get("sub")
         return Claims(
             _selectors(mercure.get("publish")),
             _selectors(mercure.get("subscribe")),
             expires,
+            subject=sub if isinstance(sub, str) else None,
         )
 
 
@@ -123,13 +112,16 @@ class Auth:
     """The hub's authorization settings, and the checks of one request."""
 
     def __init__(self, settings: Settings) -> None:
-        pub_key = settings.publisher_jwt_key or settings.jwt_key
-        sub_key = settings.subscriber_jwt_key or settings.jwt_key
-        algorithm = settings.jwt_algorithm
-        self.publisher_verifier = _Verifier("publisher", pub_key, algorithm) if pub_key else None
-        self.subscriber_verifier = _Verifier("subscriber", sub_key, algorithm) if sub_key else None
+        self._sources = key_sources(settings)
+        pub, sub = (None if s is None else Verification(s, settings) for s in self._sources)
+        self.publisher_verifier = _Verifier("publisher", pub) if pub else None
+        self.subscriber_verifier = _Verifier("subscriber", sub) if sub else None
         self.anonymous = settings.anonymous
         self.cors_origins = cors_origins(settings)
+
+    def opened(self) -> AbstractAsyncContextManager[None]:
+        """Keeps JWKS keys fetched and fresh while the app runs."""
+        return opened(*self._sources)
 
     def log_mode(self) -> None:
         if self.publisher_verifier is None:
@@ -149,7 +141,7 @@ class Auth:
                 "(list origins by name for that)"
             )
 
-    def publisher(self, request: Request) -> Claims:
+    async def publisher(self, request: Request) -> Claims:
         """The claims of a publish request; raise :class:`Unauthorized` without a valid
         token (publishing always needs one once a key is set)."""
         if self.publisher_verifier is None:
@@ -160,9 +152,9 @@ class Auth:
                 "publishing needs a JWT: send 'Authorization: Bearer <token>' (or the "
                 f"{COOKIE} cookie from an allowed origin)"
             )
-        return self.publisher_verifier.verify(token)
+        return await self.publisher_verifier.verify(token)
 
-    def subscriber(self, request: Request) -> Claims | None:
+    async def subscriber(self, request: Request) -> Claims | None:
         """The claims of a subscribe request; ``None`` for an anonymous subscriber
         (public updates only), where anonymous subscribers are allowed."""
         if self.subscriber_verifier is None:
@@ -176,7 +168,7 @@ class Auth:
                 f"authorization query parameter or the {COOKIE} cookie (or run the hub "
                 "with HUB_ANONYMOUS=1 to serve public updates without one)"
             )
-        return self.subscriber_verifier.verify(token)
+        return await self.subscriber_verifier.verify(token)
 
     @staticmethod
     def check_publish(claims: Claims, topics: list[str]) -> None:

@@ -19,6 +19,7 @@ from hub.delivery.stats import TOKEN_EXPIRED
 from hub.doors import Door
 from hub.doors.auth import Auth, Claims, expires_in
 from hub.doors.body import read_body
+from hub.doors.quota import spend_publish
 from hub.errors import BadRequest
 from hub.store import Extra, check_channels
 from hub.store.keys import refuse_reserved
@@ -57,7 +58,7 @@ async def events(request: Request) -> Response | EventStream:
     auth: Auth = request.app.state.auth
     claims = None
     if auth.subscriber_verifier is not None:
-        claims = auth.subscriber(request)
+        claims = await auth.subscriber(request)
         private: PrivateStreams | None = getattr(request.app.state, "private_streams", None)
         if claims is not None and private is not None and claims.can_receive(channels):
             # Private updates travel on the log only; a plain stream costs the native
@@ -96,6 +97,10 @@ async def publish(request: Request) -> Response:
     """``POST /publish`` ``{"channel": "news", "data": ..., "event": "update"}``."""
     broker: Broker = request.app.state.broker
     settings = broker.settings
+    auth: Auth = request.app.state.auth
+    # Authenticated, and counted against HUB_PUBLISH_RATE, before the body is read.
+    claims = await auth.publisher(request) if auth.publisher_verifier is not None else None
+    await spend_publish(broker, request, claims)
     raw = await read_body(request, settings.max_payload + _ENVELOPE)
     try:
         body = json.loads(raw)
@@ -120,9 +125,8 @@ async def publish(request: Request) -> Response:
     private = body.get("private", False)
     if not isinstance(private, bool):
         raise BadRequest('"private" must be true or false')
-    auth: Auth = request.app.state.auth
-    if auth.publisher_verifier is not None:
-        auth.check_publish(auth.publisher(request), check_channels(channels, 1000))
+    if claims is not None:
+        auth.check_publish(claims, check_channels(channels, 1000))
     started = time.perf_counter()
     event_id = await broker.publisher.publish(
         channels, body["data"], event=body.get("event"), extra=Extra(private=private)

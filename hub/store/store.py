@@ -20,6 +20,7 @@ from hub.store.ids import EventId, format_id, parse_id, stream_id
 from hub.store.keys import Keys
 from hub.store.publisher import Publisher
 from hub.store.pubsub import LiveConnection, OnMessage, OnSubscribed, open_live
+from hub.store.rates import Rates
 from hub.store.records import Update
 from hub.store.subscriptions import SubscriptionRecords
 
@@ -56,6 +57,8 @@ class Store:
         self.publisher = Publisher(self._redis, settings, max_channels=settings.max_channels)
         #: Clock reads shared by the streams that open together.
         self.clock = ClockReads(self._redis, self.keys)
+        #: Per-client allowances shared by every node (``HUB_PUBLISH_RATE``).
+        self.rates = Rates(self._redis, self.keys)
 
     async def aclose(self) -> None:
         self.clock.close()

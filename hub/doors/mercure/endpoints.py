@@ -20,6 +20,7 @@ from hub.doors.body import read_body
 from hub.doors.mercure.door import MercureDoor
 from hub.doors.mercure.fanout import MercureStream
 from hub.doors.mercure.subscriptions import CONTEXT, PATH
+from hub.doors.quota import spend_publish
 from hub.doors.topics import check_template, compile_template, is_template
 from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from hub.store.ids import EventId, format_id
@@ -60,7 +61,7 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
     """``GET /.well-known/mercure?topic=...``: the Mercure subscription stream."""
     door: MercureDoor = request.app.state.mercure
     # Authenticate before any work a selector could make expensive.
-    claims = door.auth.subscriber(request)
+    claims = await door.auth.subscriber(request)
     topics = _selectors(request.query_params.getlist("topic"), door.settings.max_channels)
     door.broker.admission.check()
     cursor = (
@@ -136,7 +137,8 @@ async def native_stream(
 async def mercure_publish(request: Request) -> Response:
     """``POST /.well-known/mercure``: publish an update (form-encoded, Mercure fields)."""
     door: MercureDoor = request.app.state.mercure
-    claims = door.auth.publisher(request)
+    claims = await door.auth.publisher(request)
+    await spend_publish(door.broker, request, claims)
     content_type = request.headers.get("content-type", "")
     if content_type and not content_type.startswith("application/x-www-form-urlencoded"):
         raise BadRequest("send the update as application/x-www-form-urlencoded form fields")
@@ -197,7 +199,7 @@ async def subscriptions_endpoint(request: Request) -> Response:
         raise NotFound("the subscriptions API is off; run the hub with HUB_SUBSCRIPTIONS=1")
     raw = request.scope.get("raw_path") or request.url.path.encode()
     path = raw.decode("latin-1").split("?", 1)[0]
-    claims = door.auth.subscriber(request)
+    claims = await door.auth.subscriber(request)
     if claims is None:
         raise Unauthorized("the subscriptions API needs a subscriber JWT")
     if claims.subscribe is None or not claims.subscribe.match(path):

@@ -1,0 +1,49 @@
+"""``HUB_PUBLISH_RATE``: publishes per token subject, or per client address for a
+publisher without one, counted across every node in Redis (:mod:`hub.store.rates`).
+
+Both doors spend one unit per publish request once the token is verified and before
+the body is read; a request beyond the allowance gets ``429`` with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from starlette.requests import Request
+
+from hub.delivery.broker import Broker
+from hub.doors.auth import Claims
+from hub.errors import RateLimited
+
+__all__ = ["spend_publish"]
+
+#: Longer subjects are hashed, so a key stays small whatever the token says.
+_MAX_WHO = 200
+
+
+async def spend_publish(broker: Broker, request: Request, claims: Claims | None) -> None:
+    """Spend one publish of this client's allowance, or raise :class:`RateLimited`."""
+    settings = broker.settings
+    if not settings.publish_rate:
+        return
+    limit = settings.publish_limit()
+    assert limit is not None
+    count, period = limit
+    who = publisher_of(request, claims)
+    wait = await broker.store.rates.spend(who, count, period)
+    if wait > 0:
+        raise RateLimited(
+            f"{who[:80]} is over HUB_PUBLISH_RATE={settings.publish_rate}; retry in {wait:.1f} s",
+            retry_after=wait,
+        )
+
+
+def publisher_of(request: Request, claims: Claims | None) -> str:
+    """Whom a publish counts against: ``sub:<subject>``, else ``addr:<address>``."""
+    if claims is not None and claims.subject:
+        who = f"sub:{claims.subject}"
+    else:
+        who = f"addr:{request.client.host if request.client else 'unknown'}"
+    if len(who) > _MAX_WHO:
+        who = f"sub#{hashlib.sha256(who.encode('utf-8', 'surrogatepass')).hexdigest()}"
+    return who
