@@ -100,8 +100,13 @@ def publish(settings: Settings) -> dict[str, Any]:
                     f"The body or its data is too large (data: HUB_MAX_PAYLOAD, "
                     f"{settings.max_payload} bytes)."
                 ),
+                "429": error(
+                    "Over HUB_PUBLISH_RATE for this token's subject (or address).",
+                    retry_after=True,
+                ),
                 "503": error(
-                    "Redis is unavailable; the event may not have been published.",
+                    "Redis is unavailable (the event may not have been published), or the "
+                    "keys of HUB_JWT_JWKS_URL are not loaded yet.",
                     retry_after=True,
                 ),
             },
@@ -192,7 +197,14 @@ def mercure(settings: Settings) -> dict[str, Any]:
                     "of a hub event id (<ms>-<n>)."
                 ),
                 "413": error("The body is too large."),
-                "503": error("Redis is unavailable.", retry_after=True),
+                "429": error(
+                    "Over HUB_PUBLISH_RATE for this token's subject (or address).",
+                    retry_after=True,
+                ),
+                "503": error(
+                    "Redis is unavailable, or the keys of HUB_JWT_JWKS_URL are not loaded yet.",
+                    retry_after=True,
+                ),
             },
         },
     }
