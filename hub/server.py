@@ -32,6 +32,7 @@ from starlette.applications import Starlette
 
 from hub.app import create_app, drain
 from hub.config import Settings
+from hub.doors.keys import check_jwks_url
 from hub.errors import ConfigError
 from hub.logs import configure_logging
 from hub.metrics import MULTIPROC_ENV
@@ -123,6 +124,10 @@ def serve(settings: Settings) -> int:
 
     One process, or ``settings.workers`` processes sharing the port under a supervisor.
     """
+    if settings.jwt_jwks_url:
+        # Here, not in the app's start-up, so that a wrong URL is one line and status 2
+        # (and before logging is set up: httpx would log the request too).
+        check_jwks_url(settings.jwt_jwks_url)
     _configure_logging(settings)
     with _metrics_dir(settings.workers > 1):
         if settings.workers > 1:

@@ -236,7 +236,7 @@ async def test_an_endpoint_that_answers_no_jwks_is_a_configuration_error(
 
 
 def test_bad_jwks_settings_are_one_line_configuration_errors(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], jwks: JWKSServer
 ) -> None:
     with pytest.raises(ConfigError, match="not an http"):
         create_app(Settings(jwt_jwks_url="ftp://example.com/keys"))
@@ -246,6 +246,13 @@ def test_bad_jwks_settings_are_one_line_configuration_errors(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "HUB_JWT_JWKS_URL" in err
+    # An endpoint that answers, but not with keys: hub serve says so before it starts.
+    jwks.status = 404
+    port = str(free_port())
+    assert main(["serve", "--port", port, "--jwt-jwks-url", jwks.url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "answered HTTP 404" in err
 
 
 # -- audience and issuer ----------------------------------------------------------------

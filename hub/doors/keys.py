@@ -36,6 +36,7 @@ __all__ = [
     "KeySource",
     "StaticKey",
     "Verification",
+    "check_jwks_url",
     "key_sources",
 ]
 
@@ -140,10 +141,7 @@ class JWKSKeys:
                 await self._fetch()
             except JWKSError as exc:
                 if exc.answered:
-                    raise ConfigError(
-                        f"HUB_JWT_JWKS_URL: {exc}; point it at the identity provider's "
-                        "jwks_uri (a JSON object with a 'keys' list of public keys)"
-                    ) from None
+                    raise _config_error(exc) from None
                 logger.warning("%s; retrying in the background", exc)
             await stack.enter_async_context(Supervised("hub JWKS refresh", self._refresh_forever))
             yield self
@@ -244,6 +242,37 @@ class JWKSKeys:
                 answered=False,
             ) from None
         return parse_jwks(body, self.url)
+
+
+def check_jwks_url(url: str, timeout: float = FETCH_TIMEOUT) -> None:
+    """For ``hub serve``, before any event loop runs: raise :class:`ConfigError` when the
+    endpoint answers with something that is not a usable JWKS. One that does not answer
+    may be down for a while: the app's own fetches retry it."""
+    JWKSKeys(url)  # the URL's shape
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+            response = client.get(url)
+    except httpx.HTTPError:
+        return
+    try:
+        if response.status_code != 200:
+            raise JWKSError(
+                f"the JWKS at {url} answered HTTP {response.status_code}", answered=True
+            )
+        if len(response.content) > MAX_JWKS_BYTES:
+            raise JWKSError(
+                f"the JWKS at {url} is larger than {MAX_JWKS_BYTES} bytes", answered=True
+            )
+        parse_jwks(response.content, url)
+    except JWKSError as exc:
+        raise _config_error(exc) from None
+
+
+def _config_error(exc: JWKSError) -> ConfigError:
+    return ConfigError(
+        f"HUB_JWT_JWKS_URL: {exc}; point it at the identity provider's jwks_uri (a JSON "
+        "object with a 'keys' list of public keys)"
+    )
 
 
 def parse_jwks(body: bytes, url: str) -> dict[str | None, jwt.PyJWK]:
