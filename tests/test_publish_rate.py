@@ -90,6 +90,8 @@ async def test_beyond_the_rate_a_subject_gets_429_with_retry_after_on_both_doors
         assert "HUB_PUBLISH_RATE=3/min" in refused.json()["message"]
         # A unit comes back every 20 s; the last one was spent just now.
         assert 10 <= int(refused.headers["Retry-After"]) <= 20
+    metrics = (await client.get(f"{hub.url}/metrics")).text
+    assert "hub_publishes_rate_limited_total 2.0" in metrics
     # Another subject has an allowance of its own.
     assert (await publish(client, hub, token("bob"))).status_code == 201
     # A token without sub counts against the client's address, as does no token at all

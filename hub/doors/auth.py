@@ -74,7 +74,7 @@ class _Verifier:
 
     async def verify(self, token: str) -> Claims:
         try:
-            payload = await self.verification.decode(token)
+            decoded = await self.verification.decode_complete(token)
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired; get a fresh one") from None
         except jwt.InvalidTokenError as exc:
@@ -86,6 +86,7 @@ class _Verifier:
             # PyJWT's own claim checks on values JSON allows but a clock cannot hold
             # (exp: 1e400 is infinity): a bad token, not a server error.
             raise Unauthorized(_OUT_OF_RANGE) from None
+        payload = decoded["payload"]
         mercure = payload.get("mercure", payload.get("https://mercure.rocks/"))
         if not isinstance(mercure, dict):
             mercure = {}

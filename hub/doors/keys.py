@@ -312,12 +312,13 @@ class Verification:
         self.audience: list[str] | None = audience or None
         self.issuer = settings.jwt_issuer or None
 
-    async def decode(self, token: str) -> dict[str, Any]:
-        """The token's verified claims. PyJWT's errors go to the caller, except the
-        audience and issuer checks', which get messages that name the setting."""
+    async def decode_complete(self, token: str) -> dict[str, Any]:
+        """The verified token, as :func:`jwt.decode_complete` gives it (``header``,
+        ``payload``). PyJWT's errors go to the caller, except those of the audience and
+        issuer checks, which get messages that name the setting."""
         key, algorithms = await self.source.resolve(token)
         try:
-            payload: dict[str, Any] = jwt.decode(
+            decoded: dict[str, Any] = jwt.decode_complete(
                 token,
                 key,
                 algorithms=algorithms,
@@ -344,7 +345,7 @@ class Verification:
             raise Unauthorized(
                 f"the token has no {exc.claim} claim, which {setting} requires"
             ) from None
-        return payload
+        return decoded
 
 
 def key_sources(settings: Settings) -> tuple[KeySource | None, KeySource | None]:

@@ -32,6 +32,7 @@ async def spend_publish(broker: Broker, request: Request, claims: Claims | None)
     who = publisher_of(request, claims)
     wait = await broker.store.rates.spend(who, count, period)
     if wait > 0:
+        broker.stats.rate_limited += 1
         raise RateLimited(
             f"{who[:80]} is over HUB_PUBLISH_RATE={settings.publish_rate}; retry in {wait:.1f} s",
             retry_after=wait,
