@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from hub import ConfigError, Settings, create_app
 from hub.cli import main
 from hub.doors.keys import JWKSKeys
+from hub.errors import KeysUnavailable
 from support.hubs import Backends, RunningHub, StartHub
 from support.jwks import JWKSServer, SigningKey
 from support.mercure import KEY
@@ -246,13 +247,26 @@ def test_bad_jwks_settings_are_one_line_configuration_errors(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "HUB_JWT_JWKS_URL" in err
-    # An endpoint that answers, but not with keys: hub serve says so before it starts.
+    # An endpoint that answers, but not with keys: hub serve says so before it starts,
+    # without the password the URL holds.
     jwks.status = 404
     port = str(free_port())
-    assert main(["serve", "--port", port, "--jwt-jwks-url", jwks.url]) == 2
+    url = jwks.url.replace("http://", "http://user:s3cret@")
+    assert main(["serve", "--port", port, "--jwt-jwks-url", url]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "answered HTTP 404" in err
+    assert "s3cret" not in err
+
+
+async def test_a_stalled_endpoint_costs_a_request_one_timeout_then_503(
+    jwks: JWKSServer, rsa_key: SigningKey
+) -> None:
+    jwks.delay = 2.0
+    keys = JWKSKeys(jwks.url, timeout=0.2)
+    async with keys.opened():  # not a configuration error: it may come back
+        with pytest.raises(KeysUnavailable, match="could not load its keys"):
+            await keys.resolve(rsa_key.sign(PUBLISH))
 
 
 # -- audience and issuer ----------------------------------------------------------------

@@ -115,7 +115,9 @@ class JWKSKeys:
                 "provider's jwks_uri, such as https://auth.example.com/.well-known/jwks.json"
             )
         self.url = url
-        self.description = f"a key of the JWKS at {url}"
+        #: The URL as messages and logs show it: without a user or password in it.
+        self.shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        self.description = f"a key of the JWKS at {self.shown}"
         self.refresh = refresh
         self.unknown_kid_interval = unknown_kid_interval
         self.timeout = timeout
@@ -164,16 +166,16 @@ class JWKSKeys:
             return key.key, [key.algorithm_name]
         if not self._loaded:
             raise KeysUnavailable(
-                f"the hub could not load its keys from {self.url} yet; retry shortly"
+                f"the hub could not load its keys from {self.shown} yet; retry shortly"
             )
         if kid is None:
             raise Unauthorized(
-                f"the token has no kid header and the JWKS at {self.url} holds "
+                f"the token has no kid header and the JWKS at {self.shown} holds "
                 f"{len(self._keys)} keys; sign it with a kid that names one of them"
             )
         stale = " (the hub could not fetch the set just now)" if self.failures else ""
         raise Unauthorized(
-            f"the token's kid {kid[:80]!r} is not among the keys of {self.url}{stale}; sign "
+            f"the token's kid {kid[:80]!r} is not among the keys of {self.shown}{stale}; sign "
             "it with a current key of that set"
         )
 
@@ -212,7 +214,15 @@ class JWKSKeys:
     async def _fetch(self) -> None:
         assert self._client is not None, "open the JWKS keys first"
         try:
-            self._keys = await self._load(self._client)
+            # One deadline for the whole fetch: httpx's timeout bounds each read only, and
+            # requests with a new kid wait for this.
+            self._keys = await asyncio.wait_for(self._load(self._client), self.timeout)
+        except asyncio.TimeoutError:
+            self.failures += 1
+            raise JWKSError(
+                f"the JWKS at {self.shown} took over {self.timeout:g} s to answer",
+                answered=False,
+            ) from None
         except JWKSError:
             self.failures += 1
             raise
@@ -225,7 +235,7 @@ class JWKSKeys:
             async with client.stream("GET", self.url) as response:
                 if response.status_code != 200:
                     raise JWKSError(
-                        f"the JWKS at {self.url} answered HTTP {response.status_code}",
+                        f"the JWKS at {self.shown} answered HTTP {response.status_code}",
                         answered=True,
                     )
                 body = b""
@@ -233,22 +243,22 @@ class JWKSKeys:
                     body += chunk
                     if len(body) > MAX_JWKS_BYTES:
                         raise JWKSError(
-                            f"the JWKS at {self.url} is larger than {MAX_JWKS_BYTES} bytes",
+                            f"the JWKS at {self.shown} is larger than {MAX_JWKS_BYTES} bytes",
                             answered=True,
                         )
         except httpx.HTTPError as exc:
             raise JWKSError(
-                f"the JWKS at {self.url} could not be fetched ({exc or type(exc).__name__})",
+                f"the JWKS at {self.shown} could not be fetched ({exc or type(exc).__name__})",
                 answered=False,
             ) from None
-        return parse_jwks(body, self.url)
+        return parse_jwks(body, self.shown)
 
 
 def check_jwks_url(url: str, timeout: float = FETCH_TIMEOUT) -> None:
     """For ``hub serve``, before any event loop runs: raise :class:`ConfigError` when the
     endpoint answers with something that is not a usable JWKS. One that does not answer
     may be down for a while: the app's own fetches retry it."""
-    JWKSKeys(url)  # the URL's shape
+    shown = JWKSKeys(url).shown  # checks the URL's shape
     try:
         with httpx.Client(timeout=timeout, follow_redirects=True) as client:
             response = client.get(url)
@@ -257,13 +267,13 @@ def check_jwks_url(url: str, timeout: float = FETCH_TIMEOUT) -> None:
     try:
         if response.status_code != 200:
             raise JWKSError(
-                f"the JWKS at {url} answered HTTP {response.status_code}", answered=True
+                f"the JWKS at {shown} answered HTTP {response.status_code}", answered=True
             )
         if len(response.content) > MAX_JWKS_BYTES:
             raise JWKSError(
-                f"the JWKS at {url} is larger than {MAX_JWKS_BYTES} bytes", answered=True
+                f"the JWKS at {shown} is larger than {MAX_JWKS_BYTES} bytes", answered=True
             )
-        parse_jwks(response.content, url)
+        parse_jwks(response.content, shown)
     except JWKSError as exc:
         raise _config_error(exc) from None
 

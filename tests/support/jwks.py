@@ -54,6 +54,8 @@ class JWKSServer:
         self.status = 200
         #: The body it answers with, when a test wants it to say something else.
         self.body: bytes | None = None
+        #: Seconds it waits before answering (a stalled endpoint).
+        self.delay = 0.0
         #: Requests answered so far.
         self.requests = 0
         server = self
@@ -61,6 +63,7 @@ class JWKSServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests += 1
+                time.sleep(server.delay)
                 body = server.body
                 if body is None:
                     body = json.dumps({"keys": [k.jwk() for k in server.keys]}).encode()
