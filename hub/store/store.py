@@ -62,6 +62,7 @@ class Store:
 
     async def aclose(self) -> None:
         self.clock.close()
+        await self.rates.aclose()
         await self.publisher.aclose(close_client=False)
         await self._redis.aclose(close_connection_pool=True)
 
