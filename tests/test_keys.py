@@ -243,6 +243,10 @@ def test_bad_jwks_settings_are_one_line_configuration_errors(
         create_app(Settings(jwt_jwks_url="ftp://example.com/keys"))
     with pytest.raises(ConfigError, match="give one"):
         create_app(Settings(jwt_jwks_url="https://example.com/jwks.json", jwt_key=KEY))
+    # A role's own key beside the set is checked like any key.
+    pem = "-----BEGIN PUBLIC KEY-----\nnot really\n-----END PUBLIC KEY-----"
+    with pytest.raises(ConfigError, match="PEM key, but HUB_JWT_ALGORITHM is HS256"):
+        create_app(Settings(jwt_jwks_url="https://example.com/jwks.json", publisher_jwt_key=pem))
     assert main(["serve", "--jwt-jwks-url", "example.com/jwks.json"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
