@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 
 from hub.app import create_app, drain
 from hub.config import Settings
-from hub.doors.keys import check_jwks_url
+from hub.doors.jwks import check_jwks_url
 from hub.errors import ConfigError
 from hub.logs import configure_logging
 from hub.metrics import MULTIPROC_ENV

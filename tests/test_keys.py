@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from hub import ConfigError, Settings, create_app
 from hub.cli import main
-from hub.doors.keys import JWKSKeys
+from hub.doors.jwks import JWKSKeys
 from hub.errors import KeysUnavailable
 from support.hubs import Backends, RunningHub, StartHub
 from support.jwks import JWKSServer, SigningKey
