@@ -94,7 +94,12 @@ class JWKSKeys:
                     raise _config_error(exc) from None
                 logger.warning("%s; retrying in the background", exc)
             await stack.enter_async_context(Supervised("hub JWKS refresh", self._refresh_forever))
-            yield self
+            try:
+                yield self
+            finally:
+                # A fetch for an unknown kid still running would outlive its client.
+                if self._inflight is not None:
+                    self._inflight.cancel()
         self._client = None
 
     def kids(self) -> list[str | None]:
