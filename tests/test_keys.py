@@ -92,6 +92,11 @@ async def test_tokens_signed_by_any_key_of_the_set_pass_on_both_doors(
     for key in (rsa_key, ec_key):
         assert (await native_publish(client, keyed, key.sign(PUBLISH))).status_code == 201
         await mercure_publish(client, keyed, key.sign(PUBLISH))
+        headers = {"Authorization": f"Bearer {key.sign(PUBLISH)}"}
+        async with client.stream(
+            "GET", f"{keyed.url}/.well-known/mercure", params={"topic": "*"}, headers=headers
+        ) as stream:
+            assert stream.status_code == 200
     # A stranger's key with a kid of the set: the signature does not verify.
     forged = SigningKey("RS256").sign(PUBLISH, kid=rsa_key.kid)
     response = await native_publish(client, keyed, forged)
