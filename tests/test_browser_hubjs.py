@@ -1,0 +1,261 @@
+"""hub.js in a real browser: tabs of one origin share one stream, hand it over when the
+tab holding it closes or freezes, resume from the saved cursor, and switch to fresh
+tokens before theirs expire. Playwright drives Debian's chromium, headless."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, Request
+
+from support.browser import HttpPublisher, PageErrors, chromium, metric, screenshot
+from support.mercure import KEY, token
+from support.processes import HubProcesses
+
+pytestmark = pytest.mark.anyio
+
+#: The documented calls, run in a page of the hub's origin (docs/javascript.md).
+SUBSCRIBE = """async ([channels, door]) => {
+    const { subscribe } = await import("/static/hub.js");
+    window.got = [];
+    window.resets = [];
+    window.tokens = [];
+    window.sub = subscribe(channels, {
+        onEvent: (event) => window.got.push([event.id, event.data]),
+        onReset: (reason, channels) => window.resets.push([reason, channels]),
+    }, {
+        door,
+        getToken: async () => {
+            const token = await window.issueToken();
+            window.tokens.push(token);
+            return token;
+        },
+    });
+}"""
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
+
+
+async def demo_tab(context: BrowserContext, errors: PageErrors, url: str, channels: str) -> Page:
+    page = errors.watch(await context.new_page())
+    page.set_default_timeout(10_000)
+    await page.goto(f"{url}/?channels={channels}&connect=1")
+    await page.wait_for_selector("#state[data-state=open], #state[data-state=resumed]")
+    return page
+
+
+async def shown(page: Page) -> list[tuple[str, str]]:
+    """What the demo page received, in order: ``(id, data)``."""
+    received: list[dict[str, str]] = await page.evaluate("window.hubDemo.received")
+    return [(r["id"], r["data"]) for r in received]
+
+
+async def wait_shown(page: Page, count: int) -> list[tuple[str, str]]:
+    await page.wait_for_function(f"window.hubDemo.received.length >= {count}", timeout=20_000)
+    await asyncio.sleep(0.3)  # nothing more may come: no duplicates arriving late
+    return await shown(page)
+
+
+async def holder(pages: list[Page]) -> Page:
+    """The tab holding the shared stream (exactly one)."""
+    leaders = [p for p in pages if await p.evaluate("window.hubDemo.subscription.leader")]
+    assert len(leaders) == 1, len(leaders)
+    return leaders[0]
+
+
+async def wait_for_holder(pages: list[Page]) -> Page:
+    for _ in range(100):
+        leaders = [p for p in pages if await p.evaluate("window.hubDemo.subscription.leader")]
+        if len(leaders) == 1:
+            return leaders[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no single tab took the stream over")
+
+
+async def test_eight_tabs_share_one_stream_and_each_sees_every_event_once_as_tabs_close(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    hub = await hubs.start(env={"HUB_RETRY_MS": "300"})
+    errors = PageErrors()
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    tabs = [await demo_tab(context, errors, hub.url, "tabs") for _ in range(8)]
+    await wait_for_holder(tabs)
+    assert await metric(hub.url, "hub_connections") == 1
+
+    publishing = HttpPublisher(hub.url, "tabs")
+    publishing.start()
+    try:
+        await publishing.until(10)
+        # Close five tabs one at a time, the one holding the stream first and third.
+        for turn in range(5):
+            closing = await holder(tabs) if turn % 2 == 0 else tabs[-1]
+            tabs.remove(closing)
+            await closing.close()
+            await wait_for_holder(tabs)
+            await publishing.until(len(publishing.acknowledged) + 10)
+    finally:
+        await publishing.stop()
+    acknowledged = publishing.acknowledged
+    for tab in tabs:
+        assert await wait_shown(tab, len(acknowledged)) == acknowledged
+    assert await metric(hub.url, "hub_connections") == 1
+    assert errors.errors == []
+
+
+async def test_a_hung_or_frozen_holder_hands_the_stream_over_and_catches_up_after(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    hub = await hubs.start(env={"HUB_RETRY_MS": "300"})
+    errors = PageErrors()
+    context = await browser.new_context()
+    tabs = [await demo_tab(context, errors, hub.url, "hang") for _ in range(3)]
+    publishing = HttpPublisher(hub.url, "hang")
+    publishing.start()
+    try:
+        await publishing.until(10)
+        # A holder whose script hangs for 4 s: it holds the lock but says nothing, so
+        # another tab steals the lock; the hung one follows once it comes back.
+        hung = await wait_for_holder(tabs)
+        await hung.evaluate(
+            "setTimeout(() => { const end = Date.now() + 4000; while (Date.now() < end); })"
+        )
+        await wait_for_holder([t for t in tabs if t is not hung])
+        await publishing.until(len(publishing.acknowledged) + 15)
+        await wait_for_holder(tabs)
+        # The browser freezes a hidden tab after telling it (the freeze event); headless
+        # chromium does not freeze its always-visible pages, so the test sends the event.
+        frozen = await holder(tabs)
+        await frozen.evaluate("document.dispatchEvent(new Event('freeze'))")
+        await wait_for_holder([t for t in tabs if t is not frozen])
+        await publishing.until(len(publishing.acknowledged) + 10)
+        await frozen.evaluate("document.dispatchEvent(new Event('resume'))")
+        await publishing.until(len(publishing.acknowledged) + 10)
+    finally:
+        await publishing.stop()
+    acknowledged = publishing.acknowledged
+    for tab in tabs:
+        assert await wait_shown(tab, len(acknowledged)) == acknowledged
+    assert await metric(hub.url, "hub_connections") == 1
+    assert errors.errors == []
+
+
+async def test_a_tab_resumes_from_its_saved_cursor_after_a_reload(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    hub = await hubs.start()
+    errors = PageErrors()
+    context = await browser.new_context()
+    page = await demo_tab(context, errors, hub.url, "reload")
+    streams: list[Request] = []
+    page.on("request", lambda r: streams.append(r) if "/events?" in r.url else None)
+    publishing = HttpPublisher(hub.url, "reload")
+    publishing.start()
+    await publishing.until(5)
+    seen = await wait_shown(page, 5)
+    # Away from the page (its stream closed) while events keep coming, then back.
+    await page.goto("about:blank")
+    await publishing.until(len(publishing.acknowledged) + 5)
+    await page.go_back()
+    await page.wait_for_selector("#state[data-state=resumed]")
+    await publishing.until(len(publishing.acknowledged) + 5)
+    # A reload, the same way.
+    await page.reload()
+    await page.wait_for_selector("#state[data-state=resumed]")
+    await publishing.until(len(publishing.acknowledged) + 5)
+    await publishing.stop()
+    acknowledged = publishing.acknowledged
+    ids = [i for i, _ in acknowledged]
+    cursors = [await r.header_value("last-event-id") for r in streams]
+    assert len(cursors) == 2, cursors  # back, then reloaded: each from its cursor
+    assert ids.index(cursors[0]) >= len(seen) - 1
+    assert ids.index(cursors[1]) > ids.index(cursors[0])
+    expected = acknowledged[ids.index(cursors[1]) + 1 :]
+    assert await wait_shown(page, len(expected)) == expected  # nothing lost, nothing twice
+    assert errors.errors == []
+
+
+@pytest.mark.parametrize(("door", "seconds"), [("native", 15), ("mercure", 7)])
+async def test_tokens_expiring_every_five_seconds_are_replaced_with_no_gap_and_no_repeat(
+    hubs: HubProcesses, browser: Browser, door: str, seconds: float
+) -> None:
+    hub = await hubs.start(env={"HUB_JWT_KEY": KEY})
+    errors = PageErrors(401)  # the first token handed out has expired already
+    context = await browser.new_context()
+    page = errors.watch(await context.new_page())
+    issued: list[str] = []
+
+    def issue_token() -> str:
+        issued.append(token(expires_in=5 if issued else -10))
+        return issued[-1]
+
+    await page.expose_function("issueToken", issue_token)
+    await page.goto(f"{hub.url}/")
+    await page.evaluate(SUBSCRIBE, [["tokens"], door])
+    await page.wait_for_function("window.sub.state === 'open'")
+    publishing = HttpPublisher(
+        hub.url, "tokens", bearer=token(publish=["*"]), mercure=door == "mercure"
+    )
+    publishing.start()
+    await asyncio.sleep(seconds)
+    await publishing.stop()
+    acknowledged = publishing.acknowledged
+    await page.wait_for_function(f"window.got.length >= {len(acknowledged)}")
+    await asyncio.sleep(0.3)
+    got = [(i, d) for i, d in await page.evaluate("window.got")]
+    assert got == acknowledged
+    tokens = await page.evaluate("window.tokens")
+    assert len(tokens) >= 1 + seconds // 5  # the expired one, then one per lifetime
+    assert await metric(hub.url, "hub_connections_closed_total", 'reason="expired"') == 0
+    assert await page.evaluate("window.resets") == []
+    assert errors.errors == []
+
+
+async def test_demo_page_reads_well_on_a_phone_and_uses_a_wide_screen(
+    hubs: HubProcesses, browser: Browser, tmp_path: Path
+) -> None:
+    hub = await hubs.start()
+    errors = PageErrors()
+    context = await browser.new_context(viewport={"width": 390, "height": 844})
+    page = await demo_tab(context, errors, hub.url, "looks")
+    publishing = HttpPublisher(hub.url, "looks")
+    publishing.start()
+    await publishing.until(3)
+    await publishing.stop()
+    await wait_shown(page, 3)
+    await page.evaluate("""fetch("publish", {method: "POST", body: JSON.stringify({
+        channel: "looks", event: "update",
+        data: {text: "a longer event, to see how it wraps on a narrow screen", n: 42}})})""")
+    await wait_shown(page, 4)
+    phone = await page.evaluate("""() => ({
+        scroll: document.documentElement.scrollWidth,
+        data: document.querySelector("#events td.data").getBoundingClientRect().width,
+        row: document.querySelector("#events tbody tr").getBoundingClientRect().height,
+    })""")
+    assert phone["scroll"] <= 390, phone  # no sideways scrolling
+    assert phone["data"] > 300, phone  # the data gets the width of the screen
+    assert phone["row"] < 120, phone
+    print("screenshot:", await screenshot(page, tmp_path, "hubjs-390"))
+
+    await page.set_viewport_size({"width": 1280, "height": 800})
+    boxes = await page.evaluate("""() => Object.fromEntries(
+        ["subscribe-section", "publish-section", "chat-section"].map((id) => {
+            const r = document.getElementById(id).getBoundingClientRect();
+            return [id, [r.left, r.top, r.right]];
+        }))""")
+    events, publish, chat = (
+        boxes["subscribe-section"],
+        boxes["publish-section"],
+        boxes["chat-section"],
+    )
+    assert publish[0] > 1280 * 0.6, boxes  # the right third
+    assert chat[0] == publish[0], boxes
+    assert publish[1] == events[1], boxes  # beside the events, not below them
+    print("screenshot:", await screenshot(page, tmp_path, "hubjs-1280"))
+    assert errors.errors == []
