@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Request
 
@@ -181,7 +182,80 @@ async def test_a_tab_resumes_from_its_saved_cursor_after_a_reload(
     assert errors.errors == []
 
 
-@pytest.mark.parametrize(("door", "seconds"), [("native", 15), ("mercure", 7)])
+async def test_a_tab_away_for_longer_than_the_holder_remembers_catches_up_from_the_hub(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    hub = await hubs.start(env={"HUB_HISTORY_SIZE": "2000"})  # the hub remembers more
+    errors = PageErrors()
+    context = await browser.new_context()
+    staying = await demo_tab(context, errors, hub.url, "away")
+    away = await demo_tab(context, errors, hub.url, "away")
+    await publish_many(hub.url, "away", 3)
+    await wait_shown(away, 3)
+    streams: list[Request] = []
+    away.on("request", lambda r: streams.append(r) if "/events?" in r.url else None)
+    await away.goto("about:blank")
+    await publish_many(hub.url, "away", 1100)  # more than the holder keeps (1000)
+    await away.go_back()
+    await away.wait_for_function("window.hubDemo.received.length >= 1100", timeout=20_000)
+    everything = await wait_shown(staying, 1103)
+    assert await shown(away) == everything[3:]
+    # It read what it missed on a stream of its own, from its cursor.
+    assert [await r.header_value("last-event-id") for r in streams] == [everything[2][0]]
+    assert errors.errors == []
+
+
+async def publish_many(url: str, channel: str, count: int) -> None:
+    """Publish ``count`` events, ten at a time (the tests compare ids, not data)."""
+    async with httpx.AsyncClient(base_url=url) as client:
+
+        async def one(n: int) -> None:
+            body = {"channel": channel, "data": str(n)}
+            assert (await client.post("/publish", json=body)).status_code == 201
+
+        for start in range(0, count, 10):
+            await asyncio.gather(*(one(n) for n in range(start, min(count, start + 10))))
+
+
+async def test_a_subscription_switches_channels_and_closes_on_the_mercure_door(
+    hubs: HubProcesses, browser: Browser
+) -> None:
+    hub = await hubs.start()
+    errors = PageErrors()
+    page = errors.watch(await browser.new_page())
+    ended: list[str] = []
+    page.on("requestfailed", lambda r: ended.append(r.url) if "mercure?" in r.url else None)
+    await page.expose_function("issueToken", lambda: None)
+    await page.goto(f"{hub.url}/")
+    await page.evaluate(
+        SUBSCRIBE.replace("door,", 'door, lastEventId: "urn:uuid:no-such-update",'),
+        [["https://example.com/a"], "mercure"],
+    )
+    await page.wait_for_function("window.sub.state === 'open' && window.resets.length")
+    assert await page.evaluate("window.resets") == [["unknown", ["https://example.com/a"]]]
+    await page.evaluate("window.sub.setChannels(['https://example.com/b'])")
+    await page.wait_for_function("window.sub.state === 'open'")
+    await publish_many(hub.url, "https://example.com/a", 1)
+    await publish_many(hub.url, "https://example.com/b", 1)
+    await page.wait_for_function("window.got.length >= 1")
+    await asyncio.sleep(0.3)
+    assert [data for _id, data in await page.evaluate("window.got")] == ["0"]  # b's only
+    assert await page.evaluate("window.sub.channels") == ["https://example.com/b"]
+    await page.evaluate("window.sub.close()")
+    assert await page.evaluate("window.sub.state") == "closed"
+    # Both streams ended in the browser: a's when it switched, b's when it closed.
+    for _ in range(50):
+        if len(ended) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [u.split("topic=")[1] for u in ended] == [
+        "https%3A%2F%2Fexample.com%2Fa",
+        "https%3A%2F%2Fexample.com%2Fb",
+    ]
+    assert errors.errors == []
+
+
+@pytest.mark.parametrize(("door", "seconds"), [("native", 15), ("mercure", 6)])
 async def test_tokens_expiring_every_five_seconds_are_replaced_with_no_gap_and_no_repeat(
     hubs: HubProcesses, browser: Browser, door: str, seconds: float
 ) -> None:

@@ -338,6 +338,7 @@ class Group {
       this.beat = setInterval(beat, BEAT_MS);
     }
     let fresh = false;
+    let authFailures = 0;
     while (this.leading && !this.stopped) {
       this.current = new AbortController();
       let response = null;
@@ -348,12 +349,15 @@ class Group {
         this.setState(this.opened ? "reconnecting" : "connecting", { error: String(err) });
       }
       fresh = false;
-      if (response && response.status === 401) {
+      if (response && (response.status === 401 || response.status === 403)) {
         fresh = true; // ask for a new token instead of retrying the old one
-        this.setState(this.opened ? "reconnecting" : "connecting", { error: "401 from the hub" });
+        authFailures += 1;
+        const detail = await response.text().catch(() => "");
+        this.setState(this.opened ? "reconnecting" : "connecting",
+                      { error: `${response.status}: ${detail.slice(0, 200)}` });
       } else if (response && !response.ok) {
         const detail = await response.text().catch(() => "");
-        if (response.status < 500 && response.status !== 429 && response.status !== 403) {
+        if (response.status < 500 && response.status !== 429) {
           this.setState("closed", { error: `${response.status}: ${detail.slice(0, 200)}` });
           this.abdicate();
           break;
@@ -361,11 +365,13 @@ class Group {
         this.setState("reconnecting", { error: `${response.status}: ${detail.slice(0, 200)}` });
       } else if (response) {
         this.delay = 0;
+        authFailures = 0;
         const refreshing = await this.read(response);
         if (refreshing) continue; // a fresh token: reconnect at once, from the cursor
         if (this.leading) this.setState("reconnecting", { error: "the stream ended" });
       }
-      if (this.leading) await this.backoff();
+      // The first 401 is most likely an expired token: the fresh one is tried at once.
+      if (this.leading && !(fresh && authFailures === 1)) await this.backoff();
     }
   }
 
