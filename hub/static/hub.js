@@ -31,8 +31,9 @@ const RING = 1000;
 const SEEN = 2048;
 /** Reconnect delays: the hub's retry: hint at first, doubling up to MAX_DELAY_MS. */
 const MAX_DELAY_MS = 30000;
-/** How long a returning tab waits for the holder's catch-up before going on without. */
-const HELLO_MS = 1000;
+/** How long a returning tab waits for the holder's catch-up, and how many times. */
+const HELLO_MS = 700;
+const HELLO_TRIES = 3;
 const HUB_ID = /^(\d{1,15})-(\d{1,15})$/;
 
 /**
@@ -205,11 +206,25 @@ class Group {
       }
     }, 250);
     if (this.lastId) {
-      // Back from a reload or a freeze: catch up from the holder's recent events.
-      this.held = [];
-      this.post({ t: "hello", from: this.tab, cursor: this.lastId });
-      this.helloTimer = setTimeout(() => this.release([]), HELLO_MS);
+      // Back from a reload or a freeze: catch up from the holder's recent events,
+      // holding back the live ones meanwhile.
+      if (!this.held) this.held = [];
+      clearTimeout(this.helloTimer);
+      this.hello(0);
     }
+  }
+
+  hello(tries) {
+    if (!this.held) return;
+    if (tries === HELLO_TRIES) {
+      // Nobody answered (the holder hangs?): read from the hub up to the first event
+      // held back, if any.
+      if (this.held.length && this.held[0].id) this.fetchCatchUp(this.held[0].id);
+      else this.release([]);
+      return;
+    }
+    this.post({ t: "hello", from: this.tab, cursor: this.lastId });
+    this.helloTimer = setTimeout(() => this.hello(tries + 1), HELLO_MS);
   }
 
   steal() {
@@ -235,7 +250,10 @@ class Group {
     // request's promise rejects then, and lead() notices through this.lease).
     if (this.stopped) return undefined;
     clearInterval(this.watchdog);
-    this.release([]);
+    // Streaming from this tab's cursor replays what a catch-up would have brought.
+    clearTimeout(this.helloTimer);
+    this.held = null;
+    if (this.catchUp) this.catchUp.abort();
     return new Promise((resolve) => {
       this.lease = resolve;
       this.lead();
@@ -253,7 +271,8 @@ class Group {
       else this.accept(msg.event);
     } else if (msg.t === "hello" && this.leading) {
       this.post({ t: "catchup", to: msg.from, ...this.since(msg.cursor) });
-    } else if (msg.t === "catchup" && msg.to === this.tab && this.held) {
+    } else if (msg.t === "catchup" && msg.to === this.tab && this.held && !this.catchUp) {
+      clearTimeout(this.helloTimer);
       if (msg.found) this.release(msg.events);
       else this.fetchCatchUp(msg.upTo);
     }
