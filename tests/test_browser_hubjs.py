@@ -9,10 +9,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, Request
+from playwright.async_api import Browser, Request
 
-from hub import Publisher
-from support.browser import HttpPublisher, PageErrors, chromium, metric, screenshot
+from support.browser import (
+    HttpPublisher,
+    PageErrors,
+    chromium,
+    demo_tab,
+    holder,
+    metric,
+    publish_many,
+    screenshot,
+    wait_for_holder,
+    wait_shown,
+)
 from support.mercure import KEY, token
 from support.processes import HubProcesses
 
@@ -42,42 +52,6 @@ SUBSCRIBE = """async ([channels, door]) => {
 async def browser() -> AsyncIterator[Browser]:
     async with chromium() as launched:
         yield launched
-
-
-async def demo_tab(context: BrowserContext, errors: PageErrors, url: str, channels: str) -> Page:
-    page = errors.watch(await context.new_page())
-    page.set_default_timeout(10_000)
-    await page.goto(f"{url}/?channels={channels}&connect=1")
-    await page.wait_for_selector("#state[data-state=open], #state[data-state=resumed]")
-    return page
-
-
-async def shown(page: Page) -> list[tuple[str, str]]:
-    """What the demo page received, in order: ``(id, data)``."""
-    received: list[dict[str, str]] = await page.evaluate("window.hubDemo.received")
-    return [(r["id"], r["data"]) for r in received]
-
-
-async def wait_shown(page: Page, count: int) -> list[tuple[str, str]]:
-    await page.wait_for_function(f"window.hubDemo.received.length >= {count}", timeout=20_000)
-    await asyncio.sleep(0.3)  # nothing more may come: no duplicates arriving late
-    return await shown(page)
-
-
-async def holder(pages: list[Page]) -> Page:
-    """The tab holding the shared stream (exactly one)."""
-    leaders = [p for p in pages if await p.evaluate("window.hubDemo.subscription.leader")]
-    assert len(leaders) == 1, len(leaders)
-    return leaders[0]
-
-
-async def wait_for_holder(pages: list[Page]) -> Page:
-    for _ in range(100):
-        leaders = [p for p in pages if await p.evaluate("window.hubDemo.subscription.leader")]
-        if len(leaders) == 1:
-            return leaders[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no single tab took the stream over")
 
 
 async def test_eight_tabs_share_one_stream_and_each_sees_every_event_once_as_tabs_close(
@@ -179,6 +153,20 @@ async def test_a_tab_resumes_from_its_saved_cursor_after_a_reload(
     assert ids.index(cursors[1]) > ids.index(cursors[0])
     expected = acknowledged[ids.index(cursors[1]) + 1 :]
     assert await wait_shown(page, len(expected)) == expected  # nothing lost, nothing twice
+
+    # Back online (a new network): the stream is replaced, from the cursor.
+    streams.clear()
+    await page.evaluate("window.dispatchEvent(new Event('online'))")
+    for _ in range(50):
+        if streams:
+            break
+        await asyncio.sleep(0.05)
+    assert [await r.header_value("last-event-id") for r in streams] == [expected[-1][0]]
+    more = HttpPublisher(hub.url, "reload")
+    more.start()
+    await more.until(3)
+    await more.stop()
+    assert await wait_shown(page, len(expected) + 3) == expected + more.acknowledged
     assert errors.errors == []
 
 
@@ -211,17 +199,6 @@ async def test_a_tab_away_for_longer_than_the_holder_remembers_catches_up_from_t
     # It read what it missed on a stream of its own, from its cursor.
     assert [await r.header_value("last-event-id") for r in streams] == [everything[2][0]]
     assert errors.errors == []
-
-
-async def publish_many(hubs: HubProcesses, channel: str, count: int, **settings: int) -> None:
-    """Publish ``count`` events straight into Redis, ten at a time (quicker than HTTP)."""
-    publisher = Publisher.from_url(str(hubs.backends.url), hubs.backends.settings(**settings))
-    try:
-        for start in range(0, count, 10):
-            numbers = range(start, min(count, start + 10))
-            await asyncio.gather(*(publisher.publish(channel, str(n)) for n in numbers))
-    finally:
-        await publisher.aclose()
 
 
 async def test_a_subscription_switches_channels_and_closes_on_the_mercure_door(
@@ -262,11 +239,13 @@ async def test_a_subscription_switches_channels_and_closes_on_the_mercure_door(
     assert errors.errors == []
 
 
-async def test_the_stream_reader_reads_events_split_anywhere_as_the_browser_would(
+async def test_the_stream_reader_reads_events_split_anywhere_and_a_silent_stream_is_left(
     hubs: HubProcesses, browser: Browser
 ) -> None:
     hub = await hubs.start()
     page = await browser.new_page()
+    streams: list[Request] = []
+    page.on("request", lambda r: streams.append(r) if "/events?" in r.url else None)
     await page.goto(f"{hub.url}/")
     events = await page.evaluate(
         """async (chunks) => {
@@ -296,6 +275,20 @@ async def test_the_stream_reader_reads_events_split_anywhere_as_the_browser_woul
         {"id": "3-0", "type": "message", "data": ""},
         {"id": "4-0", "type": "message", "data": "x"},
     ]
+
+    # The hub's heartbeat is 15 s: with stallMs at 1 s, the stream is left for a new one
+    # from the cursor the hub's first lines gave (nothing else was sent).
+    await page.expose_function("issueToken", lambda: None)
+    await page.evaluate(SUBSCRIBE.replace("door,", "door, stallMs: 1000,"), [["silent"], "native"])
+    for _ in range(100):
+        if len(streams) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    await page.evaluate("window.sub.close()")
+    cursors = [await r.header_value("last-event-id") for r in streams]
+    assert len(cursors) == 2, cursors
+    assert cursors[0] is None  # joined live
+    assert cursors[1], cursors  # and came back from where it joined
 
 
 @pytest.mark.parametrize(("door", "seconds"), [("native", 15), ("mercure", 6)])

@@ -60,6 +60,11 @@ export interface Options {
   share?: boolean;
   /** fetch()'s credentials; "include" sends cookies to a hub on another origin. */
   credentials?: RequestCredentials;
+  /**
+   * Leave a stream that sent nothing (not even a heartbeat) for this many ms, and open
+   * another from the cursor. Default 45000: three of the hub's 15 s heartbeats.
+   */
+  stallMs?: number;
 }
 
 export interface Subscription {
@@ -82,9 +87,13 @@ export function subscribe(channels: string[], handlers?: Handlers, options?: Opt
 /** The claims of a JWT, unverified (for its `exp`); {} when it is not one. */
 export function decodeToken(token: string): Record<string, unknown>;
 
-/** Read a text/event-stream response body, one call per event; null data: a cursor only. */
+/**
+ * Read a text/event-stream response body, one onEvent call per event (null data: a
+ * cursor only), onRetry per retry: field, onRead per chunk read (heartbeats included).
+ */
 export function readEvents(
   response: Response,
   onEvent: (event: { id: string | null; type: string; data: string | null }) => void,
   onRetry?: (ms: number) => void,
+  onRead?: () => void,
 ): Promise<void>;

@@ -29,6 +29,8 @@ const LEADER_SILENCE_MS = 1500;
 const RING = 1000;
 /** Ids each tab remembers to drop repeats (publisher-chosen Mercure ids do not sort). */
 const SEEN = 2048;
+/** A stream that sent nothing for this long (3 of the hub's 15 s heartbeats) is left. */
+const STALL_MS = 45000;
 /** Reconnect delays: the hub's retry: hint at first, doubling up to MAX_DELAY_MS. */
 const MAX_DELAY_MS = 30000;
 /** How long a returning tab waits for the holder's catch-up, and how many times. */
@@ -40,7 +42,7 @@ const HUB_ID = /^(\d{1,15})-(\d{1,15})$/;
  * Follow `channels`: returns a handle with `setChannels(channels)` and `close()`.
  * handlers: onEvent(event), onReset(reason, channels, info), onState(state, info).
  * options: hub (base URL), door ("native" | "mercure"), getToken, lastEventId, share,
- * credentials. See docs/javascript.md.
+ * credentials, stallMs. See docs/javascript.md.
  */
 export function subscribe(channels, handlers = {}, options = {}) {
   return new Subscription(channels, handlers, options);
@@ -153,7 +155,8 @@ class Group {
     this.delay = 0;
     this.lastBeat = 0;
     this.onLifecycle = (e) => this.lifecycle(e);
-    this.onOnline = () => this.wake && this.wake();
+    // Back online: retry now, or leave a stream that may have died with the old network.
+    this.onOnline = () => (this.wake ? this.wake() : this.restart("online"));
   }
 
   start() {
@@ -385,9 +388,15 @@ class Group {
       } else if (response) {
         this.delay = 0;
         authFailures = 0;
-        const refreshing = await this.read(response);
-        if (refreshing) continue; // a fresh token: reconnect at once, from the cursor
-        if (this.leading) this.setState("reconnecting", { error: "the stream ended" });
+        const why = await this.read(response);
+        if (!this.leading) break;
+        if (why) {
+          // A fresh token, a new network, or a silent stream: reconnect at once, from
+          // the cursor.
+          if (why === "stalled") this.setState("reconnecting", { error: "no data for a while" });
+          continue;
+        }
+        this.setState("reconnecting", { error: "the stream ended" });
       }
       // The first 401 is most likely an expired token: the fresh one is tried at once.
       if (this.leading && !(fresh && authFailures === 1)) await this.backoff();
@@ -426,8 +435,8 @@ class Group {
   }
 
   async read(response) {
-    let refreshing = false;
-    const controller = this.current;
+    // Why this side ends the stream (else the hub or the network ended it).
+    this.why = null;
     if (this.token && this.token.until) {
       // Not sooner than half a second: a token that is nearly spent is not a reason to spin.
       const wait = Math.max(500, this.token.until - Date.now());
@@ -439,21 +448,34 @@ class Group {
         } catch (err) {
           this.info = { error: "getToken: " + err };
         }
-        refreshing = true;
-        controller.abort();
+        this.restart("refresh");
       }, wait);
     }
+    // A connection that died without a word (a phone changing networks) sends nothing,
+    // not even the hub's heartbeats: leave it after STALL_MS of silence.
+    let heard = performance.now();
+    const stall = setInterval(() => {
+      if (performance.now() - heard > (this.options.stallMs || STALL_MS)) this.restart("stalled");
+    }, 1000);
     // Resumed: the hub was given a cursor, so it replayed what this group missed.
     this.setState("open", { resumed: this.opened || Boolean(this.sent) });
     this.opened = true;
     try {
-      await readEvents(response, (event) => this.receive(event), (ms) => { this.retry = ms; });
+      await readEvents(response, (event) => this.receive(event), (ms) => { this.retry = ms; },
+                       () => { heard = performance.now(); });
     } catch (err) {
       if (err.name !== "AbortError") this.info = { error: String(err) };
     } finally {
       clearTimeout(this.refresh);
+      clearInterval(stall);
     }
-    return refreshing && this.leading;
+    return this.why;
+  }
+
+  restart(why) {
+    if (!this.leading || !this.current || this.why) return;
+    this.why = why;
+    this.current.abort();
   }
 
   backoff() {
@@ -530,13 +552,14 @@ function expiry(token) {
  * Read a text/event-stream body, calling onEvent({id, type, data}) per event in order.
  * A block with an id but no data ({data: null}) moves the cursor only.
  */
-export async function readEvents(response, onEvent, onRetry = () => {}) {
+export async function readEvents(response, onEvent, onRetry = () => {}, onRead = () => {}) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   let id = null, type = "", data = [];
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
+    onRead();
     buffer += value;
     // A \r at the end may be half of a \r\n: it waits for the next chunk.
     const cut = buffer.endsWith("\r") ? buffer.length - 1 : buffer.length;

@@ -11,7 +11,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
+
+from hub import Publisher
+
+from .processes import HubProcesses
 
 #: Debian's chromium (``apt-get install chromium``): no ``playwright install``.
 CHROMIUM = Path("/usr/bin/chromium")
@@ -132,3 +136,53 @@ async def screenshot(page: Page, tmp_path: Path, name: str) -> Path:
     path = folder / (re.sub(r"[^\w.-]", "_", name) + ".png")
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+# -- the demo page, and hub.js in it (window.hubDemo) --------------------------------
+
+
+async def demo_tab(context: BrowserContext, errors: PageErrors, url: str, channels: str) -> Page:
+    page = errors.watch(await context.new_page())
+    page.set_default_timeout(10_000)
+    await page.goto(f"{url}/?channels={channels}&connect=1")
+    await page.wait_for_selector("#state[data-state=open], #state[data-state=resumed]")
+    return page
+
+
+async def shown(page: Page) -> list[tuple[str, str]]:
+    """What the demo page received, in order: ``(id, data)``."""
+    received: list[dict[str, str]] = await page.evaluate("window.hubDemo.received")
+    return [(r["id"], r["data"]) for r in received]
+
+
+async def wait_shown(page: Page, count: int) -> list[tuple[str, str]]:
+    await page.wait_for_function(f"window.hubDemo.received.length >= {count}", timeout=20_000)
+    await asyncio.sleep(0.3)  # nothing more may come: no duplicates arriving late
+    return await shown(page)
+
+
+async def holder(pages: list[Page]) -> Page:
+    """The tab holding the shared stream (exactly one)."""
+    leaders = [p for p in pages if await p.evaluate("window.hubDemo.subscription.leader")]
+    assert len(leaders) == 1, len(leaders)
+    return leaders[0]
+
+
+async def wait_for_holder(pages: list[Page]) -> Page:
+    for _ in range(100):
+        leaders = [p for p in pages if await p.evaluate("window.hubDemo.subscription.leader")]
+        if len(leaders) == 1:
+            return leaders[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no single tab took the stream over")
+
+
+async def publish_many(hubs: HubProcesses, channel: str, count: int, **settings: int) -> None:
+    """Publish ``count`` events straight into Redis, ten at a time (quicker than HTTP)."""
+    publisher = Publisher.from_url(str(hubs.backends.url), hubs.backends.settings(**settings))
+    try:
+        for start in range(0, count, 10):
+            numbers = range(start, min(count, start + 10))
+            await asyncio.gather(*(publisher.publish(channel, str(n)) for n in numbers))
+    finally:
+        await publisher.aclose()
