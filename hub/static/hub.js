@@ -9,14 +9,15 @@
 // Reading the response body of fetch() gives the status code, an Authorization header,
 // and an exact cursor: a stream aborted between two events resumes at the next one.
 //
-// Why Web Locks + BroadcastChannel and not a SharedWorker: Chrome on Android has no
-// SharedWorker, and a worker's fetch cannot be handed to a tab's getToken(). One tab
-// per set of channels holds a Web Lock and the stream; it posts every event on a
-// BroadcastChannel to the other tabs. When it closes, the browser hands the lock to the
-// next tab at once; when it freezes it lets go first (the "freeze" event), and if it
-// goes silent anyway a visible tab steals the lock after LEADER_SILENCE_MS. Every tab
-// drops an id it has seen, so a hand-over shows every event once. Web Locks need a
-// secure context (https or localhost): elsewhere every tab has a stream of its own.
+// Why Web Locks + BroadcastChannel and not a SharedWorker: a worker cannot call a
+// page's getToken(), needs a script of its own (and room in a site's CSP), and is
+// not there in every browser on phones. One tab per set of channels holds a Web Lock
+// and the stream; it posts every event on a BroadcastChannel to the other tabs. When
+// it closes, the browser hands the lock to the next tab at once; when it freezes it
+// lets go first (the "freeze" event), and if it goes silent anyway a visible tab
+// steals the lock after LEADER_SILENCE_MS. Every tab drops an id it has seen, so a
+// hand-over shows every event once. Web Locks need a secure context (https or
+// localhost): elsewhere every tab has a stream of its own.
 //
 // SSE frames do not say which channel an event came from, so tabs share a stream only
 // when they follow the same set of channels; each distinct set has a stream of its own.
@@ -355,7 +356,8 @@ class Group {
   async lead() {
     this.leading = true;
     if (this.bc) {
-      const beat = () => this.post({ t: "beat", from: this.tab, state: this.state, info: this.info });
+      const beat = () =>
+        this.post({ t: "beat", from: this.tab, state: this.state, info: this.info });
       beat();
       this.beat = setInterval(beat, BEAT_MS);
     }
@@ -407,12 +409,14 @@ class Group {
     let token = null;
     const getToken = this.options.getToken;
     if (getToken) {
-      token = (!fresh && this.token && this.token.until > Date.now()) ? this.token.value : await getToken();
+      const cached = !fresh && this.token && this.token.until > Date.now();
+      token = cached ? this.token.value : await getToken();
       if (!this.leading && signal === (this.current && this.current.signal)) return null;
       this.token = token ? { value: token, until: expiry(token) } : null;
     }
     const url = new URL(this.door === "mercure" ? ".well-known/mercure" : "events", this.hub);
-    for (const c of this.channels) url.searchParams.append(this.door === "mercure" ? "topic" : "channel", c);
+    const name = this.door === "mercure" ? "topic" : "channel";
+    for (const c of this.channels) url.searchParams.append(name, c);
     const headers = { Accept: "text/event-stream" };
     if (this.lastId) headers["Last-Event-ID"] = this.lastId;
     if (token) headers.Authorization = "Bearer " + token;
@@ -429,7 +433,9 @@ class Group {
       // Joined live: the newest id is where this stream starts (the native door says
       // so in the stream itself); a hand-over or reconnect resumes from there.
       const newest = response.headers.get("Last-Event-ID");
-      if (newest && newest !== "earliest") this.receive({ id: newest, type: "message", data: null });
+      if (newest && newest !== "earliest") {
+        this.receive({ id: newest, type: "message", data: null });
+      }
     }
     return response;
   }
