@@ -12,7 +12,7 @@ import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, NoReturn
 
 from hub.config import Settings, field_docs
 from hub.errors import ConfigError, HubError
@@ -22,8 +22,16 @@ __all__ = ["main"]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage of ``serve``, with a flag per
+    setting, would bury it), pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hub", description="Real-time broadcast hub: SSE to browsers, Redis between nodes."
     )
     commands = parser.add_subparsers(dest="command", required=True)

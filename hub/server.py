@@ -36,7 +36,6 @@ from hub.errors import ConfigError
 from hub.logs import configure_logging
 from hub.metrics import MULTIPROC_ENV
 from hub.protocol import head_bounded_protocol
-from hub.store.backend import Backend
 
 __all__ = ["HubServer", "Supervisor", "build_server", "serve"]
 
@@ -203,7 +202,7 @@ class Supervisor:
                 "workers > 1 needs HUB_REDIS_URL: the embedded backend lives inside one "
                 "process, so workers would not see each other's events"
             )
-        Backend(settings.redis_url)  # a malformed URL fails here, not once per worker
+        create_app(settings)  # a bad setting fails here, once, not once per worker
         self.settings = settings
         self._context = multiprocessing.get_context("spawn")
         self._slots: list[_Worker | None] = [None] * settings.workers

@@ -190,9 +190,7 @@ async def test_publish_and_tail_take_a_token_for_a_hub_with_a_key(
 
 
 async def test_publish_with_a_token_and_a_redis_url_is_a_conflict(redis_url: str) -> None:
-    code, out, err = await run_hub(
-        "publish", "news", "x", "--redis-url", redis_url, "--token", "t"
-    )
+    code, out, err = await run_hub("publish", "news", "x", "--redis-url", redis_url, "--token", "t")
     assert (code, out) == (2, "")
     assert err.count("\n") == 1
     assert "drop one of them" in err

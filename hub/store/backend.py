@@ -22,20 +22,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hub.errors import ConfigError
+from hub.store.urls import check_url, redact
 
 __all__ = ["SENTINEL_SCHEME", "Backend", "SentinelURL", "parse_sentinel_url", "redact"]
 
 SENTINEL_SCHEME = "redis+sentinel"
 #: Seconds a sentinel may take to say where the master is, before the next one is asked.
 SENTINEL_TIMEOUT = 2.0
-
-
-def redact(url: str) -> str:
-    """``url`` without its user and password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
 
 @dataclass(frozen=True)
@@ -146,6 +139,8 @@ class Backend:
         self._timeout = timeout
         self._server: Any = None if url else fakeredis.FakeServer()
         self._pool_size = pool_size
+        if url is not None:
+            check_url(url)  # an unusable URL fails at start, not on the first connection
         sentinel = url is not None and url.startswith(f"{SENTINEL_SCHEME}://")
         #: Set for a ``redis+sentinel://`` URL (checked here, so a typo fails at start).
         self.sentinel = parse_sentinel_url(url) if url and sentinel else None

@@ -1,0 +1,110 @@
+"""A hub started with a setting it cannot use says so in one line and exits 2; a Redis
+that does not answer yet is not such a setting: the hub waits for it, not ready."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from support.net import wait_ready
+from support.processes import HubProcesses
+from support.redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+_SCRIPT = Path(sys.executable).with_name("hub")
+HUB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "hub"]
+
+PEM = "-----BEGIN PUBLIC KEY-----\\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\\n-----END PUBLIC KEY-----"
+
+#: (arguments, extra environment, what the one line must say)
+BAD_CONFIGURATIONS: list[tuple[list[str], dict[str, str], str]] = [
+    (["serve", "--redis-url", "http://127.0.0.1:6379"], {}, "has scheme 'http'; use one of"),
+    (["serve", "--redis-url", "redis://127.0.0.1/x"], {}, "'x' after the host must be a number"),
+    (["serve"], {"HUB_REDIS_URL": "redis://u:hunter2@h:port/0"}, "could not be cast to integer"),
+    (["serve", "--jwt-key", "secret", "--jwt-algorithm", "RS256"], {}, "usable RS256 public"),
+    (["serve", "--jwt-key", PEM], {}, "set HUB_JWT_ALGORITHM to the key's algorithm"),
+    (["serve", "--cors-origins", "* https://a.example"], {}, "mixes '*' with named origins"),
+    (["serve", "--workers", "2"], {}, "workers > 1 needs HUB_REDIS_URL"),
+    # Checked once in the supervisor, not by every worker in a traceback of its own.
+    (
+        ["serve", "--workers", "2", "--redis-url", "redis://127.0.0.1:1/0"],
+        {"HUB_JWT_KEY": "not a pem", "HUB_JWT_ALGORITHM": "ES256"},
+        "usable ES256 public key",
+    ),
+    (["serve"], {"HUB_PORT": "eighty"}, "HUB_PORT='eighty' is not a number"),
+    (["serve", "--port", "eighty"], {}, "invalid int value: 'eighty' (see hub serve --help)"),
+    (["serve", "--header-timeout", "0"], {}, "header_timeout must be"),
+    (
+        ["publish", "c", "d", "--redis-url", "redis+sentinel://h:26379/s"],
+        {},
+        "a publisher outside the hub takes a redis://",
+    ),
+    (["publish", "c", "d", "--redis-url", "r", "--token", "t"], {}, "drop one of them"),
+]
+
+
+async def _run(args: list[str], env: dict[str, str]) -> tuple[int | None, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    process = await asyncio.create_subprocess_exec(
+        *HUB,
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**clean, **env},
+    )
+    try:
+        with anyio.fail_after(30):
+            _out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return process.returncode, err.decode()
+
+
+async def test_every_configuration_error_is_one_line_and_exit_status_2() -> None:
+    # All at once: each is a Python start-up, and none of them needs the others.
+    results = await asyncio.gather(*(_run(args, env) for args, env, _ in BAD_CONFIGURATIONS))
+    wrong = []
+    for (args, env, expected), (code, err) in zip(BAD_CONFIGURATIONS, results, strict=True):
+        one_line = err.count("\n") == 1 and err.startswith("hub")
+        if code != 2 or not one_line or expected not in err or "hunter2" in err:
+            wrong.append(f"{args} {env}: exit {code}, stderr:\n{err}")
+    assert not wrong, "\n\n".join(wrong)
+
+
+async def test_redis_down_at_start_up_is_waited_for_and_the_hub_is_not_ready_until_then(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.stop()
+    hubs = HubProcesses(redis_server.url)
+    try:
+        hub = await hubs.make(env={"HUB_LOG_LEVEL": "info"}).start(ready=False)
+        async with httpx.AsyncClient() as client:
+            with anyio.fail_after(20):
+                while True:
+                    try:
+                        ready = await client.get(f"{hub.url}/readyz")
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.05)
+            assert ready.status_code == 503
+            assert "Redis" in ready.json()["message"]
+            assert (await client.get(f"{hub.url}/healthz")).status_code == 200
+            log = await hub.stderr()
+            assert "cannot connect to Redis" in log
+            assert "Check that Redis is running" in log
+            assert "Traceback" not in log
+            await asyncio.to_thread(redis_server.start)
+            await wait_ready(hub.url, timeout=20)
+        assert hub.process is not None
+        assert hub.process.returncode is None
+    finally:
+        await hubs.cleanup()
