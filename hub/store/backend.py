@@ -156,9 +156,16 @@ class Backend:
     def command_client(self) -> Redis:
         """A pooled client for commands; its connection count is bounded by ``pool_size``."""
         if self._server is not None:
+            # No socket_timeout (fakeredis sets 5 s): nothing in memory can stall, and with
+            # one redis-py writes each command under asyncio.wait_for, which on Python
+            # < 3.12 swallows a cancellation that lands as the write completes; a node
+            # stopping right after start-up then waited for its live reader ("did not stop
+            # when cancelled").
             # In-memory "connections" cost nothing, but fakeredis' pool refuses a 101st
             # concurrent one instead of waiting: a burst of clients must not hit that.
-            return fakeredis.FakeAsyncRedis(server=self._server, max_connections=1 << 20)
+            return fakeredis.FakeAsyncRedis(
+                server=self._server, max_connections=1 << 20, socket_timeout=None
+            )
         assert self.url is not None
         if self.sentinel is not None:
             return self._master_client(
@@ -183,7 +190,7 @@ class Backend:
     def live_client(self) -> Redis:
         """A client for the one pub/sub connection that carries the live path."""
         if self._server is not None:
-            return fakeredis.FakeAsyncRedis(server=self._server)
+            return fakeredis.FakeAsyncRedis(server=self._server, socket_timeout=None)
         assert self.url is not None
         # No socket_timeout: the reader waits with its own bounded get_message timeout
         # and probes liveness with PING, so an idle channel is not mistaken for a dead one.

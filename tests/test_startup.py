@@ -1,10 +1,14 @@
-"""A hub started with a setting it cannot use says so in one line and exits 2; a Redis
-that does not answer yet is not such a setting: the hub waits for it, not ready."""
+"""Starting a hub: a setting it cannot use is one line and exit status 2; a Redis that
+does not answer yet is not such a setting (the hub waits for it, not ready); the
+open-files limit is raised and a too-low one explained; a start that fails stops
+cleanly."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import socket
 import sys
 from pathlib import Path
 
@@ -108,3 +112,37 @@ async def test_redis_down_at_start_up_is_waited_for_and_the_hub_is_not_ready_unt
         assert hub.process.returncode is None
     finally:
         await hubs.cleanup()
+
+
+async def test_the_open_files_limit_is_raised_and_a_too_low_one_says_what_to_change() -> None:
+    def low_limits() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    with socket.socket() as taken:
+        # The port is taken: the hub gets as far as listening, then stops (exit 3).
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        process = await asyncio.create_subprocess_exec(
+            *HUB,
+            "serve",
+            "--port",
+            port,
+            "--max-connections",
+            "1000",
+            stderr=asyncio.subprocess.PIPE,
+            env=clean,
+            preexec_fn=low_limits,
+        )
+        with anyio.fail_after(30):
+            _out, err = await process.communicate()
+    log = err.decode()
+    assert process.returncode == 3, log
+    assert "open-files limit raised from 256 to 512 (the hard limit)" in log
+    assert "the open-files limit (512) is too low for HUB_MAX_CONNECTIONS=1000" in log
+    assert "Raise the hard limit to at least 1100 (LimitNOFILE=" in log
+    assert "or lower HUB_MAX_CONNECTIONS to 412" in log
+    # A start that fails stops at once: the live reader did not hold the shutdown up.
+    assert "did not stop when cancelled" not in log
+    assert "Traceback" not in log
