@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from hub.config import Settings, field_docs
 from hub.errors import ConfigError, HubError
+from hub.logs import redact_handlers
 
 __all__ = ["main"]
 
@@ -165,6 +166,7 @@ async def _tail(args: argparse.Namespace) -> int:
 
     # Reconnect notices go to stderr, marked as ours; events alone go to stdout.
     logging.basicConfig(level=logging.WARNING, format="hub: %(message)s")
+    redact_handlers()
 
     async with HubClient(_hub_url(args), token=_token(args)) as client:
         async for event in client.subscribe(args.channels, last_event_id=args.last_event_id):

@@ -34,7 +34,7 @@ from hub.app import create_app, drain
 from hub.config import Settings
 from hub.errors import ConfigError
 from hub.limits import raise_open_files_limit
-from hub.logs import configure_logging
+from hub.logs import configure_logging, redact_handlers
 from hub.metrics import MULTIPROC_ENV
 from hub.protocol import hub_protocol
 
@@ -116,6 +116,8 @@ def build_server(
         # keep-alive timer meant for short requests.
         timeout_keep_alive=30,
     )
+    # uvicorn's text-mode handlers exist now (Config set them up): no token in any line.
+    redact_handlers("uvicorn", "uvicorn.error", "uvicorn.access")
     return HubServer(config, app, on_started)
 
 
