@@ -165,8 +165,6 @@ class HubProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_message_begin(self)
         self._in_head = True
         self._head_bytes = 0
-        if self._timer is None:  # the next request on a kept-alive connection
-            self._arm(self.header_timeout, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -209,8 +207,13 @@ class HubProtocol(HttpToolsProtocol):
             if self._head_bytes > self.max_head:
                 self._refused = True
                 self._refuse_request()
+            elif self._timer is None:
+                # The next request on a kept-alive connection, begun but not whole (the
+                # first one's timer runs from the connection).
+                self._arm(self.header_timeout, self._head_timed_out)
         elif self._in_body and self._timer is None:
-            # Armed only for a body that did not come with its head, in the same read.
+            # Timers only for what did not come whole in one read: the common request
+            # costs none.
             self._arm(self.body_timeout, self._body_timed_out)
 
     # -- refusals ------------------------------------------------------------------------

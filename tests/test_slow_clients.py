@@ -55,9 +55,11 @@ async def test_connections_that_never_finish_their_headers_are_closed(
     embedded: Backends, start_hub: StartHub
 ) -> None:
     hub = await start_hub(embedded.settings(anonymous=True, header_timeout=1), embedded.backend())
+    served_first = b"GET /healthz HTTP/1.1\r\nHost: hub\r\n\r\n" + HALF_A_HEAD
     async with (
         raw_connections(hub.url, 300, HALF_A_HEAD) as halves,
         raw_connections(hub.url, 100, b"") as silent,
+        raw_connections(hub.url, 1, served_first) as [(kept_alive, _)],
     ):
         # Meanwhile a real client is served.
         async with SSEStream(hub.url, ["news"]) as stream:
@@ -65,6 +67,10 @@ async def test_connections_that_never_finish_their_headers_are_closed(
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"{hub.url}/healthz")).status_code == 200
         answers = await asyncio.gather(*(answer_then_close(r) for r, _ in halves + silent))
+        # On a kept-alive connection the next request's head has its own deadline.
+        second = await answer_then_close(kept_alive)
+    assert second.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert second.count(b"HTTP/1.1 408 Request Timeout\r\n") == 1
     said = answers[: len(halves)]
     assert all(a.startswith(b"HTTP/1.1 408 Request Timeout\r\n") for a in said), said[:3]
     assert b"HUB_HEADER_TIMEOUT" in said[0]
