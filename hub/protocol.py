@@ -61,6 +61,9 @@ class HubProtocol(HttpToolsProtocol):
     #: Connections one address may hold (0: no limit), and how many each holds now.
     max_per_ip = 0
     open_per_ip: ClassVar[dict[str, int]] = {}
+    #: Requests refused for that since the last log line, and when that line was.
+    refused_per_ip = 0
+    refused_logged_at = float("-inf")
 
     # Set on every request: slots keep them out of uvicorn's large instance dict.
     __slots__ = (
@@ -220,6 +223,7 @@ class HubProtocol(HttpToolsProtocol):
 
     def _refuse_request(self) -> None:
         if self._over_limit:
+            self._note_over_limit()
             self._refuse(
                 503,
                 "too_many_connections",
@@ -239,6 +243,22 @@ class HubProtocol(HttpToolsProtocol):
             "shorter URL, fewer or smaller headers and cookies), or raise "
             "HUB_MAX_HEADER_BYTES",
         )
+
+    def _note_over_limit(self) -> None:
+        # Once a minute at most: a client hammering the limit must not flood the log.
+        cls = type(self)
+        cls.refused_per_ip += 1
+        now = self.loop.time()
+        if now - cls.refused_logged_at >= 60.0:
+            logger.warning(
+                "refused %d requests from addresses over HUB_MAX_CONNECTIONS_PER_IP=%d "
+                "since the last such line (the latest from %s)",
+                cls.refused_per_ip,
+                self.max_per_ip,
+                self.client[0] if self.client else "?",
+            )
+            cls.refused_per_ip = 0
+            cls.refused_logged_at = now
 
     def _refuse(self, status: int, code: str, message: str, *, retry_after: int = 0) -> None:
         """Answer ``status`` with a JSON error, as the app does, and close."""
@@ -265,5 +285,7 @@ def hub_protocol(settings: Settings) -> type[HubProtocol]:
         "body_timeout": settings.body_timeout,
         "max_per_ip": settings.max_connections_per_ip,
         "open_per_ip": {},
+        "refused_per_ip": 0,
+        "refused_logged_at": float("-inf"),
     }
     return type("HubProtocol", (HubProtocol,), bounds)

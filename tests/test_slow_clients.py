@@ -102,7 +102,7 @@ async def test_a_body_that_trickles_in_is_answered_408(
 
 
 async def test_connections_per_address_are_limited_when_asked(
-    embedded: Backends, start_hub: StartHub
+    embedded: Backends, start_hub: StartHub, caplog: pytest.LogCaptureFixture
 ) -> None:
     hub = await start_hub(
         embedded.settings(anonymous=True, max_connections_per_ip=2), embedded.backend()
@@ -114,5 +114,6 @@ async def test_connections_per_address_are_limited_when_asked(
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "5"
         assert "HUB_MAX_CONNECTIONS_PER_IP" in refused.json()["message"]
+    assert "refused 1 requests from addresses over HUB_MAX_CONNECTIONS_PER_IP=2" in caplog.text
     # The streams' connections are gone: the address may connect again.
     await wait_ready(hub.url)
