@@ -152,9 +152,6 @@ class HubProtocol(HttpToolsProtocol):
         # and nothing it sends goes out after the 408.
         cycle.disconnected = True
         cycle.message_event.set()
-        if cycle.response_started:
-            self.transport.close()
-            return
         self._refuse(
             408,
             "request_timeout",
@@ -264,6 +261,12 @@ class HubProtocol(HttpToolsProtocol):
         """Answer ``status`` with a JSON error, as the app does, and close."""
         self._refused = True
         self._disarm()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            # A pipelined request behind a response still being sent (a stream): an
+            # answer now would land inside that response. Closing is all there is.
+            self.transport.close()
+            return
         body = json.dumps({"error": code, "message": message}).encode()
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n" % (
             status,

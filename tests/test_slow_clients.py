@@ -56,10 +56,12 @@ async def test_connections_that_never_finish_their_headers_are_closed(
 ) -> None:
     hub = await start_hub(embedded.settings(anonymous=True, header_timeout=1), embedded.backend())
     served_first = b"GET /healthz HTTP/1.1\r\nHost: hub\r\n\r\n" + HALF_A_HEAD
+    streamed_first = b"GET /events?channel=news HTTP/1.1\r\nHost: hub\r\n\r\n" + HALF_A_HEAD
     async with (
         raw_connections(hub.url, 300, HALF_A_HEAD) as halves,
         raw_connections(hub.url, 100, b"") as silent,
         raw_connections(hub.url, 1, served_first) as [(kept_alive, _)],
+        raw_connections(hub.url, 1, streamed_first) as [(streaming, _)],
     ):
         # Meanwhile a real client is served.
         async with SSEStream(hub.url, ["news"]) as stream:
@@ -69,6 +71,10 @@ async def test_connections_that_never_finish_their_headers_are_closed(
         answers = await asyncio.gather(*(answer_then_close(r) for r, _ in halves + silent))
         # On a kept-alive connection the next request's head has its own deadline.
         second = await answer_then_close(kept_alive)
+        # Behind a stream still being sent, an answer would land inside the stream.
+        stream = await answer_then_close(streaming)
+    assert stream.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"408" not in stream
     assert second.startswith(b"HTTP/1.1 200 OK\r\n")
     assert second.count(b"HTTP/1.1 408 Request Timeout\r\n") == 1
     said = answers[: len(halves)]
