@@ -23,6 +23,8 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 #: Every scheme the hub accepts.
 SCHEMES = (*PLAIN_SCHEMES, "redis+sentinel", *CLUSTER_SCHEMES)
 
+#: How messages name the setting: every command that takes a URL has both.
+_WHAT = "Redis URL (HUB_REDIS_URL, --redis-url)"
 _EXAMPLES = (
     "redis://[:password@]host:6379/0, rediss://... (TLS), unix:///path/to/redis.sock, "
     "redis+sentinel://host:26379/service, or redis+cluster://host:7000"
@@ -47,7 +49,7 @@ def check_url(url: str) -> str:
     scheme = scheme.lower()
     if not sep or scheme not in SCHEMES:
         given = f"scheme {scheme!r}" if sep else "no scheme"
-        raise ConfigError(f"Redis URL {redact(url)!r} has {given}; use one of: {_EXAMPLES}")
+        raise ConfigError(f"{_WHAT} {redact(url)!r} has {given}; use one of: {_EXAMPLES}")
     if scheme not in PLAIN_SCHEMES:
         return scheme
     try:
@@ -56,12 +58,12 @@ def check_url(url: str) -> str:
         parts.port  # noqa: B018 - reading it checks it
     except ValueError as exc:
         raise ConfigError(
-            f"Redis URL {redact(url)!r}: {str(exc).rstrip('.')}; e.g. {_EXAMPLES}"
+            f"{_WHAT} {redact(url)!r}: {str(exc).rstrip('.')}; e.g. {_EXAMPLES}"
         ) from None
     db = parts.path.strip("/") if scheme != "unix" else ""
     if db and not db.isdigit():
         raise ConfigError(
-            f"Redis URL {redact(url)!r}: the database {db!r} after the host must be a "
+            f"{_WHAT} {redact(url)!r}: the database {db!r} after the host must be a "
             "number (redis://host:6379/0)"
         )
     return scheme
@@ -72,7 +74,7 @@ def check_plain_url(url: str) -> None:
     scheme = check_url(url)
     if scheme not in PLAIN_SCHEMES:
         raise ConfigError(
-            f"Redis URL {redact(url)!r}: a publisher outside the hub takes a redis://, "
+            f"{_WHAT} {redact(url)!r}: a publisher outside the hub takes a redis://, "
             f"rediss:// or unix:// URL, not {scheme}://; point it at the Redis server "
             "itself, or publish over HTTP to a hub"
         )
