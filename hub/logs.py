@@ -16,9 +16,10 @@ Each closed stream is logged once by the ``hub.connections`` logger with
 for a log pipeline to aggregate.
 
 Secrets never reach a log line: tokens in ``authorization=`` and ``access_token=``
-query parameters (the only way an EventSource can send one), ``Bearer`` credentials and
-anything shaped like a JWT are replaced by ``[redacted]`` in every record that goes
-through the hub's handlers (:class:`RedactSecrets`): uvicorn's access log included.
+query parameters (the only way an EventSource can send one), ``password=`` options,
+``Bearer`` credentials and anything shaped like a JWT are replaced by ``[redacted]`` in
+every record that goes through the hub's handlers (:class:`RedactSecrets`): uvicorn's
+access log included.
 
 Workers, which run no web server, use this module too: it must import nothing of the
 web stack (starlette, uvicorn, jwt, prometheus_client).
@@ -61,15 +62,15 @@ JSON_KEYS = ("ts", "level", "logger", "pid", "msg", "exc")
 connections_logger = logging.getLogger("hub.connections")
 
 
-#: What a secret looks like in a log line: the value of a token query parameter (also
-#: percent-encoded, in a URL logged inside another URL), a Bearer credential, a JWS.
+#: What a secret looks like in a log line: the value of a token or password parameter
+#: (also percent-encoded, in a URL logged inside another URL), a Bearer credential, a JWS.
 _SECRET = re.compile(
-    r"(?i)(?P<name>(?:authorization|access_token)(?:=|%3D))[^&\s\"'<>]+"
+    r"(?i)(?P<name>(?:authorization|access_token|password)(?:=|%3D))[^&\s\"'<>]+"
     r"|(?P<bearer>\bBearer\s+)(?!<)[^\s\"',;]+"
     r"|\beyJ[\w-]*\.[\w-]+\.[\w-]*"
 )
 #: What cannot appear in a line without a secret in it (checked before the pattern).
-_MARKERS = ("uthorization", "ccess_token", "earer", "eyJ")
+_MARKERS = ("uthorization", "ccess_token", "assword", "earer", "eyJ")
 REDACTED = "[redacted]"
 
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from hub.logs import redact_secrets
+from hub.store.backend import redact
 from support.mercure import KEY, token
 from support.processes import HubProcesses
 
@@ -65,3 +66,14 @@ def test_redaction_keeps_the_rest_of_a_line() -> None:
     help_text = "send 'Authorization: Bearer <token>' or the authorization query parameter"
     assert redact_secrets(help_text) == help_text
     assert redact_secrets("Authorization: Bearer abc.def") == "Authorization: Bearer [redacted]"
+
+
+def test_redis_urls_in_logs_lose_every_password() -> None:
+    url = "redis+sentinel://app:pw1@h:26379/main?sentinel_password=pw2&sentinel_username=s"
+    assert redact(url) == (
+        "redis+sentinel://h:26379/main?sentinel_password=[redacted]&sentinel_username=s"
+    )
+    assert redact("redis://h:6379/0?password=pw3") == "redis://h:6379/0?password=[redacted]"
+    assert redact_secrets("at redis://h/0?password=pw4&db=1") == (
+        "at redis://h/0?password=[redacted]&db=1"
+    )

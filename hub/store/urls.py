@@ -8,6 +8,7 @@ traceback on the first connection. ``redis+sentinel://`` URLs are parsed in
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from redis.asyncio.connection import parse_url
@@ -23,6 +24,7 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 #: Every scheme the hub accepts.
 SCHEMES = (*PLAIN_SCHEMES, "redis+sentinel", *CLUSTER_SCHEMES)
 
+_PASSWORD_OPTION = re.compile(r"(?i)([?&](?:sentinel_)?password=)[^&]*")
 #: How messages name the setting: every command that takes a URL has both.
 _WHAT = "Redis URL (HUB_REDIS_URL, --redis-url)"
 _EXAMPLES = (
@@ -32,11 +34,12 @@ _EXAMPLES = (
 
 
 def redact(url: str) -> str:
-    """``url`` without its user and password, for messages and logs."""
+    """``url`` without its user and password (also ``password=`` and
+    ``sentinel_password=`` options), for messages and logs."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+    return _PASSWORD_OPTION.sub(r"\1[redacted]", f"{scheme}://{rest.rsplit('@', 1)[-1]}")
 
 
 def check_url(url: str) -> str:
