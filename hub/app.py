@@ -35,6 +35,7 @@ from hub.errors import (
     RateLimited,
     TooManyConnections,
 )
+from hub.logs import redact_secrets
 from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
 from hub.store import Backend
@@ -193,8 +194,11 @@ async def _hub_error(request: Request, exc: Exception) -> Response:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     elif isinstance(exc, (BackendUnavailable, TooManyConnections, KeysUnavailable)):
         headers = {"Retry-After": "5"}
+    # The message may quote what the client sent; a token in it would reach whatever
+    # logs the answer (a proxy, the client's own logs).
+    message = redact_secrets(str(exc))
     return JSONResponse(
-        {"error": exc.code, "message": str(exc)}, status_code=exc.status_code, headers=headers
+        {"error": exc.code, "message": message}, status_code=exc.status_code, headers=headers
     )
 
 
