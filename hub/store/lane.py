@@ -37,7 +37,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["InFlightLost", "Lane", "LaneTimeout", "Target", "pack"]
+__all__ = ["Batch", "InFlightLost", "Lane", "LaneTimeout", "Target", "pack"]
 
 Arg = bytes | str | int | float
 
@@ -84,6 +84,18 @@ def _typed(error: ResponseError) -> RedisError:
     return error
 
 
+class Batch:
+    """Replies to commands sent together, in order: :meth:`Lane.call_many`."""
+
+    __slots__ = ("future", "replies", "want")
+
+    def __init__(self, future: asyncio.Future[list[Any]], want: int) -> None:
+        self.future = future
+        #: Replies so far; an error reply is a :class:`ResponseError` in its place.
+        self.replies: list[Any] = []
+        self.want = want
+
+
 class _Protocol(asyncio.Protocol):
     """The socket's side of a lane: hands each reply to the oldest waiting caller."""
 
@@ -93,7 +105,7 @@ class _Protocol(asyncio.Protocol):
         # saturated with HTTP publishes (py-spy --native, ab -c 8).
         self._loop = asyncio.get_running_loop()
         self._parser = hiredis.Reader(replyError=ResponseError)
-        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._waiting: collections.deque[asyncio.Future[Any] | Batch] = collections.deque()
         self._timeout = timeout
         self._timer: asyncio.TimerHandle | None = None
         self._replies = 0
@@ -115,14 +127,33 @@ class _Protocol(asyncio.Protocol):
             self._arm()
         return future
 
+    def send_many(self, commands: bytes, count: int) -> Batch:
+        """Send ``count`` packed commands in one write; one waiter takes all replies."""
+        assert self.transport is not None
+        batch = Batch(self._loop.create_future(), count)
+        self._waiting.append(batch)
+        self.transport.write(commands)
+        if self._timer is None:
+            self._arm()
+        return batch
+
     def data_received(self, data: bytes) -> None:
         self._parser.feed(data)
         try:
             while (reply := self._parser.gets()) is not False:
                 self._replies += 1
-                future = self._waiting.popleft()
-                if not future.done():  # a caller cancelled while waiting
-                    future.set_result(reply)
+                waiter = self._waiting[0]
+                if isinstance(waiter, Batch):
+                    waiter.replies.append(reply)
+                    if len(waiter.replies) < waiter.want:
+                        continue
+                    self._waiting.popleft()
+                    if not waiter.future.done():
+                        waiter.future.set_result(waiter.replies)
+                    continue
+                self._waiting.popleft()
+                if not waiter.done():  # a caller cancelled while waiting
+                    waiter.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:
             # A reply nobody asked for, or bytes that are not RESP: nothing later on this
             # socket can be matched to its caller any more.
@@ -139,7 +170,8 @@ class _Protocol(asyncio.Protocol):
             + " after the command was sent; it may or may not have run"
         )
         while self._waiting:
-            future = self._waiting.popleft()
+            waiter = self._waiting.popleft()
+            future = waiter.future if isinstance(waiter, Batch) else waiter
             if not future.done():
                 future.set_exception(why)
 
@@ -292,6 +324,32 @@ class Lane:
                 protocol.close()
             raise error
         return reply
+
+    async def call_many(
+        self, commands: Sequence[Sequence[Arg]]
+    ) -> tuple[list[Any], RedisError | None]:
+        """Send ``commands`` back to back in one write and wait for their replies.
+
+        Returns the replies, in order, with error replies in their place (typed as
+        :meth:`call` raises them), and ``None``; or, when the connection broke or timed
+        out before every reply came, the replies that did come and why the rest did not
+        (those commands may or may not have run)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connect()
+        batch = protocol.send_many(b"".join([pack(c) for c in commands]), len(commands))
+        failure: RedisError | None = None
+        try:
+            await batch.future
+        except RedisError as exc:
+            failure = exc
+        replies = batch.replies
+        for i, reply in enumerate(replies):
+            if isinstance(reply, ResponseError):
+                replies[i] = error = _typed(reply)
+                if isinstance(error, ReadOnlyError):
+                    protocol.close()
+        return replies, failure
 
     async def _connect(self) -> _Protocol:
         async with self._connecting:
