@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGISendEvent
 
 __all__ = ["HeadBoundedProtocol", "head_bounded_protocol"]
 
@@ -59,7 +62,16 @@ class HeadBoundedProtocol(HttpToolsProtocol):
             # Not handed to the app: answered once the parser returns.
             self._refused = True
             return
+        before = self.cycle
         HttpToolsProtocol.on_headers_complete(self)
+        cycle = self.cycle
+        if (
+            cycle is not before
+            and cycle is not None
+            and self.scope["http_version"] == "1.0"
+            and self.parser.should_keep_alive()
+        ):
+            _keep_alive(cycle)
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
@@ -108,6 +120,28 @@ class HeadBoundedProtocol(HttpToolsProtocol):
         )
         self.transport.write(head + body)
         self.transport.close()
+
+
+def _keep_alive(cycle: RequestResponseCycle) -> None:
+    """Keep an HTTP/1.0 client's connection open after this response when it asked to
+    (``Connection: keep-alive``) and the response has a length, as nginx does.
+
+    uvicorn closes every HTTP/1.0 connection after one response. ApacheBench speaks
+    HTTP/1.0: with ``ab -k`` each publish to the hub paid a TCP connect, accept and
+    close that Nchan's did not. A response without a length (a stream) still ends with
+    the connection, the only end an HTTP/1.0 client can see."""
+    send = cycle.send
+
+    async def send_keeping_alive(message: ASGISendEvent) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if any(name.lower() == b"content-length" for name, _ in headers):
+                cycle.keep_alive = True
+                headers.append((b"connection", b"keep-alive"))
+                message = {**message, "headers": headers}
+        await send(message)
+
+    cycle.send = send_keeping_alive  # type: ignore[method-assign]
 
 
 def head_bounded_protocol(max_head: int) -> type[HeadBoundedProtocol]:

@@ -69,8 +69,7 @@ def _parse(number: int, text: bytes, done: str) -> Mapping[str, Any]:
         raise HubError(f"line {number} is not JSON ({exc}); {done}") from None
     if not isinstance(value, dict):
         raise HubError(
-            f'line {number} is not a JSON object like {{"channel": "news", "data": "hi"}}; '
-            f"{done}"
+            f'line {number} is not a JSON object like {{"channel": "news", "data": "hi"}}; {done}'
         )
     return value
 
