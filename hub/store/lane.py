@@ -105,6 +105,9 @@ class _Protocol(asyncio.Protocol):
         self._replies = 0
         self._replies_at_check = 0
         self._why: Exception | None = None
+        #: Commands sent since the last write; written together once the callers that
+        #: run in this turn of the event loop have had their say.
+        self._out: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.lost = False
 
@@ -113,23 +116,32 @@ class _Protocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        assert self.transport is not None
         future = self._loop.create_future()
         self._waiting.append(future)
-        self.transport.write(command)
-        if self._timer is None:
-            self._arm()
+        self._write(command)
         return future
 
     def send_many(self, commands: bytes, count: int) -> Batch:
-        """Send ``count`` packed commands in one write; one waiter takes all replies."""
-        assert self.transport is not None
+        """Send ``count`` packed commands together; one waiter takes all replies."""
         batch = Batch(self._loop.create_future(), count)
         self._waiting.append(batch)
-        self.transport.write(commands)
+        self._write(commands)
+        return batch
+
+    def _write(self, command: bytes) -> None:
+        # Requests that arrive together (several HTTP publishes read in one turn of the
+        # loop) share one write to Redis, and Redis reads them in one go: a system call
+        # each on both sides saved. They wait one turn of the loop at most.
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(command)
         if self._timer is None:
             self._arm()
-        return batch
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and not self.lost:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         self._parser.feed(data)
