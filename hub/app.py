@@ -30,6 +30,7 @@ from hub.doors.native import NATIVE
 from hub.errors import BackendUnavailable, HubError, TooManyConnections
 from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
+from hub.protocol import write_whole
 from hub.store import Backend
 from hub.supervise import Supervised
 
@@ -147,7 +148,10 @@ class _HubApp(Starlette):
                     response = await endpoint(request)
                 except HubError as exc:
                     response = await _hub_error(request, exc)
-                await response(scope, receive, send)
+                if type(response) is not JSONResponse or not write_whole(
+                    send, response.status_code, response.raw_headers, response.body
+                ):
+                    await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
