@@ -148,8 +148,10 @@ class _HubApp(Starlette):
                     response = await endpoint(request)
                 except HubError as exc:
                     response = await _hub_error(request, exc)
-                if type(response) is not JSONResponse or not write_whole(
-                    send, response.status_code, response.raw_headers, response.body
+                if not (
+                    isinstance(response, Response)
+                    and type(response) in _WHOLE
+                    and write_whole(send, response.status_code, response.raw_headers, response.body)
                 ):
                     await response(scope, receive, send)
                 return
@@ -164,6 +166,10 @@ class _HubApp(Starlette):
             if path.startswith(prefix):
                 return owner
         return None
+
+
+#: Responses the fast path writes whole (complete bodies, no background tasks).
+_WHOLE = (JSONResponse, Response)
 
 
 def drain(app: Starlette) -> None:
