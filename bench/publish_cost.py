@@ -69,7 +69,9 @@ def targets_for(servers: dict[str, Server], batch: int) -> list[Target]:
         made.append(Target(f"hub batch x{batch}", servers["hub"], many, "application/json", batch))
         made.append(Target("hub single", servers["hub"], one, "application/json", 1))
     if "baseline" in servers:
-        made.append(Target("baseline single", servers["baseline"], one, "application/json", 1))
+        base = servers["baseline"]
+        made.append(Target(f"baseline batch x{batch}", base, many, "application/json", batch))
+        made.append(Target("baseline single", base, one, "application/json", 1))
     if "nchan" in servers:
         made.append(Target("nchan single", servers["nchan"], DATA.encode(), "text/plain", 1))
     return made

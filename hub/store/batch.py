@@ -9,8 +9,7 @@ with its index and what is wrong with it, and the others are not published eithe
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,14 +76,26 @@ def read_items(bodies: Iterable[object], limit: int) -> list[PublishItem]:
     return items
 
 
-@contextmanager
-def at_index(index: int) -> Iterator[None]:
-    """Prefix the message of a hub error raised inside with ``event <index>: ``, keeping
-    its class (and so its HTTP status)."""
-    try:
-        yield
-    except HubError as exc:
-        raise type(exc)(f"event {index}: {exc}") from None
+class at_index:
+    """``with at_index(3): ...`` prefixes the message of a hub error raised inside with
+    ``event 3: ``, keeping its class (and so its HTTP status).
+
+    A class, not ``@contextmanager``: it runs once per event of a batch, and the
+    generator version was 15% of the hub's CPU under batch publishes (py-spy)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(exc, HubError):
+            raise type(exc)(f"event {self.index}: {exc}") from None
 
 
 def parse_json(raw: bytes | str, what: str = "the body") -> Any:
