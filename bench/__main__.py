@@ -123,6 +123,7 @@ TABLE = [
     ("S5", "http_msgs_per_s", "HTTP publishes/s (httpx, one Python client)"),
     ("S5", "publisher_single_msgs_per_s", "Python Publisher, sequential msgs/s"),
     ("S5", "publisher_batch_msgs_per_s", "Python Publisher, gather x100 msgs/s"),
+    ("S5", "publisher_many_msgs_per_s", "Python Publisher, publish_many x100 msgs/s"),
     ("S6", "cycles_per_s", "connects + disconnects /s"),
     (
         "S7",
@@ -173,9 +174,13 @@ def _s5(server: Server, redis_url: str, size: dict[str, Any]) -> dict[str, Any]:
     if server.name == "hub":
         single = asyncio.run(sc.python_publisher(redis_url, seconds=size["seconds"], batch=1))
         batch = asyncio.run(sc.python_publisher(redis_url, seconds=size["seconds"], batch=100))
+        many = asyncio.run(
+            sc.python_publisher(redis_url, seconds=size["seconds"], batch=100, many=True)
+        )
         out |= {
             "publisher_single_msgs_per_s": single["msgs_per_s"],
             "publisher_batch_msgs_per_s": batch["msgs_per_s"],
+            "publisher_many_msgs_per_s": many["msgs_per_s"],
         }
     return out
 
