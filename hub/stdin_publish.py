@@ -11,6 +11,7 @@ line refused, ``hub publish`` stops and says which lines were published.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -111,6 +112,7 @@ class _Lines:
         self._room = threading.Semaphore(4 * batch)
         self._batch = batch
         self._done = False
+        self._failed: OSError | None = None
         threading.Thread(target=self._read, args=(source,), daemon=True).start()
 
     def _read(self, source: BinaryIO) -> None:
@@ -119,8 +121,13 @@ class _Lines:
                 if line.strip():
                     self._room.acquire()
                     self._loop.call_soon_threadsafe(self._queue.put_nowait, (number, line))
+        except RuntimeError:
+            return  # the loop is closed: hub publish stopped at a refused line
+        except OSError as exc:
+            self._failed = exc
         finally:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, _END)
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, _END)
 
     async def take(self) -> list[tuple[int, bytes]]:
         """The next batch: every line read by now, up to the batch size; [] at the end."""
@@ -135,4 +142,6 @@ class _Lines:
                 return chunk
             item = self._queue.get_nowait()
         self._done = True
+        if self._failed is not None:
+            raise HubError(f"reading stdin failed: {self._failed}; stopped there")
         return chunk

@@ -99,8 +99,12 @@ async def publish(request: Request) -> Response:
     batch: a JSON array of them, or NDJSON (``Content-Type: application/x-ndjson``)."""
     broker: Broker = request.app.state.broker
     settings = broker.settings
+    auth: Auth = request.app.state.auth
+    # The token first: a batch body may be megabytes to read and parse.
+    claims = auth.publisher(request) if auth.publisher_verifier is not None else None
     if _is_ndjson(request):
-        return await _publish_batch(request, broker, await read_ndjson(request, settings))
+        bodies = await read_ndjson(request, settings)
+        return await _publish_batch(request, claims, bodies)
     raw = await read_body(
         request,
         max(settings.max_payload + _ENVELOPE, settings.max_batch_bytes),
@@ -113,7 +117,7 @@ async def publish(request: Request) -> Response:
                 f"the batch is {len(raw)} bytes; the limit is {settings.max_batch_bytes} "
                 "(HUB_MAX_BATCH_BYTES): split it into several requests"
             )
-        return await _publish_batch(request, broker, body)
+        return await _publish_batch(request, claims, body)
     if len(raw) > settings.max_payload + _ENVELOPE:
         raise PayloadTooLarge(
             f"the body is {len(raw)} bytes; the limit is {settings.max_payload + _ENVELOPE} "
@@ -126,9 +130,8 @@ async def publish(request: Request) -> Response:
         )
     item = read_item(body)
     refuse_reserved(item.channels)
-    auth: Auth = request.app.state.auth
-    if auth.publisher_verifier is not None:
-        auth.check_publish(auth.publisher(request), check_channels(item.channels, 1000))
+    if claims is not None:
+        auth.check_publish(claims, check_channels(item.channels, 1000))
     started = time.perf_counter()
     extra = _PRIVATE if item.private else None
     publisher = broker.publisher
@@ -141,12 +144,12 @@ async def publish(request: Request) -> Response:
     return Response(b'{"id":"%s"}' % event_id.encode(), 201, media_type="application/json")
 
 
-async def _publish_batch(request: Request, broker: Broker, bodies: list[Any]) -> Response:
+async def _publish_batch(request: Request, claims: Claims | None, bodies: list[Any]) -> Response:
     """Every item checked (shape, reserved names, the token's claims, then names, types
     and sizes in the publisher) before any is published; ids in order."""
-    items = read_items(bodies, broker.settings.max_batch)
+    broker: Broker = request.app.state.broker
     auth: Auth = request.app.state.auth
-    claims = auth.publisher(request) if auth.publisher_verifier is not None else None
+    items = read_items(bodies, broker.settings.max_batch)
     for index, item in enumerate(items):
         with at_index(index):
             refuse_reserved(item.channels)

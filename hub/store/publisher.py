@@ -21,11 +21,11 @@ from hub.store.ids import check_chosen_id
 from hub.store.keys import Keys, check_channels, check_event_type
 from hub.store.lane import Lane
 
-__all__ = ["PUBLISH_SCRIPT", "Event", "Extra", "Publisher", "SyncPublisher", "encode_data"]
+__all__ = ["PUBLISH_SCRIPT", "Extra", "Publishable", "Publisher", "SyncPublisher", "encode_data"]
 
 #: One event of :meth:`Publisher.publish_many`: a publish object as the HTTP API takes
 #: it (``{"channel": "news", "data": ..., "event": "update"}``), or one already read.
-Event = Mapping[str, Any] | PublishItem
+Publishable = Mapping[str, Any] | PublishItem
 Call = tuple[list[str], list[bytes | str | int]]
 
 #: The Lua source of the publish script (``hub/store/lua/publish.lua``).
@@ -114,7 +114,7 @@ class _Prepared:
         args.extend(names)
         return keys, args
 
-    def calls(self, events: Iterable[Event]) -> list[Call]:
+    def calls(self, events: Iterable[Publishable]) -> list[Call]:
         """Every event of a batch checked, before any is sent; the first bad one is
         refused with its index."""
         calls = []
@@ -188,7 +188,7 @@ class Publisher:
             raise publish_failure(exc, self._where) from exc
         return result.decode() if isinstance(result, bytes) else str(result)
 
-    async def publish_many(self, events: Iterable[Event]) -> list[str]:
+    async def publish_many(self, events: Iterable[Publishable]) -> list[str]:
         """Publish several events in one round trip to Redis; return their ids, in order.
 
         Each event is a publish object as ``POST /publish`` takes it:
@@ -270,7 +270,7 @@ class SyncPublisher:
             raise publish_failure(exc, self._where) from exc
         return result.decode() if isinstance(result, bytes) else str(result)
 
-    def publish_many(self, events: Iterable[Event]) -> list[str]:
+    def publish_many(self, events: Iterable[Publishable]) -> list[str]:
         """Publish several events in one round trip; see :meth:`Publisher.publish_many`."""
         calls = self._prepared.calls(events)
         try:
