@@ -125,6 +125,30 @@ async def test_without_authorization_the_rate_is_per_address(
     assert 1 <= caught.value.retry_after <= 1800
 
 
+async def test_every_event_of_a_batch_counts(
+    client: httpx.AsyncClient, start_hub: StartHub
+) -> None:
+    embedded = Backends("embedded", None)
+    hub = await start_hub(embedded.settings(publish_rate="3/min"), embedded.backend())
+    url = f"{hub.url}/publish"
+    pair = [{"channel": "a", "data": n} for n in range(2)]
+    assert (await client.post(url, json=pair)).status_code == 201
+    assert (await publish(client, hub, None)).status_code == 201
+    refused = await client.post(url, json=pair)
+    assert refused.status_code == 429
+    # More than the whole allowance at once can never pass: said so, not "retry".
+    embedded = Backends("embedded", None)
+    other = await start_hub(embedded.settings(publish_rate="3/min"), embedded.backend())
+    four = [{"channel": "a", "data": n} for n in range(4)]
+    too_many = await client.post(f"{other.url}/publish", json=four)
+    assert too_many.status_code == 400
+    assert "batches of at most 3" in too_many.json()["message"]
+    # A whole allowance at once passes (on a fresh hub: the refusal spent a unit).
+    embedded = Backends("embedded", None)
+    third = await start_hub(embedded.settings(publish_rate="3/min"), embedded.backend())
+    assert (await client.post(f"{third.url}/publish", json=four[:3])).status_code == 201
+
+
 async def test_two_nodes_on_one_redis_share_one_allowance(
     client: httpx.AsyncClient, start_hub: StartHub, redis_url: str
 ) -> None:

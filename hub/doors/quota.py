@@ -2,7 +2,8 @@
 publisher without one, counted across every node in Redis (:mod:`hub.store.rates`).
 
 Both doors spend one unit per publish request once the token is verified and before
-the body is read; a request beyond the allowance gets ``429`` with ``Retry-After``.
+the body is read, and a batch one more per further event once it is parsed; a request
+beyond the allowance gets ``429`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from starlette.requests import Request
 
 from hub.delivery.broker import Broker
 from hub.doors.auth import Claims
-from hub.errors import RateLimited
+from hub.errors import BadRequest, RateLimited
 
 __all__ = ["spend_publish"]
 
@@ -21,16 +22,26 @@ __all__ = ["spend_publish"]
 _MAX_WHO = 200
 
 
-async def spend_publish(broker: Broker, request: Request, claims: Claims | None) -> None:
-    """Spend one publish of this client's allowance, or raise :class:`RateLimited`."""
+async def spend_publish(
+    broker: Broker, request: Request, claims: Claims | None, *, units: int = 1, spent: int = 0
+) -> None:
+    """Spend ``units`` publishes of this client's allowance, or raise
+    :class:`RateLimited` (nothing spent then). ``spent``: units this request spent
+    already (a batch's first, spent before its body was read)."""
     settings = broker.settings
-    if not settings.publish_rate:
+    if not settings.publish_rate or units < 1:
         return
     limit = settings.publish_limit()
     assert limit is not None
     count, period = limit
+    if units + spent > count:
+        # Waiting would never help: more than the whole allowance at once.
+        raise BadRequest(
+            f"this batch holds more events than HUB_PUBLISH_RATE={settings.publish_rate} "
+            f"allows at once; split it into batches of at most {count}"
+        )
     who = publisher_of(request, claims)
-    wait = await broker.store.rates.spend(who, count, period)
+    wait = await broker.store.rates.spend(who, count, period, units)
     if wait > 0:
         broker.stats.rate_limited += 1
         raise RateLimited(

@@ -32,12 +32,12 @@ class Rates:
         # more CPU than verifying an RS256 token (see the commit message).
         self._lane = Lane.for_client(redis, role="rate")
 
-    async def spend(self, who: str, count: int, period: float) -> float:
-        """Spend one of ``who``'s ``count`` units per ``period`` seconds: ``0.0`` when
-        spent, else the seconds until one is free (nothing is spent then)."""
+    async def spend(self, who: str, count: int, period: float, units: int = 1) -> float:
+        """Spend ``units`` of ``who``'s ``count`` units per ``period`` seconds: ``0.0``
+        when spent, else the seconds until they are free (nothing is spent then)."""
         interval = period * 1000 / count
         key = self._keys.rate(who)
-        args = (f"{interval:.3f}", f"{interval * (count - 1):.3f}")
+        args = (f"{interval:.3f}", f"{interval * (count - 1):.3f}", units)
         with translated("counting the publish rate"):
             if self._lane is None:
                 wait_ms = await self._script(keys=[key], args=args)

@@ -5,12 +5,15 @@
 -- KEYS[1]   {prefix}rate:{who}   string: that time, in ms (expires once it has passed)
 -- ARGV[1]   interval: ms per unit (the period divided by the count)
 -- ARGV[2]   tolerance: ms of burst ((count - 1) * interval)
--- Returns 0 when the unit was spent, else the ms to wait before one will be.
+-- ARGV[3]   units to spend at once (a batch of events; 1 if absent)
+-- Returns 0 when the units were spent, else the ms to wait before they will be.
 
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
-if interval == nil or tolerance == nil or interval <= 0 or tolerance < 0 then
-  return redis.error_reply('ERR hub rate: interval and tolerance must be numbers')
+local units = tonumber(ARGV[3] or '1')
+if interval == nil or tolerance == nil or units == nil or interval <= 0 or tolerance < 0
+    or units < 1 then
+  return redis.error_reply('ERR hub rate: interval, tolerance and units must be numbers')
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
@@ -18,10 +21,10 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
 if tat < now then
   tat = now
 end
-local allowed_at = tat - tolerance
+tat = tat + interval * units
+local allowed_at = tat - tolerance - interval
 if now < allowed_at then
   return math.ceil(allowed_at - now)
 end
-tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now))
 return 0
