@@ -34,7 +34,6 @@ from hub.errors import (
     ConfigError,
     HubError,
     PayloadTooLarge,
-    RateLimited,
     TooManyConnections,
 )
 
@@ -129,8 +128,7 @@ class HubClient:
 
         A ``str`` is delivered as it is, any other JSON value as compact JSON. Raises
         :class:`BadRequest` (or :class:`PayloadTooLarge`) when the hub refuses the event,
-        :class:`RateLimited` beyond ``HUB_PUBLISH_RATE`` (its ``retry_after`` says when to
-        try again), :class:`BackendUnavailable` when the hub or its Redis cannot be reached.
+        :class:`BackendUnavailable` when the hub or its Redis cannot be reached.
         """
         body: dict[str, Any] = (
             {"channel": channel} if isinstance(channel, str) else {"channels": list(channel)}
@@ -375,8 +373,6 @@ def _answer_error(response: httpx.Response, endpoint: str) -> HubError:
         return PayloadTooLarge(text)
     if status == 400:
         return BadRequest(text)
-    if status == 429 and isinstance(body, dict) and body.get("error") == RateLimited.code:
-        return RateLimited(text, retry_after=_retry_after(response))
     if status == 503:
         if isinstance(body, dict) and body.get("error") == TooManyConnections.code:
             return TooManyConnections(text)
