@@ -28,6 +28,7 @@ from hub.doors.auth import Auth, cors_origins
 from hub.doors.mercure import MERCURE
 from hub.doors.native import NATIVE
 from hub.errors import BackendUnavailable, HubError, TooManyConnections
+from hub.inprocess import InProcessWorkers, parse_worker_specs
 from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
 from hub.store import Backend
@@ -50,11 +51,18 @@ _STATIC_FILES = {
 }
 
 
-def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend: Backend | None = None,
+    workers: Sequence[str] = (),
+) -> Starlette:
     """The hub as an ASGI app. Without a backend it connects to ``settings.redis_url``,
-    or runs on the embedded in-memory backend when that is ``None``."""
+    or runs on the embedded in-memory backend when that is ``None``. ``workers``: worker
+    names and options (``"llm --demo"``) to run in this process (:mod:`hub.inprocess`)."""
     settings = settings or Settings.from_env()
     backend = backend or Backend(settings.redis_url, pool_size=settings.redis_pool_size)
+    worker_specs = parse_worker_specs(workers)
     quiet_cut_off_streams()
     auth = Auth(settings)
 
@@ -84,6 +92,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                     setattr(app.state, door.name, state)
                 for name, value in door.provides.items():
                     setattr(app.state, name, value)
+            if worker_specs:
+                await stack.enter_async_context(
+                    InProcessWorkers(worker_specs, backend, settings, metrics.registry)
+                )
             yield
 
     metrics = Metrics()

@@ -11,7 +11,9 @@ import argparse
 import os
 
 from ..options import channel_name, non_negative_int, positive_float, positive_int
+from .answerer import DEFAULT_CONTEXT_BUDGET
 from .models import DemoModel, Model, OpenAIModel
+from .request import DEFAULT_MAX_PROMPT
 
 __all__ = ["add_arguments", "model_from"]
 
@@ -49,6 +51,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGTERM, let answers in flight finish this long, then hand them back "
         "(default: 20)",
+    )
+    requests.add_argument(
+        "--max-prompt",
+        type=positive_int,
+        default=DEFAULT_MAX_PROMPT,
+        metavar="CHARS",
+        help=f"longest prompt answered, in characters (default: {DEFAULT_MAX_PROMPT})",
+    )
+    requests.add_argument(
+        "--context-budget",
+        type=non_negative_int,
+        default=DEFAULT_CONTEXT_BUDGET,
+        metavar="CHARS",
+        help="earlier questions and answers of a conversation given to the model, in "
+        f"characters; the oldest drop first (default: {DEFAULT_CONTEXT_BUDGET})",
+    )
+    requests.add_argument(
+        "--metrics-port",
+        type=positive_int,
+        metavar="PORT",
+        help="serve the worker's Prometheus metrics on this port (default: none)",
     )
     model = parser.add_argument_group("model")
     model.add_argument(

@@ -5,7 +5,9 @@ lands in that channel's history stream, ``{prefix}stream:llm.requests``. Workers
 that stream through one Redis consumer group: Redis hands each entry to one consumer
 only, and remembers it as *pending* until that consumer acknowledges it (``XACK``).
 
-- A worker acknowledges a request after it published the reply's ``done`` or ``error``.
+- A worker acknowledges a request after it published the reply's ``done`` or ``error``
+  (a worker taking a request over looks for them in the conversation's history first:
+  :mod:`workers.llm.conversation`).
 - While it answers, it resets the request's idle time every ``claim_after / 3`` seconds,
   so nobody else takes a long answer over.
 - A request pending longer than ``claim_after`` without that (its worker was killed,
@@ -16,7 +18,6 @@ only, and remembers it as *pending* until that consumer acknowledges it (``XACK`
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, cast
@@ -25,8 +26,6 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from hub.store import Keys
-
-from .request import LLMRequest
 
 __all__ = ["Delivery", "RequestQueue"]
 
@@ -157,22 +156,6 @@ class RequestQueue:
 
     async def ack(self, request_id: str) -> None:
         await self.client.xack(self.key, self.group, request_id)
-
-    async def answered(self, request: LLMRequest) -> bool:
-        """Whether ``done`` or ``error`` for ``request`` is already in its reply channel's
-        history: a worker published it, then died before acknowledging the request."""
-        entries = await self.client.xrevrange(
-            self.keys.stream(request.reply_to), "+", f"({request.id}", count=200
-        )
-        for _entry_id, fields in cast("list[tuple[bytes, dict[bytes, bytes]]]", entries or []):
-            if fields.get(b"e") not in (b"done", b"error"):
-                continue
-            try:
-                if json.loads(fields.get(b"d", b"")).get("request_id") == request.id:
-                    return True
-            except (ValueError, AttributeError):
-                continue
-        return False
 
     async def retire(self) -> bool:
         """Leave the group if nothing is pending for this consumer; return whether it did."""
