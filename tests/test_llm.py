@@ -114,6 +114,43 @@ def test_splitter_result_does_not_depend_on_how_the_text_is_chunked(seed: int) -
     assert split(chunks) == expected
 
 
+MARKDOWN = (
+    "Here is code. Look:\n\n```python\nx = 1.5  # Done. Yes!\n\nprint(x)\n```\n"
+    "That was it.\n- First item. Two sentences.\n* Second. Also two.\n"
+    "12) Numbered. Item.\n| a. B | c. D |\n|---|---|\n~~~\nno. End\n~~~\nFin. Bye."
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, len(MARKDOWN)])
+def test_splitter_keeps_code_blocks_list_items_and_table_rows_whole(size: int) -> None:
+    chunks = [MARKDOWN[at : at + size] for at in range(0, len(MARKDOWN), size)]
+    assert split(chunks) == [
+        "Here is code.",
+        "Look:",
+        "```python\nx = 1.5  # Done. Yes!\n\nprint(x)\n```",
+        "That was it.",
+        "- First item. Two sentences.",
+        "* Second. Also two.",
+        "12) Numbered. Item.",
+        "| a. B | c. D |",
+        "|---|---|",
+        "~~~\nno. End\n~~~",
+        "Fin.",
+        "Bye.",
+    ]
+
+
+def test_splitter_sends_a_code_block_only_once_it_is_closed() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.feed("````\nfirst. Line\n") == []
+    assert splitter.feed("```\n") == []  # shorter than the opening fence: still code
+    assert splitter.feed("````") == []  # a closing fence, once its line is complete
+    assert splitter.feed("\nAfter") == ["````\nfirst. Line\n```\n````"]
+    assert splitter.flush() == ["After"]
+    assert splitter.feed("```js\nunfinished. Code") == []
+    assert splitter.flush() == ["```js\nunfinished. Code"]  # the end of the answer
+
+
 def test_splitter_waits_for_the_next_character_before_ending_a_sentence() -> None:
     splitter = SentenceSplitter()
     assert splitter.feed("It costs 3.") == []  # 3.14 or the end of a sentence?
