@@ -1,6 +1,6 @@
 """The app: the doors (:mod:`hub.doors`) onto one broker, plus ``/healthz``,
-``/readyz``, ``/metrics`` (:mod:`hub.metrics`), ``/openapi.json`` (:mod:`hub.openapi`)
-and the demo page at ``/`` (``hub/static``)."""
+``/readyz``, ``/metrics`` (:mod:`hub.metrics`), ``/openapi.json`` (:mod:`hub.openapi`),
+the demo page at ``/`` and the chat page at ``/chat`` (``hub/static``)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ _STATIC_FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "index.html": "text/html; charset=utf-8",
+    "chat.html": "text/html; charset=utf-8",
+    "chat.js": "text/javascript; charset=utf-8",
+    "chat.css": "text/css; charset=utf-8",
+    # Vendored libraries of the chat page (hub/static/vendor/README.md says which).
+    "vendor/marked.umd.js": "text/javascript; charset=utf-8",
+    "vendor/purify.min.js": "text/javascript; charset=utf-8",
+    "vendor/marked.LICENSE.txt": "text/plain; charset=utf-8",
+    "vendor/dompurify.LICENSE.txt": "text/plain; charset=utf-8",
 }
 
 
@@ -104,12 +112,13 @@ def create_app(
         fast=not settings.cors_origins,
         routes=[
             Route("/", index, methods=["GET"]),
+            Route("/chat", chat_page, methods=["GET"]),
             *(route for door in DOORS for route in door.routes),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
-            Route("/static/{name}", static_file, methods=["GET"]),
+            Route("/static/{name:path}", static_file, methods=["GET"]),
         ],
         middleware=_cors(settings),
         lifespan=lifespan,
@@ -219,6 +228,11 @@ def _cors(settings: Settings) -> list[Middleware]:
 async def index(request: Request) -> Response:
     """The demo page: follow channels, publish, ask the ``llm`` worker."""
     return await _static("index.html")
+
+
+async def chat_page(request: Request) -> Response:
+    """The chat page: a conversation with the ``llm`` worker (``?c=<channel>``)."""
+    return await _static("chat.html")
 
 
 async def static_file(request: Request) -> Response:
