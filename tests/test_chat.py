@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from hub.errors import ConfigError
@@ -22,6 +23,7 @@ from hub.inprocess import parse_worker_specs
 from hub.store import Keys
 from support.fake_openai import FakeOpenAI, Script
 from support.hubs import Backends, RunningHub, StartHub
+from support.mercure import KEY
 from support.sse import Event, SSEStream
 from workers.llm.conversation import Turn, context_messages
 from workers.llm.models import OpenAIModel
@@ -47,15 +49,19 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
 async def hub(backends: Backends, start_hub: StartHub, fake_openai: FakeOpenAI) -> RunningHub:
     """A hub with the llm worker inside, listening for requests."""
     worker = f"llm --base-url {fake_openai.url} --max-retries 0 --timeout 10"
-    backend = backends.backend()
-    running = await start_hub(backends.settings(), backend, workers=(worker,))
-    client = backend.command_client()
+    running = await start_hub(backends.settings(), backends.backend(), workers=(worker,))
+    await listening(backends)
+    return running
+
+
+async def listening(backends: Backends) -> None:
+    """Wait until the worker made its group (and so reads what is published now)."""
+    client = backends.backend().command_client()
     requests = Keys(backends.prefix).stream("llm.requests")
     deadline = time.monotonic() + 10
-    while not await client.exists(requests):  # the worker made its group: it listens
+    while not await client.exists(requests):
         assert time.monotonic() < deadline, "the worker did not start listening"
         await asyncio.sleep(0.02)
-    return running
 
 
 async def publish(hub: RunningHub, channel: str, data: Any, event: str | None = None) -> str:
@@ -211,6 +217,39 @@ async def test_a_prompt_over_the_limit_gets_an_error_event(
     assert error["reason"] == "invalid_request"
     assert "8001 characters" in error["message"]
     assert fake_openai.requests == []
+
+
+@embedded
+async def test_with_authorization_a_subject_asking_too_often_gets_an_error_event(
+    backends: Backends, start_hub: StartHub, fake_openai: FakeOpenAI
+) -> None:
+    worker = f"llm --base-url {fake_openai.url} --questions-per-minute 2"
+    settings = backends.settings(jwt_key=KEY, anonymous=True)
+    hub = await start_hub(settings, backends.backend(), workers=(worker,))
+    await listening(backends)
+
+    async def ask_as(subject: str, channel: str) -> str:
+        bearer = jwt.encode({"sub": subject, "mercure": {"publish": ["*"]}}, KEY)
+        request = {"prompt": f"From {subject}", "reply_to": channel}
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{hub.url}/publish",
+                json={"channel": "llm.requests", "data": request},
+                headers={"Authorization": f"Bearer {bearer}"},
+            )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    async with SSEStream(hub.url, ["chat.alice", "chat.bob"]) as stream:
+        for _ in range(3):
+            refused = await ask_as("alice", "chat.alice")
+        await ask_as("bob", "chat.bob")
+        events = await until(stream, lambda e: len(dones(e)) + len(of(e, "error")) == 4)
+    (error,) = [json.loads(data) for data in of(events, "error")]
+    assert error["request_id"] == refused
+    assert error["reason"] == "rate_limited"
+    assert "at most 2 a minute" in error["message"]
+    assert sorted(fake_openai.prompts()) == ["From alice", "From alice", "From bob"]
 
 
 def test_an_empty_openai_base_url_means_not_set(monkeypatch: pytest.MonkeyPatch) -> None:

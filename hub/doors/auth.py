@@ -55,6 +55,9 @@ class Claims:
     subscribe: Selectors | None
     #: The token's ``exp`` (seconds since the epoch), or ``None``.
     expires: float | None = None
+    #: The token's ``sub``, or ``None``: kept with what it publishes natively, so that
+    #: a worker can count questions per subject.
+    subject: str | None = None
 
     def can_receive(self, topics: list[str]) -> bool:
         return self.subscribe is not None and self.subscribe.match_any(topics)
@@ -106,10 +109,12 @@ class _Verifier:
         expires = float(exp) if isinstance(exp, (int, float)) else None
         if expires is not None and not 0 <= expires <= _LATEST:
             raise Unauthorized(_OUT_OF_RANGE)
+        sub = payload.get("sub")
         return Claims(
             _selectors(mercure.get("publish")),
             _selectors(mercure.get("subscribe")),
             expires,
+            sub if isinstance(sub, str) and sub else None,
         )
 
 

@@ -121,11 +121,17 @@ async def publish(request: Request) -> Response:
     if not isinstance(private, bool):
         raise BadRequest('"private" must be true or false')
     auth: Auth = request.app.state.auth
+    subject = None
     if auth.publisher_verifier is not None:
-        auth.check_publish(auth.publisher(request), check_channels(channels, 1000))
+        claims = auth.publisher(request)
+        auth.check_publish(claims, check_channels(channels, 1000))
+        subject = claims.subject
     started = time.perf_counter()
     event_id = await broker.publisher.publish(
-        channels, body["data"], event=body.get("event"), extra=Extra(private=private)
+        channels,
+        body["data"],
+        event=body.get("event"),
+        extra=Extra(private=private, subject=subject),
     )
     metrics: PublishTimer = request.app.state.metrics
     metrics.observe_publish(time.perf_counter() - started)

@@ -62,6 +62,9 @@ class Extra:
     #: False: announced to live subscribers but not kept in the hub-wide log, so it
     #: takes no room from the history that others resume from (subscription events).
     kept: bool = True
+    #: The publisher's verified token subject, kept with the event in each channel's
+    #: history (field ``s``): a worker reading requests can count them per subject.
+    subject: str | None = None
 
 
 class _Prepared:
@@ -106,6 +109,8 @@ class _Prepared:
         args.extend(self.keys.live(c) for c in names)
         args.extend(self.keys.mercure(c) for c in names)
         args.extend(names)
+        if extra.subject:
+            args.append(extra.subject)
         return keys, args
 
 

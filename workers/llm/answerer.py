@@ -32,6 +32,7 @@ from hub.store import Keys
 from ..base import Worker
 from ..run import Stopped
 from .conversation import Conversation, context_messages
+from .limits import QuestionLimit
 from .metrics import LLMMetrics
 from .models import Completion, Model, ModelError
 from .output import output_for
@@ -45,6 +46,8 @@ __all__ = ["POLL", "Answerer", "Policy"]
 POLL = 0.2
 #: Context kept by default, in characters of earlier questions and answers.
 DEFAULT_CONTEXT_BUDGET = 12000
+#: Questions a token subject may ask per minute, by default.
+DEFAULT_QUESTIONS_PER_MINUTE = 10
 
 _END = object()
 
@@ -58,6 +61,8 @@ class Policy:
     system: str | None = None
     max_prompt: int = DEFAULT_MAX_PROMPT
     context_budget: int = DEFAULT_CONTEXT_BUDGET
+    #: Questions one token subject may ask per minute (0: no limit).
+    questions_per_minute: int = DEFAULT_QUESTIONS_PER_MINUTE
 
 
 class Answerer:
@@ -86,6 +91,7 @@ class Answerer:
         self.keys = keys
         self.policy = policy
         self.metrics = metrics or LLMMetrics()
+        self.limit = QuestionLimit(client, keys, policy.questions_per_minute)
         self.answered = 0
         self.abandoned: set[str] = set()
 
@@ -94,7 +100,15 @@ class Answerer:
         request: LLMRequest | None = None
         try:
             request = self._accept(delivery)
-            if request is not None:
+            refusal = None
+            if request is not None and not delivery.claimed:
+                refusal = await self.limit.refuse(delivery.subject)
+            if request is not None and refusal is not None:
+                self.worker.log(
+                    logging.INFO, "question refused", request=request.id, reason=refusal
+                )
+                await self._error(request.id, request.reply_to, "rate_limited", refusal)
+            elif request is not None:
                 await self._answer(request, delivery.claimed)
                 self.answered += 1
             await self.queue.ack(delivery.id)

@@ -11,7 +11,7 @@ import argparse
 import os
 
 from ..options import channel_name, non_negative_int, positive_float, positive_int
-from .answerer import DEFAULT_CONTEXT_BUDGET
+from .answerer import DEFAULT_CONTEXT_BUDGET, DEFAULT_QUESTIONS_PER_MINUTE
 from .models import DemoModel, Model, OpenAIModel
 from .request import DEFAULT_MAX_PROMPT
 
@@ -66,6 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHARS",
         help="earlier questions and answers of a conversation given to the model, in "
         f"characters; the oldest drop first (default: {DEFAULT_CONTEXT_BUDGET})",
+    )
+    requests.add_argument(
+        "--questions-per-minute",
+        type=non_negative_int,
+        default=DEFAULT_QUESTIONS_PER_MINUTE,
+        metavar="N",
+        help="questions one token subject may ask per minute, when the hub checks "
+        f"tokens; beyond it an error event says so (0: no limit; default: "
+        f"{DEFAULT_QUESTIONS_PER_MINUTE})",
     )
     requests.add_argument(
         "--metrics-port",

@@ -62,6 +62,8 @@ class Delivery:
     id: str
     data: bytes | None
     claimed: bool = False
+    #: Who asked: the token subject the hub kept with the request (authorization on).
+    subject: str | None = None
 
 
 class RequestQueue:
@@ -117,7 +119,7 @@ class RequestQueue:
         deliveries: list[Delivery] = []
         for _stream, entries in cast("list[list[Any]]", reply or []):
             for entry_id, fields in entries:
-                deliveries.append(Delivery(_text(entry_id), _data(fields)))
+                deliveries.append(Delivery(_text(entry_id), _data(fields), False, _who(fields)))
         return deliveries
 
     async def claim(self, count: int) -> list[Delivery]:
@@ -126,7 +128,7 @@ class RequestQueue:
             self.key, self.group, self.consumer, self.claim_after_ms, self._cursor, count=count
         )
         self._cursor = _text(reply[0])
-        deliveries = [Delivery(_text(i), _data(f), claimed=True) for i, f in reply[1]]
+        deliveries = [Delivery(_text(i), _data(f), True, _who(f)) for i, f in reply[1]]
         # Redis 7 lists entries trimmed from the stream apart (and forgets them); 6.2
         # returns them with no fields.
         for gone in reply[2] if len(reply) > 2 else []:
@@ -184,3 +186,8 @@ def _text(value: bytes | str) -> str:
 
 def _data(fields: dict[bytes, bytes] | None) -> bytes | None:
     return fields.get(b"d") if fields else None
+
+
+def _who(fields: dict[bytes, bytes] | None) -> str | None:
+    subject = fields.get(b"s") if fields else None
+    return subject.decode("utf-8", "replace") if subject else None

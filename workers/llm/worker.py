@@ -103,6 +103,7 @@ class LLMWorker(Worker):
             system=self.system,
             max_prompt=options.max_prompt,
             context_budget=options.context_budget,
+            questions_per_minute=options.questions_per_minute,
         )
         self.answerer = Answerer(
             self,
