@@ -121,6 +121,10 @@ async def test_stop_closes_the_model_request_within_a_second_and_ends_with_the_t
     assert " ".join(of(events, "sentence")) == done["text"].strip()
     assert len(fake_openai.requests) == 1
     assert fake_openai.completed == []
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{hub.url}/metrics")).text
+    assert 'llm_answers_total{outcome="stopped"} 1.0' in metrics
+    assert "llm_first_output_seconds_count" in metrics
 
 
 @embedded
@@ -170,6 +174,51 @@ def test_context_keeps_the_newest_turns_within_the_budget() -> None:
     kept = context_messages(turns, budget=2 * each + 1)
     assert [m["content"] for m in kept] == ["question 2", "answer 2", "question 3", "answer 3"]
     assert context_messages(turns, budget=0) == []
+
+
+@embedded
+async def test_a_stopped_answer_whose_worker_died_is_finished_not_restarted(
+    backends: Backends, start_hub: StartHub, fake_openai: FakeOpenAI
+) -> None:
+    backend = backends.backend()
+    plain = await start_hub(backends.settings(), backend)  # no worker inside
+    client = backend.command_client()
+    requests = Keys(backends.prefix).stream("llm.requests")
+    # A worker read the request, said part of the answer, was asked to stop, and died.
+    await client.xgroup_create(requests, "llm", id="$", mkstream=True)
+    request_id = await ask(plain, "chat.dead", "Go on.")
+    await client.xreadgroup("llm", "dead-worker", {requests: ">"}, count=1)
+    await publish(plain, "chat.dead", {"request_id": request_id, "prompt": "Go on."}, "question")
+    await publish(plain, "chat.dead", "One two.", "sentence")
+    await publish(plain, "chat.dead", {"request_id": request_id}, "stop")
+
+    worker = f"llm --base-url {fake_openai.url} --claim-after 0.2"
+    await start_hub(backends.settings(), backend, workers=(worker,))
+    async with SSEStream(plain.url, ["chat.dead"], query_cursor="earliest") as stream:
+        events = await until(stream, lambda events: bool(dones(events)))
+        await asyncio.sleep(0.5)
+        assert len(stream.events) == len(events)
+    (done,) = dones(events)
+    assert done == {"request_id": request_id, "finish_reason": "stopped", "text": "One two."}
+    assert "restart" not in [e.event for e in events]
+    assert fake_openai.requests == []
+    deadline = time.monotonic() + 5
+    while (await client.xpending(requests, "llm"))["pending"]:  # acknowledged
+        assert time.monotonic() < deadline, "the request is still pending"
+        await asyncio.sleep(0.02)
+
+
+@embedded
+async def test_the_chat_page_and_its_libraries_are_served(hub: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=hub.url) as client:
+        page = await client.get("/chat")
+        assert page.status_code == 200
+        assert "static/chat.js" in page.text
+        for name in ("chat.js", "chat.css", "vendor/marked.umd.js", "vendor/purify.min.js"):
+            response = await client.get(f"/static/{name}")
+            assert response.status_code == 200, name
+        assert (await client.get("/static/vendor/nothing.js")).status_code == 404
+        assert (await client.get("/static/vendor/README.md")).status_code == 404
 
 
 @embedded
