@@ -18,8 +18,10 @@ import httpx
 import jwt
 import pytest
 
+from hub import Settings
 from hub.errors import ConfigError
 from hub.inprocess import parse_worker_specs
+from hub.server import serve
 from hub.store import Keys
 from support.fake_openai import FakeOpenAI, Script
 from support.hubs import Backends, RunningHub, StartHub
@@ -299,6 +301,11 @@ async def test_with_authorization_a_subject_asking_too_often_gets_an_error_event
     assert error["reason"] == "rate_limited"
     assert "at most 2 a minute" in error["message"]
     assert sorted(fake_openai.prompts()) == ["From alice", "From alice", "From bob"]
+
+
+def test_workers_inside_need_a_single_hub_process() -> None:
+    with pytest.raises(ConfigError, match="single hub process"):
+        serve(Settings(workers=2), workers=["ticker"])
 
 
 def test_an_empty_openai_base_url_means_not_set(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -684,6 +684,26 @@ async def test_a_stopping_worker_hands_back_what_it_could_not_finish(
     assert staying.matching("took over an unfinished request")
 
 
+# -- metrics --------------------------------------------------------------------------------
+
+
+@redis_only
+async def test_a_worker_process_serves_its_metrics(
+    backends: Backends, start_hub: StartHub, start_llm: StartLLM
+) -> None:
+    hub = await start_hub(backends.settings(), backends.backend())
+    port = free_port()
+    await start_llm("--metrics-port", str(port))
+    async with SSEStream(hub.url, ["answer.metrics"]) as stream:
+        await ask(hub, "answer.metrics")
+        await until_finished(stream)
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert 'llm_answers_total{outcome="done"} 1.0' in body
+    assert 'llm_first_output_seconds_count{stream="sentence"} 1.0' in body
+    assert "llm_tokens_per_second_count 1.0" in body
+
+
 # -- the offline demo ---------------------------------------------------------------------
 
 
