@@ -211,6 +211,24 @@ async def test_a_stopped_answer_whose_worker_died_is_finished_not_restarted(
 
 
 @embedded
+async def test_a_question_nobody_answers_does_not_block_the_conversation(
+    backends: Backends, start_hub: StartHub, fake_openai: FakeOpenAI
+) -> None:
+    worker = f"llm --base-url {fake_openai.url} --turn-timeout 0.5"
+    hub = await start_hub(backends.settings(), backends.backend(), workers=(worker,))
+    await listening(backends)
+    # A question event published by hand: no request behind it, nobody answers it.
+    await publish(hub, "chat.stuck", {"request_id": "1-0", "prompt": "Hello?"}, "question")
+    async with SSEStream(hub.url, ["chat.stuck"]) as stream:
+        request_id = await ask(hub, "chat.stuck", "Anyone?")
+        events = await until(stream, lambda events: bool(dones(events)))
+    error = json.loads(of(events, "error")[0])
+    assert (error["request_id"], error["reason"]) == ("1-0", "unanswered")
+    assert dones(events)[0]["request_id"] == request_id
+    assert fake_openai.requests[0]["messages"] == [{"role": "user", "content": "Anyone?"}]
+
+
+@embedded
 async def test_the_chat_page_and_its_libraries_are_served(hub: RunningHub) -> None:
     async with httpx.AsyncClient(base_url=hub.url) as client:
         page = await client.get("/chat")

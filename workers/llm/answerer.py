@@ -63,6 +63,9 @@ class Policy:
     context_budget: int = DEFAULT_CONTEXT_BUDGET
     #: Questions one token subject may ask per minute (0: no limit).
     questions_per_minute: int = DEFAULT_QUESTIONS_PER_MINUTE
+    #: Seconds a conversation may be silent before a question waiting for an earlier
+    #: one stops waiting (a live answer publishes, a taken-over one restarts).
+    turn_timeout: float = 120.0
 
 
 class Answerer:
@@ -174,12 +177,7 @@ class Answerer:
             message = "the worker answering this request stopped; answering again from the start"
             data = {"request_id": request.id, "reason": "taken_over", "message": message}
             await self.worker.publish(request.reply_to, data, event="restart")
-        # One answer at a time per conversation, in the order of the questions.
-        while request.id not in conversation.turns or conversation.waiting_for(request.id):
-            if request.id in conversation.stops:
-                break
-            await asyncio.sleep(POLL)
-            await conversation.follow()
+        await self._wait_for_turn(request, conversation)
         if request.id in conversation.stops:
             await self._stopped(request, "", "stopped before it started")
             return
@@ -188,6 +186,39 @@ class Answerer:
         messages = [{"role": "system", "content": system}] if system else []
         messages += [*earlier, {"role": "user", "content": request.prompt}]
         await self._stream(request, messages, conversation)
+
+    async def _wait_for_turn(self, request: LLMRequest, conversation: Conversation) -> None:
+        """Until every question asked before this one in the conversation is closed (one
+        answer at a time, in order), or this one is stopped.
+
+        An earlier question with no event at all in the conversation for
+        ``policy.turn_timeout`` seconds is given up on, with an ``error`` event (reason
+        ``unanswered``) that closes it for every reader: nobody is answering it (a
+        question event published by hand, a request lost with the embedded backend),
+        and it must not block the conversation for good.
+        """
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        while True:
+            if await conversation.follow():
+                quiet_since = loop.time()
+            if request.id in conversation.stops:
+                return
+            earlier = conversation.waiting_for(request.id)
+            if request.id in conversation.turns and earlier is None:
+                return
+            if earlier is not None and loop.time() - quiet_since > self.policy.turn_timeout:
+                self.worker.log(
+                    logging.WARNING,
+                    "nobody answers an earlier question of the conversation; not waiting",
+                    request=request.id,
+                    earlier=earlier,
+                )
+                # Closed for every reader of the conversation, pages included.
+                message = "nobody answered this question; ask it again"
+                await self._error(earlier, request.reply_to, "unanswered", message)
+                continue
+            await asyncio.sleep(POLL)
 
     async def _stopped(self, request: LLMRequest, text: str, why: str) -> None:
         done = {"request_id": request.id, "finish_reason": "stopped", "text": text}

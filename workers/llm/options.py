@@ -77,6 +77,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_QUESTIONS_PER_MINUTE})",
     )
     requests.add_argument(
+        "--turn-timeout",
+        type=positive_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="a question waiting for an earlier one of its conversation stops waiting "
+        "after this long without any event there; keep it above --claim-after and a "
+        "model's thinking time (default: 120)",
+    )
+    requests.add_argument(
         "--metrics-port",
         type=positive_int,
         metavar="PORT",

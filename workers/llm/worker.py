@@ -104,6 +104,7 @@ class LLMWorker(Worker):
             max_prompt=options.max_prompt,
             context_budget=options.context_budget,
             questions_per_minute=options.questions_per_minute,
+            turn_timeout=options.turn_timeout,
         )
         self.answerer = Answerer(
             self,
