@@ -137,6 +137,9 @@ async def test_chat_page_streams_markdown_survives_a_reload_and_stops(
     )
     await desktop.reload()
     await desktop.wait_for_selector("#state[data-state=open]")
+    await desktop.wait_for_selector(".turn[data-status=open] .answer p")  # the answer so far
+    assert await desktop.is_enabled("#stop")
+    await screenshot(desktop, tmp_path, "chat-1280-streaming")
     await wait_done(desktop, 1)
     await wait_done(phone, 1)
 
