@@ -112,7 +112,7 @@ class Answerer:
                 )
                 await self._error(request.id, request.reply_to, "rate_limited", refusal)
             elif request is not None:
-                await self._answer(request, delivery.claimed)
+                await self._answer(request)
                 self.answered += 1
             await self.queue.ack(delivery.id)
         except (Stopped, RedisError) as exc:
@@ -159,7 +159,12 @@ class Answerer:
         data = {"request_id": request_id, "reason": reason, "message": message}
         await self.worker.publish(reply_to, data, event="error")
 
-    async def _answer(self, request: LLMRequest, claimed: bool) -> None:
+    async def _answer(self, request: LLMRequest) -> None:
+        """Publish the question (or a restart), wait for the turn, then stream the answer.
+
+        Whether the request was answered, stopped or started before comes from the
+        conversation's history, not from who read it first: a worker taking it over
+        after a crash sees the same."""
         conversation = await Conversation(self.client, self.keys, request.reply_to).load()
         if request.id in conversation.finished:
             self.worker.log(logging.INFO, "taken-over request was answered", request=request.id)
