@@ -117,9 +117,11 @@ async def test_stop_closes_the_model_request_within_a_second_and_ends_with_the_t
     (done,) = dones(events)
     assert done["request_id"] == request_id
     assert done["finish_reason"] == "stopped"
-    sent = fake_openai.tokens_sent
-    assert 2 <= sent < 40
-    assert done["text"] == "".join(f" Word{n}." for n in range(sent))
+    # The text so far: what the worker had read when it stopped (the server may have
+    # sent a token or two more, unread, before the connection closed).
+    said = done["text"].count("Word")
+    assert 2 <= said <= fake_openai.tokens_sent < 40
+    assert done["text"] == "".join(f" Word{n}." for n in range(said))
     assert " ".join(of(events, "sentence")) == done["text"].strip()
     assert len(fake_openai.requests) == 1
     assert fake_openai.completed == []

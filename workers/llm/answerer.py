@@ -50,6 +50,7 @@ DEFAULT_CONTEXT_BUDGET = 12000
 DEFAULT_QUESTIONS_PER_MINUTE = 10
 
 _END = object()
+_STOPPED = object()
 
 
 @dataclass(frozen=True)
@@ -260,10 +261,14 @@ class Answerer:
                 pieces.put_nowait(_END)
 
         reading = asyncio.create_task(pump())
-        watching = asyncio.create_task(self._watch_for_stop(conversation, request.id, reading))
+        ended = asyncio.Event()
+        watching = asyncio.create_task(
+            self._watch_for_stop(conversation, request.id, reading, pieces, ended)
+        )
         first: float | None = None
         tokens = 0
         failure: ModelError | None = None
+        stopped = False
         try:
             while True:
                 wait = output.due_in(loop.time())
@@ -271,6 +276,9 @@ class Answerer:
                     piece = await asyncio.wait_for(pieces.get(), wait)
                 except asyncio.TimeoutError:
                     piece = ""
+                if piece is _STOPPED:
+                    stopped = True
+                    break
                 if piece is _END:
                     break
                 if isinstance(piece, ModelError):
@@ -283,12 +291,11 @@ class Answerer:
                     output.events += 1
                     first = first or loop.time()
         finally:
-            for task in (reading, watching):
-                task.cancel()
-            await asyncio.gather(reading, watching, return_exceptions=True)
+            ended.set()
+            await _cancel(reading)
+            await _cancel(watching)
         if not reading.cancelled() and reading.exception() is not None:
             raise reading.exception()  # type: ignore[misc]  # a bug, not a model failure
-        stopped = watching.done() and not watching.cancelled() and watching.exception() is None
         if failure is not None and not stopped:
             self.metrics.finished("failed")
             self.worker.log(
@@ -336,13 +343,21 @@ class Answerer:
         )
 
     async def _watch_for_stop(
-        self, conversation: Conversation, request_id: str, reading: asyncio.Task[None]
-    ) -> bool:
-        """Wait for a ``stop`` of ``request_id``; then cancel ``reading`` (which closes
-        the model request) and return True."""
+        self,
+        conversation: Conversation,
+        request_id: str,
+        reading: asyncio.Task[None],
+        pieces: asyncio.Queue[Any],
+        ended: asyncio.Event,
+    ) -> None:
+        """Until ``ended``, look for a ``stop`` of ``request_id``; on one, cancel
+        ``reading`` (which closes the model request) and tell the answer so."""
         failures = 0
         while request_id not in conversation.stops:
-            await asyncio.sleep(POLL)
+            # Ends by itself too: a cancellation can be swallowed by a Redis client's
+            # wait_for before Python 3.12, and the answer must not wait for this forever.
+            if await _wait(ended, POLL):
+                return
             try:
                 await conversation.follow()
             except RedisError as exc:
@@ -357,4 +372,23 @@ class Answerer:
                 continue
             failures = 0
         reading.cancel()
-        return True
+        pieces.put_nowait(_STOPPED)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; return whether it is set."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again if a cancellation was
+    swallowed on the way (asyncio.wait_for before Python 3.12 can do that)."""
+    task.cancel()
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.5)
+        if not task.done():
+            task.cancel()
