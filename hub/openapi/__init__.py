@@ -100,8 +100,8 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                             "in": "path",
                             "required": True,
                             "schema": {"type": "string"},
-                            "description": "app.js, style.css, index.html, chat.js, "
-                            "chat.css, chat.html, or vendor/ files",
+                            "description": "app.js, hub.js, hub.d.ts, style.css, index.html, "
+                            "chat.js, chat.css, chat.html, or vendor/ files",
                         }
                     ],
                     "responses": {
