@@ -121,7 +121,8 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
-            Route("/static/{name:path}", static_file, methods=["GET"]),
+            Route("/static/{name}", static_file, methods=["GET"]),
+            Route("/static/vendor/{name}", vendor_file, methods=["GET"]),
         ],
         middleware=_cors(settings),
         lifespan=lifespan,
@@ -244,6 +245,11 @@ async def chat_page(request: Request) -> Response:
 async def static_file(request: Request) -> Response:
     """The demo page's scripts and styles."""
     return await _static(request.path_params["name"])
+
+
+async def vendor_file(request: Request) -> Response:
+    """The chat page's vendored libraries (``hub/static/vendor/README.md``)."""
+    return await _static("vendor/" + request.path_params["name"])
 
 
 async def _static(name: str) -> Response:

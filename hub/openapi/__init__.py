@@ -93,7 +93,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             "/static/{name}": {
                 "get": {
                     "operationId": "demoStatic",
-                    "summary": "The demo and chat pages' scripts, styles and vendored libraries",
+                    "summary": "The demo and chat pages' scripts and styles",
                     "parameters": [
                         {
                             "name": "name",
@@ -101,7 +101,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                             "required": True,
                             "schema": {"type": "string"},
                             "description": "app.js, hub.js, hub.d.ts, style.css, index.html, "
-                            "chat.js, chat.css, chat.html, or vendor/ files",
+                            "chat.js, chat.css or chat.html",
                         }
                     ],
                     "responses": {
@@ -111,6 +111,31 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                 "text/javascript": {"schema": {"type": "string"}},
                                 "text/css": {"schema": {"type": "string"}},
                                 "text/html": {"schema": {"type": "string"}},
+                                "text/plain": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "404": error("No such file."),
+                    },
+                }
+            },
+            "/static/vendor/{name}": {
+                "get": {
+                    "operationId": "chatVendorFile",
+                    "summary": "The chat page's vendored libraries (marked, DOMPurify) and licences",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "description": "marked.umd.js, purify.min.js, or their LICENSE.txt",
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The file.",
+                            "content": {
+                                "text/javascript": {"schema": {"type": "string"}},
                                 "text/plain": {"schema": {"type": "string"}},
                             },
                         },
