@@ -121,7 +121,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             "/static/vendor/{name}": {
                 "get": {
                     "operationId": "chatVendorFile",
-                    "summary": "The chat page's vendored libraries (marked, DOMPurify) and licences",
+                    "summary": "The chat page's vendored libraries (marked, DOMPurify)",
                     "parameters": [
                         {
                             "name": "name",
