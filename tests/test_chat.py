@@ -311,16 +311,26 @@ async def test_with_authorization_a_subject_asking_too_often_gets_an_error_event
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
-    async with SSEStream(hub.url, ["chat.alice", "chat.bob"]) as stream:
+    async with SSEStream(hub.url, ["chat.alice", "chat.bob", "chat.carol"]) as stream:
         for _ in range(3):
             refused = await ask_as("alice", "chat.alice")
         await ask_as("bob", "chat.bob")
-        events = await until(stream, lambda e: len(dones(e)) + len(of(e, "error")) == 4)
-    (error,) = [json.loads(data) for data in of(events, "error")]
-    assert error["request_id"] == refused
-    assert error["reason"] == "rate_limited"
-    assert "at most 2 a minute" in error["message"]
-    assert sorted(fake_openai.prompts()) == ["From alice", "From alice", "From bob"]
+        # A batch is counted too: it is no way around the limit.
+        bearer = jwt.encode({"sub": "carol", "mercure": {"publish": ["*"]}}, KEY)
+        request = {"prompt": "From carol", "reply_to": "chat.carol"}
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{hub.url}/publish",
+                json=[{"channel": "llm.requests", "data": request}] * 3,
+                headers={"Authorization": f"Bearer {bearer}"},
+            )
+        assert response.status_code == 201, response.text
+        events = await until(stream, lambda e: len(dones(e)) + len(of(e, "error")) == 7)
+    errors = [json.loads(data) for data in of(events, "error")]
+    assert [e["request_id"] for e in errors] == [refused, response.json()["ids"][2]]
+    assert {e["reason"] for e in errors} == {"rate_limited"}
+    assert "at most 2 a minute" in errors[0]["message"]
+    assert sorted(fake_openai.prompts()) == ["From alice"] * 2 + ["From bob"] + ["From carol"] * 2
 
 
 def test_workers_inside_need_a_single_hub_process() -> None:
