@@ -1,6 +1,6 @@
 """The app: the doors (:mod:`hub.doors`) onto one broker, plus ``/healthz``,
-``/readyz``, ``/metrics`` (:mod:`hub.metrics`), ``/openapi.json`` (:mod:`hub.openapi`)
-and the demo page at ``/`` (``hub/static``)."""
+``/readyz``, ``/metrics`` (:mod:`hub.metrics`), ``/openapi.json`` (:mod:`hub.openapi`),
+the demo page at ``/`` and the chat page at ``/chat`` (``hub/static``)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from hub.errors import (
     RateLimited,
     TooManyConnections,
 )
+from hub.inprocess import InProcessWorkers, parse_worker_specs
 from hub.logs import redact_secrets
 from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
@@ -58,14 +59,29 @@ _STATIC_FILES = {
     "hub.d.ts": "text/plain; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "index.html": "text/html; charset=utf-8",
+    "chat.html": "text/html; charset=utf-8",
+    "chat.js": "text/javascript; charset=utf-8",
+    "chat.css": "text/css; charset=utf-8",
+    # Vendored libraries of the chat page (hub/static/vendor/README.md says which).
+    "vendor/marked.umd.js": "text/javascript; charset=utf-8",
+    "vendor/purify.min.js": "text/javascript; charset=utf-8",
+    "vendor/marked.LICENSE.txt": "text/plain; charset=utf-8",
+    "vendor/dompurify.LICENSE.txt": "text/plain; charset=utf-8",
 }
 
 
-def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend: Backend | None = None,
+    workers: Sequence[str] = (),
+) -> Starlette:
     """The hub as an ASGI app. Without a backend it connects to ``settings.redis_url``,
-    or runs on the embedded in-memory backend when that is ``None``."""
+    or runs on the embedded in-memory backend when that is ``None``. ``workers``: worker
+    names and options (``"llm --demo"``) to run in this process (:mod:`hub.inprocess`)."""
     settings = settings or Settings.from_env()
     backend = backend or Backend(settings.redis_url, pool_size=settings.redis_pool_size)
+    worker_specs = parse_worker_specs(workers)
     quiet_cut_off_streams()
     auth = Auth(settings)
 
@@ -96,6 +112,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                     setattr(app.state, door.name, state)
                 for name, value in door.provides.items():
                     setattr(app.state, name, value)
+            if worker_specs:
+                await stack.enter_async_context(
+                    InProcessWorkers(worker_specs, backend, settings, metrics.registry)
+                )
             yield
 
     metrics = Metrics()
@@ -104,12 +124,14 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         fast=not settings.cors_origins,
         routes=[
             Route("/", index, methods=["GET"]),
+            Route("/chat", chat_page, methods=["GET"]),
             *(route for door in DOORS for route in door.routes),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/static/{name}", static_file, methods=["GET"]),
+            Route("/static/vendor/{name}", vendor_file, methods=["GET"]),
         ],
         middleware=_cors(settings),
         lifespan=lifespan,
@@ -236,9 +258,19 @@ async def index(request: Request) -> Response:
     return await _static("index.html")
 
 
+async def chat_page(request: Request) -> Response:
+    """The chat page: a conversation with the ``llm`` worker (``?c=<channel>``)."""
+    return await _static("chat.html")
+
+
 async def static_file(request: Request) -> Response:
     """The demo page's scripts and styles."""
     return await _static(request.path_params["name"])
+
+
+async def vendor_file(request: Request) -> Response:
+    """The chat page's vendored libraries (``hub/static/vendor/README.md``)."""
+    return await _static("vendor/" + request.path_params["name"])
 
 
 async def _static(name: str) -> Response:

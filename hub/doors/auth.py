@@ -56,7 +56,8 @@ class Claims:
     subscribe: Selectors | None
     #: The token's ``exp`` (seconds since the epoch), or ``None``.
     expires: float | None = None
-    #: The token's ``sub``, or ``None`` (what ``HUB_PUBLISH_RATE`` counts by).
+    #: The token's ``sub``, or ``None``: what ``HUB_PUBLISH_RATE`` counts by, and kept
+    #: with what it publishes natively, so that a worker can count questions per subject.
     subject: str | None = None
 
     def can_receive(self, topics: list[str]) -> bool:
@@ -99,7 +100,7 @@ class _Verifier:
             _selectors(mercure.get("publish")),
             _selectors(mercure.get("subscribe")),
             expires,
-            subject=sub if isinstance(sub, str) else None,
+            subject=sub if isinstance(sub, str) and sub else None,
         )
 
 
