@@ -134,10 +134,7 @@ def serve(settings: Settings, workers: Sequence[str] = ()) -> int:
             "--worker runs workers inside a single hub process: leave HUB_WORKERS at 1, "
             "or run them as `hub worker NAME` next to hubs on a Redis"
         )
-    if settings.jwt_jwks_url:
-        # Here, not in the app's start-up, so that a wrong URL is one line and status 2
-        # (and before logging is set up: httpx would log the request too).
-        check_jwks_url(settings.jwt_jwks_url)
+    check_jwks_url(settings.jwt_jwks_url)  # before logging is set up (see there)
     _configure_logging(settings)
     with _metrics_dir(settings.workers > 1):
         if settings.workers > 1:

@@ -207,10 +207,17 @@ class JWKSKeys:
         return parse_jwks(body, self.shown)
 
 
-def check_jwks_url(url: str, timeout: float = FETCH_TIMEOUT) -> None:
+def check_jwks_url(url: str | None, timeout: float = FETCH_TIMEOUT) -> None:
     """For ``hub serve``, before any event loop runs: raise :class:`ConfigError` when the
     endpoint answers with something that is not a usable JWKS. One that does not answer
-    may be down for a while: the app's own fetches retry it."""
+    may be down for a while: the app's own fetches retry it.
+
+    Called before the app's start-up, so that a wrong URL is one line and exit status 2
+    (in the start-up it would come with uvicorn's traceback), and before logging is set
+    up, or httpx would log the request too.
+    """
+    if not url:
+        return
     shown = JWKSKeys(url).shown  # checks the URL's shape
     try:
         with httpx.Client(timeout=timeout, follow_redirects=True) as client:
