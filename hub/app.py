@@ -179,7 +179,12 @@ def drain(app: Starlette) -> None:
 async def _hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
     retry_later = isinstance(exc, (BackendUnavailable, TooManyConnections))
-    headers = {"Retry-After": "5"} if retry_later else None
+    headers = {"Retry-After": "5"} if retry_later else {}
+    # RFC 6750: a 401 always carries a Bearer challenge; the auth checks give a precise
+    # one (invalid_token, insufficient_scope, invalid_request) where they know it.
+    challenge = exc.challenge or ("Bearer" if exc.status_code == 401 else None)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
     return JSONResponse(
         {"error": exc.code, "message": str(exc)}, status_code=exc.status_code, headers=headers
     )
@@ -199,7 +204,7 @@ def _cors(settings: Settings) -> list[Middleware]:
             allow_credentials=origins != ["*"],
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Last-Event-ID", "Content-Type", "Cache-Control"],
-            expose_headers=["Last-Event-ID"],
+            expose_headers=["Last-Event-ID", "Mercure-Last-Event-ID", "WWW-Authenticate"],
         )
     ]
 
