@@ -235,8 +235,8 @@ class Auth:
         if header is not None:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                message = "the Authorization header must be 'Bearer <token>'"
-                raise BadRequest(message, challenge=bearer_challenge("invalid_request", message))
+                # Another scheme is no bearer token at all: 401 with a bare challenge.
+                raise _missing("the Authorization header must be 'Bearer <token>'")
             return token.strip()
         query = request.query_params.get("authorization")
         if query:

@@ -98,13 +98,17 @@ def _selectors_1(request: Request, limit: int) -> tuple[list[str], Selectors]:
         raise _invalid_request(
             f"{len(exact) + len(patterns)} topics requested, at most {limit} (HUB_MAX_CHANNELS)"
         )
-    # Sizes first, compiling after, as for templates.
-    for selector in exact:
-        if selector != "*":
-            check_channel(selector)
-    for pattern in patterns:
-        check_pattern(pattern)
-    selectors = Selectors(matches=exact, urlpatterns=patterns, strict=True)
+    try:
+        # Sizes first, compiling after, as for templates.
+        for selector in exact:
+            if selector != "*":
+                check_channel(selector)
+        for pattern in patterns:
+            check_pattern(pattern)
+        selectors = Selectors(matches=exact, urlpatterns=patterns, strict=True)
+    except BadRequest as exc:
+        # Mercure 1.0 answers a malformed request with RFC 6750's invalid_request.
+        raise _invalid_request(str(exc)) from None
     return list(dict.fromkeys(exact + patterns)), selectors
 
 
