@@ -25,6 +25,7 @@ from hub.delivery.response import EventStream, quiet_cut_off_streams
 from hub.delivery.sse import retry_frame
 from hub.doors import Door, Endpoint
 from hub.doors.auth import Auth, cors_origins
+from hub.doors.grants import bearer_challenge
 from hub.doors.mercure import MERCURE
 from hub.doors.native import NATIVE
 from hub.errors import BackendUnavailable, HubError, TooManyConnections
@@ -182,7 +183,7 @@ async def _hub_error(request: Request, exc: Exception) -> Response:
     headers = {"Retry-After": "5"} if retry_later else {}
     # RFC 6750: a 401 always carries a Bearer challenge; the auth checks give a precise
     # one (invalid_token, insufficient_scope, invalid_request) where they know it.
-    challenge = exc.challenge or ("Bearer" if exc.status_code == 401 else None)
+    challenge = exc.challenge or (bearer_challenge(None) if exc.status_code == 401 else None)
     if challenge is not None:
         headers["WWW-Authenticate"] = challenge
     return JSONResponse(

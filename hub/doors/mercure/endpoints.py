@@ -274,10 +274,11 @@ async def subscriptions_endpoint(request: Request) -> Response:
     if claims is None:
         raise Unauthorized("the subscriptions API needs a subscriber JWT")
     if claims.subscribe is None or not claims.subscribe.match(path):
-        raise Forbidden(
-            f"the token's mercure.subscribe selectors do not match {path[:120]!r}; add "
+        message = (
+            f"the token's subscribe selectors do not match {path[:120]!r}; add "
             f"a selector such as '{PATH}{{/topic}}{{/subscriber}}'"
         )
+        raise Forbidden(message, challenge=bearer_challenge("insufficient_scope", message))
     parts = [unquote(p) for p in path[len(PATH) :].split("/") if p]
     if len(parts) > 2:
         raise BadRequest(f"use {PATH}, {PATH}/{{topic}} or {PATH}/{{topic}}/{{subscriber}}")
