@@ -91,7 +91,8 @@ class Settings:
     #: ``match_urlpattern=``, ``authorization_details`` tokens, the
     #: ``__Secure-mercure_access_token`` cookie) and ``0.24`` (``topic=``, the
     #: ``mercure`` claim, the ``mercureAuthorization`` cookie and ``authorization``
-    #: query parameter). Name one to narrow the hub to it.
+    #: query parameter). Name one to narrow the Mercure door to it (the native API
+    #: takes tokens of both forms whatever this says).
     mercure_protocols: str = "1.0,0.24"
 
     def __post_init__(self) -> None:

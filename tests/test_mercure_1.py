@@ -225,6 +225,17 @@ async def test_mercure_protocols_narrow_the_hub_to_one_version(
     await mercure_publish(only_0.url, "a", "x", bearer=PUBLISHER, expect=401)
     await mercure_publish(only_1.url, "a", "x", bearer=PUBLISHER)
     await mercure_publish(only_0.url, "a", "x", bearer=token(publish=["*"]))
+    # The native API is the hub's own: its tokens and their placement do not change.
+    old_token = token(publish=["*"], subscribe=["*"])
+    events = await _get(f"{only_1.url}/events?channel=a&authorization={old_token}")
+    assert events.status_code == 200
+    async with httpx.AsyncClient() as client:
+        native = await client.post(
+            f"{only_1.url}/publish",
+            json={"channel": "a", "data": "n"},
+            headers={"Authorization": f"Bearer {old_token}"},
+        )
+    assert native.status_code == 201
     with pytest.raises(Exception, match="mercure_protocols"):
         Settings(mercure_protocols="2.0")
 

@@ -68,16 +68,16 @@ class Claims:
         return self.subscribe is not None and self.subscribe.match_any(topics)
 
 
+#: Mercure's protocol versions, all of which the native API's tokens may use.
+PROTOCOLS = frozenset({"1.0", "0.24"})
+
 #: Development mode: no key, so nothing to check.
 EVERYTHING = Claims(Selectors(["*"]), Selectors(["*"]))
 
 
 class _Verifier:
-    def __init__(
-        self, role: str, key: str, algorithm: str, protocols: frozenset[str] = frozenset({"0.24"})
-    ) -> None:
+    def __init__(self, role: str, key: str, algorithm: str) -> None:
         self.role = role
-        self.protocols = protocols
         self.algorithm = algorithm
         self.key: Any = key
         if algorithm.startswith(_ASYMMETRIC):
@@ -96,7 +96,8 @@ class _Verifier:
                 f"HUB_JWT_ALGORITHM={algorithm!r} is not supported; use HS256, RS256 or ES256"
             )
 
-    def verify(self, token: str) -> Claims:
+    def verify(self, token: str, protocols: frozenset[str] = PROTOCOLS) -> Claims:
+        """The claims of ``token``, its grants read as ``protocols`` allow."""
         try:
             # Mercure 1.0 tokens carry aud (and iss): with no audience configured the
             # hub accepts any, as PyJWT would not (it refuses an aud it was not given).
@@ -119,7 +120,7 @@ class _Verifier:
         expires = float(exp) if isinstance(exp, (int, float)) else None
         if expires is not None and not 0 <= expires <= _LATEST:
             raise _invalid(_OUT_OF_RANGE)
-        grants = read_grants(decoded["header"], payload, self.protocols)
+        grants = read_grants(decoded["header"], payload, protocols)
         return Claims(grants.publish, grants.subscribe, expires, grants.payload)
 
 
@@ -138,14 +139,11 @@ class Auth:
         pub_key = settings.publisher_jwt_key or settings.jwt_key
         sub_key = settings.subscriber_jwt_key or settings.jwt_key
         algorithm = settings.jwt_algorithm
-        #: The Mercure protocol versions served (``HUB_MERCURE_PROTOCOLS``).
-        self.protocols = protocols = settings.protocols()
-        self.publisher_verifier = (
-            _Verifier("publisher", pub_key, algorithm, protocols) if pub_key else None
-        )
-        self.subscriber_verifier = (
-            _Verifier("subscriber", sub_key, algorithm, protocols) if sub_key else None
-        )
+        #: The Mercure protocol versions the Mercure door serves (``HUB_MERCURE_PROTOCOLS``);
+        #: the native API takes tokens of either form whatever it says.
+        self.protocols = settings.protocols()
+        self.publisher_verifier = _Verifier("publisher", pub_key, algorithm) if pub_key else None
+        self.subscriber_verifier = _Verifier("subscriber", sub_key, algorithm) if sub_key else None
         self.anonymous = settings.anonymous
         self.cors_origins = cors_origins(settings)
 
@@ -167,23 +165,29 @@ class Auth:
                 "(list origins by name for that)"
             )
 
-    def publisher(self, request: Request) -> Claims:
+    def publisher(self, request: Request, *, mercure: bool = False) -> Claims:
         """The claims of a publish request; raise :class:`Unauthorized` without a valid
-        token (publishing always needs one once a key is set)."""
+        token (publishing always needs one once a key is set). ``mercure``: a request to
+        the Mercure door, held to ``HUB_MERCURE_PROTOCOLS``."""
+        protocols = self.protocols if mercure else PROTOCOLS
         if self.publisher_verifier is None:
             return EVERYTHING
-        token = self._token(request, csrf_check=True, modern=False)
+        token = self._token(request, csrf_check=True, modern=False, protocols=protocols)
         if token is None:
             raise _missing(
                 "publishing needs a JWT: send 'Authorization: Bearer <token>' (or the "
-                f"{self._cookie_names()} cookie from an allowed origin)"
+                f"{_cookie_names(protocols)} cookie from an allowed origin)"
             )
-        return self.publisher_verifier.verify(token)
+        return self.publisher_verifier.verify(token, protocols)
 
-    def subscriber(self, request: Request, *, modern: bool = False) -> Claims | None:
+    def subscriber(
+        self, request: Request, *, mercure: bool = False, modern: bool = False
+    ) -> Claims | None:
         """The claims of a subscribe request; ``None`` for an anonymous subscriber
-        (public updates only), where anonymous subscribers are allowed. ``modern``: a
-        Mercure 1.0 request, which may not carry its token in the URL."""
+        (public updates only), where anonymous subscribers are allowed. ``mercure``: a
+        request to the Mercure door; ``modern``: a Mercure 1.0 one, which may not carry
+        its token in the URL."""
+        protocols = self.protocols if mercure else PROTOCOLS
         if modern and request.query_params.get("authorization"):
             # Checked with or without a key: a client sending its token in the URL must
             # learn it (RFC 9700) before it ships to production.
@@ -195,16 +199,16 @@ class Auth:
             raise BadRequest(message, challenge=bearer_challenge("invalid_request", message))
         if self.subscriber_verifier is None:
             return EVERYTHING
-        token = self._token(request, csrf_check=False, modern=modern)
+        token = self._token(request, csrf_check=False, modern=modern, protocols=protocols)
         if token is None:
             if self.anonymous:
                 return None
             raise _missing(
                 "subscribing needs a JWT: send 'Authorization: Bearer <token>' or the "
-                f"{self._cookie_names()} cookie (or run the hub with HUB_ANONYMOUS=1 to "
+                f"{_cookie_names(protocols)} cookie (or run the hub with HUB_ANONYMOUS=1 to "
                 "serve public updates without one)"
             )
-        return self.subscriber_verifier.verify(token)
+        return self.subscriber_verifier.verify(token, protocols)
 
     @staticmethod
     def check_publish(claims: Claims, topics: list[str]) -> None:
@@ -220,17 +224,9 @@ class Auth:
             )
             raise Forbidden(message, challenge=_scope(message))
 
-    def _cookie_names(self) -> str:
-        return " or ".join(name for name, _ in self._cookies())
-
-    def _cookies(self) -> list[tuple[str, str]]:
-        return [
-            (name, version)
-            for name, version in ((COOKIE_1, "1.0"), (COOKIE, "0.24"))
-            if version in self.protocols
-        ]
-
-    def _token(self, request: Request, *, csrf_check: bool, modern: bool) -> str | None:
+    def _token(
+        self, request: Request, *, csrf_check: bool, modern: bool, protocols: frozenset[str]
+    ) -> str | None:
         header = request.headers.get("authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
@@ -240,7 +236,7 @@ class Auth:
             return token.strip()
         query = request.query_params.get("authorization")
         if query:
-            if "0.24" not in self.protocols:
+            if "0.24" not in protocols:
                 message = (
                     "this hub serves Mercure 1.0 only (HUB_MERCURE_PROTOCOLS), which takes "
                     "no token in the URL: send it in the Authorization header or the "
@@ -248,7 +244,7 @@ class Auth:
                 )
                 raise BadRequest(message, challenge=bearer_challenge("invalid_request", message))
             return query
-        for name, _ in self._cookies():
+        for name in _cookies(protocols):
             if modern and name == COOKIE:
                 continue
             cookie = request.cookies.get(name)
@@ -279,6 +275,14 @@ class Auth:
             f"origin {origin!r} may not publish with the {cookie} cookie; add it to "
             "HUB_CORS_ORIGINS, or send the token in the Authorization header"
         )
+
+
+def _cookies(protocols: frozenset[str]) -> list[str]:
+    return [name for name, version in ((COOKIE_1, "1.0"), (COOKIE, "0.24")) if version in protocols]
+
+
+def _cookie_names(protocols: frozenset[str]) -> str:
+    return " or ".join(_cookies(protocols))
 
 
 def _scope(message: str) -> str:

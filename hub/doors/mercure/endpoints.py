@@ -124,7 +124,7 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
     door: MercureDoor = request.app.state.mercure
     modern = _modern(request, door.auth.protocols)
     # Authenticate before any work a selector could make expensive.
-    claims = door.auth.subscriber(request, modern=modern)
+    claims = door.auth.subscriber(request, mercure=True, modern=modern)
     selectors: Selectors | None = None
     if modern:
         topics, selectors = _selectors_1(request, door.settings.max_channels)
@@ -209,7 +209,7 @@ async def native_stream(
 async def mercure_publish(request: Request) -> Response:
     """``POST /.well-known/mercure``: publish an update (form-encoded, Mercure fields)."""
     door: MercureDoor = request.app.state.mercure
-    claims = door.auth.publisher(request)
+    claims = door.auth.publisher(request, mercure=True)
     content_type = request.headers.get("content-type", "")
     if content_type and not content_type.startswith("application/x-www-form-urlencoded"):
         raise BadRequest("send the update as application/x-www-form-urlencoded form fields")
@@ -270,7 +270,7 @@ async def subscriptions_endpoint(request: Request) -> Response:
         raise NotFound("the subscriptions API is off; run the hub with HUB_SUBSCRIPTIONS=1")
     raw = request.scope.get("raw_path") or request.url.path.encode()
     path = raw.decode("latin-1").split("?", 1)[0]
-    claims = door.auth.subscriber(request)
+    claims = door.auth.subscriber(request, mercure=True)
     if claims is None:
         raise Unauthorized("the subscriptions API needs a subscriber JWT")
     if claims.subscribe is None or not claims.subscribe.match(path):
