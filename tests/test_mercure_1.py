@@ -185,9 +185,15 @@ async def test_tokens_travel_in_the_header_or_cookie_and_never_in_a_1_0_url(
     assert 'error="invalid_token"' in expired.headers["www-authenticate"]
     async with mercure1_stream(hub.url, ["a"], cookie=reader) as by_cookie:
         assert by_cookie.status == 200
-    # 0.24 requests keep the query parameter and their own cookie.
-    async with mercure_stream(hub.url, ["a"], query={"authorization": reader}) as old:
+    # 0.24 requests keep the query parameter (for 0.24 tokens) and their own cookie.
+    old_reader = token(subscribe=["*"])
+    async with mercure_stream(hub.url, ["a"], query={"authorization": old_reader}) as old:
         assert old.status == 200
+    # An at+jwt access token is 1.0's, whatever the request: never from a URL.
+    for url in (f"{base}?topic=a", f"{hub.url}/events?channel=a"):
+        leaked = await _get(f"{url}&authorization={reader}")
+        assert leaked.status_code == 400, url
+        assert 'error="invalid_request"' in leaked.headers["www-authenticate"]
     old_cookie = await _get(f"{base}?match=a", Cookie=f"mercureAuthorization={reader}")
     assert old_cookie.status_code == 401  # the 0.24 cookie is not read on a 1.0 request
 

@@ -29,7 +29,7 @@ import jwt
 from starlette.requests import Request
 
 from hub.config import Settings
-from hub.doors.grants import bearer_challenge, read_grants
+from hub.doors.grants import bearer_challenge, is_access_token, read_grants
 from hub.doors.topics import Selectors
 from hub.errors import BadRequest, ConfigError, Forbidden, Unauthorized
 
@@ -241,6 +241,14 @@ class Auth:
                     "this hub serves Mercure 1.0 only (HUB_MERCURE_PROTOCOLS), which takes "
                     "no token in the URL: send it in the Authorization header or the "
                     f"{COOKIE_1} cookie"
+                )
+                raise BadRequest(message, challenge=bearer_challenge("invalid_request", message))
+            if is_access_token(query):
+                # An RFC 9068 access token is Mercure 1.0's, which never travels in a URL.
+                message = (
+                    "an at+jwt access token may not be sent in the URL, where logs and "
+                    "Referer headers leak it (RFC 9700): send it in the Authorization "
+                    f"header or the {COOKIE_1} cookie"
                 )
                 raise BadRequest(message, challenge=bearer_challenge("invalid_request", message))
             return query

@@ -22,10 +22,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
+
 from hub.doors.topics import Selectors
 from hub.errors import BadRequest, Unauthorized
 
-__all__ = ["DETAIL_TYPE", "Grants", "bearer_challenge", "read_grants"]
+__all__ = ["DETAIL_TYPE", "Grants", "bearer_challenge", "is_access_token", "read_grants"]
 
 #: The ``type`` of a Mercure entry in ``authorization_details``.
 DETAIL_TYPE = "https://mercure.rocks/authorization-detail"
@@ -58,6 +60,16 @@ def bearer_challenge(error: str | None, description: str = "") -> str:
     safe = "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "'" for c in description)
     text = f'Bearer realm="mercure", error="{error}"'
     return text + (f', error_description="{safe[:200]}"' if safe else "")
+
+
+def is_access_token(token: str) -> bool:
+    """Does ``token``'s (unverified) header say ``typ: at+jwt``? Cheap: one base64 and
+    JSON decode of the header, no signature check."""
+    try:
+        typ = jwt.get_unverified_header(token).get("typ")
+    except jwt.InvalidTokenError:
+        return False
+    return isinstance(typ, str) and typ.lower() in _ACCESS_TOKEN_TYPES
 
 
 def _refused(message: str) -> Unauthorized:
