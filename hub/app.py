@@ -29,6 +29,7 @@ from hub.doors.grants import bearer_challenge
 from hub.doors.mercure import MERCURE
 from hub.doors.native import NATIVE
 from hub.errors import BackendUnavailable, HubError, TooManyConnections
+from hub.logs import redact_secrets
 from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
 from hub.store import Backend
@@ -183,13 +184,17 @@ async def _hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
     retry_later = isinstance(exc, (BackendUnavailable, TooManyConnections))
     headers = {"Retry-After": "5"} if retry_later else {}
+    # The message may quote what the client sent; a token in it would reach whatever
+    # logs the answer (a proxy, the client's own logs).
+    message = redact_secrets(str(exc))
     # RFC 6750: a 401 always carries a Bearer challenge; the auth checks give a precise
-    # one (invalid_token, insufficient_scope, invalid_request) where they know it.
+    # one (invalid_token, insufficient_scope, invalid_request) where they know it. Its
+    # description repeats the message, so it is redacted alike.
     challenge = exc.challenge or (bearer_challenge(None) if exc.status_code == 401 else None)
     if challenge is not None:
-        headers["WWW-Authenticate"] = challenge
+        headers["WWW-Authenticate"] = redact_secrets(challenge)
     return JSONResponse(
-        {"error": exc.code, "message": str(exc)}, status_code=exc.status_code, headers=headers
+        {"error": exc.code, "message": message}, status_code=exc.status_code, headers=headers
     )
 
 

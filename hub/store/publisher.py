@@ -19,6 +19,7 @@ from hub.store.failures import publish_failure
 from hub.store.ids import check_chosen_id
 from hub.store.keys import Keys, check_channels, check_event_type
 from hub.store.lane import Lane
+from hub.store.urls import check_plain_url
 
 __all__ = ["PUBLISH_SCRIPT", "Extra", "Publisher", "SyncPublisher", "encode_data"]
 
@@ -136,6 +137,7 @@ class Publisher:
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Publisher:
         """A publisher with its own connection pool to the Redis at ``url``."""
+        check_plain_url(url)
         settings = (settings or Settings.from_env()).replace(redis_url=url)
         return cls(redis.asyncio.Redis.from_url(url), settings)
 
@@ -192,6 +194,7 @@ class SyncPublisher:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> SyncPublisher:
+        check_plain_url(url)
         settings = (settings or Settings.from_env()).replace(redis_url=url)
         return cls(redis.Redis.from_url(url), settings)
 
