@@ -188,11 +188,11 @@ async def _hub_error(request: Request, exc: Exception) -> Response:
     # logs the answer (a proxy, the client's own logs).
     message = redact_secrets(str(exc))
     # RFC 6750: a 401 always carries a Bearer challenge; the auth checks give a precise
-    # one (invalid_token, insufficient_scope, invalid_request) where they know it. Its
-    # description repeats the message, so it is redacted alike.
+    # one (invalid_token, insufficient_scope, invalid_request) where they know it, with
+    # the message redacted alike (hub.doors.grants.bearer_challenge).
     challenge = exc.challenge or (bearer_challenge(None) if exc.status_code == 401 else None)
     if challenge is not None:
-        headers["WWW-Authenticate"] = redact_secrets(challenge)
+        headers["WWW-Authenticate"] = challenge
     return JSONResponse(
         {"error": exc.code, "message": message}, status_code=exc.status_code, headers=headers
     )

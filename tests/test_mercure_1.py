@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio
 
 from hub import Settings
+from hub.doors.grants import bearer_challenge
 from support.hubs import Backends, StartHub
 from support.mercure import (
     DETAIL,
@@ -311,3 +312,10 @@ async def _get_json(url: str, bearer: str) -> dict[str, list[dict[str, object]]]
         response = await client.get(url, headers={"Authorization": f"Bearer {bearer}"})
     body: dict[str, list[dict[str, object]]] = response.json()
     return body
+
+
+def test_a_challenge_quotes_no_token() -> None:
+    leaked = access_token(publish=["*"])
+    challenge = bearer_challenge("invalid_token", f"cannot use {leaked} here")
+    assert leaked.split(".")[2] not in challenge
+    assert challenge.startswith('Bearer realm="mercure", error="invalid_token"')

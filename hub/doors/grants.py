@@ -26,6 +26,7 @@ import jwt
 
 from hub.doors.topics import Selectors
 from hub.errors import BadRequest, Unauthorized
+from hub.logs import redact_secrets
 
 __all__ = ["DETAIL_TYPE", "Grants", "bearer_challenge", "is_access_token", "read_grants"]
 
@@ -54,10 +55,12 @@ class Grants:
 def bearer_challenge(error: str | None, description: str = "") -> str:
     """An RFC 6750 ``WWW-Authenticate`` value: bare ``Bearer`` when no token was sent
     (``error`` None), else with the error code and a description cut to the characters
-    the RFC allows in it."""
+    the RFC allows in it, and without any token it quotes (:func:`hub.logs.redact_secrets`)."""
     if error is None:
         return 'Bearer realm="mercure"'
-    safe = "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "'" for c in description)
+    safe = "".join(
+        c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "'" for c in redact_secrets(description)
+    )
     text = f'Bearer realm="mercure", error="{error}"'
     return text + (f', error_description="{safe[:200]}"' if safe else "")
 
