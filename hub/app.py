@@ -27,6 +27,7 @@ from hub.delivery.response import EventStream, quiet_cut_off_streams
 from hub.delivery.sse import retry_frame
 from hub.doors import Door, Endpoint
 from hub.doors.auth import Auth, cors_origins
+from hub.doors.grants import bearer_challenge
 from hub.doors.mercure import MERCURE
 from hub.doors.native import NATIVE
 from hub.errors import (
@@ -221,14 +222,20 @@ def drain(app: Starlette) -> None:
 
 async def _hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
-    headers = None
+    headers: dict[str, str] = {}
     if isinstance(exc, RateLimited):
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     elif isinstance(exc, (BackendUnavailable, TooManyConnections, KeysUnavailable)):
-        headers = {"Retry-After": "5"}
+        headers["Retry-After"] = "5"
     # The message may quote what the client sent; a token in it would reach whatever
     # logs the answer (a proxy, the client's own logs).
     message = redact_secrets(str(exc))
+    # RFC 6750: a 401 always carries a Bearer challenge; the auth checks give a precise
+    # one (invalid_token, insufficient_scope, invalid_request) where they know it, with
+    # the message redacted alike (hub.doors.grants.bearer_challenge).
+    challenge = exc.challenge or (bearer_challenge(None) if exc.status_code == 401 else None)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
     return JSONResponse(
         {"error": exc.code, "message": message}, status_code=exc.status_code, headers=headers
     )
@@ -248,7 +255,7 @@ def _cors(settings: Settings) -> list[Middleware]:
             allow_credentials=origins != ["*"],
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Last-Event-ID", "Content-Type", "Cache-Control"],
-            expose_headers=["Last-Event-ID"],
+            expose_headers=["Last-Event-ID", "Mercure-Last-Event-ID", "WWW-Authenticate"],
         )
     ]
 
