@@ -120,9 +120,9 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     if binary is None:
         sys.exit("redis-server is not installed")
     port = free_port()
+    options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        + ["--appendonly", "no", "--dir", str(workdir)],
+        [binary, "--port", str(port), *options],
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
