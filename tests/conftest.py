@@ -18,6 +18,7 @@ from hub.protocol import head_bounded_protocol
 from support.hubs import Backends, InLoopServer, RunningHub, StartHub
 from support.net import free_port, wait_ready
 from support.processes import HubProcesses
+from support.redis_cluster import RedisCluster
 from support.redis_server import RedisServer, answers
 
 
@@ -54,10 +55,25 @@ def redis_server() -> Iterator[RedisServer]:
         server.cleanup()
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 masters and 3 replicas on loopback, one per test session."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(params=["embedded", "redis", "cluster"])
 def backends(request: pytest.FixtureRequest) -> Iterator[Backends]:
-    """The contract suite runs once on the embedded backend and once on real Redis."""
-    url = None if request.param == "embedded" else request.getfixturevalue("redis_url")
+    """The contract suite runs on the embedded backend, a real Redis and a real cluster."""
+    url = None
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
     made = Backends(request.param, url)
     try:
         yield made

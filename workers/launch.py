@@ -122,7 +122,7 @@ async def _start(cls: Launchable, options: argparse.Namespace, settings: Setting
         settings.redis_url, pool_size=settings.redis_pool_size, client_name=f"worker:{cls.name}"
     )
     try:
-        client = backend.command_client()
+        client = backend.command_client(settings.key_prefix)
     except ValueError as exc:
         raise ConfigError(f"HUB_REDIS_URL / --redis-url is not usable: {exc}") from None
     # The publisher names this URL in its error messages, which end up in logs: give it

@@ -14,7 +14,8 @@ from redis.exceptions import NoScriptError, RedisError
 
 from hub.config import Settings
 from hub.errors import BadRequest, PayloadTooLarge
-from hub.store.backend import redact
+from hub.store.backend import Backend, redact
+from hub.store.cluster import CLUSTER_SCHEMES, SlotPool, check_hash_tag, sharded_script
 from hub.store.failures import publish_failure
 from hub.store.ids import check_chosen_id
 from hub.store.keys import Keys, check_channels, check_event_type
@@ -125,7 +126,10 @@ class Publisher:
     ) -> None:
         self._client = client
         self._prepared = _Prepared(settings or Settings.from_env(), max_channels)
-        self._script = client.register_script(PUBLISH_SCRIPT)
+        # On a cluster (all keys in one slot) live messages go by sharded pub/sub.
+        cluster = isinstance(client.connection_pool, SlotPool)
+        self._source = sharded_script(PUBLISH_SCRIPT) if cluster else PUBLISH_SCRIPT
+        self._script = client.register_script(self._source)
         self._where = (
             redact(settings.redis_url) if settings and settings.redis_url else "the backend"
         )
@@ -137,6 +141,8 @@ class Publisher:
     def from_url(cls, url: str, settings: Settings | None = None) -> Publisher:
         """A publisher with its own connection pool to the Redis at ``url``."""
         settings = (settings or Settings.from_env()).replace(redis_url=url)
+        if url.partition("://")[0] in CLUSTER_SCHEMES:
+            return cls(Backend(url).command_client(settings.key_prefix), settings)
         return cls(redis.asyncio.Redis.from_url(url), settings)
 
     async def publish(
@@ -159,7 +165,7 @@ class Publisher:
                 except NoScriptError:
                     # Not loaded on this server yet (a restart, a failover, SCRIPT FLUSH):
                     # nothing ran. Load it on the lane's own connection and run it.
-                    await self._lane.call("SCRIPT", "LOAD", PUBLISH_SCRIPT)
+                    await self._lane.call("SCRIPT", "LOAD", self._source)
                     result = await self._lane.call(*command)
         except RedisError as exc:
             raise publish_failure(exc, self._where) from exc
@@ -178,14 +184,17 @@ class SyncPublisher:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | redis.RedisCluster,
         settings: Settings | None = None,
         *,
         max_channels: int = MAX_PUBLISH_CHANNELS,
     ) -> None:
         self._client = client
         self._prepared = _Prepared(settings or Settings.from_env(), max_channels)
-        self._script = client.register_script(PUBLISH_SCRIPT)
+        cluster = isinstance(client, redis.RedisCluster)
+        self._script = client.register_script(
+            sharded_script(PUBLISH_SCRIPT) if cluster else PUBLISH_SCRIPT
+        )
         self._where = (
             redact(settings.redis_url) if settings and settings.redis_url else "the backend"
         )
@@ -193,6 +202,21 @@ class SyncPublisher:
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> SyncPublisher:
         settings = (settings or Settings.from_env()).replace(redis_url=url)
+        parsed = Backend(url).cluster
+        if parsed is not None:
+            # redis-py's cluster client routes each call by its keys' (one) slot.
+            check_hash_tag(settings.key_prefix)
+            nodes = [
+                redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                for host, port in parsed.nodes
+            ]
+            cluster = redis.RedisCluster(
+                startup_nodes=nodes,
+                username=parsed.username,
+                password=parsed.password,
+                ssl=parsed.tls,
+            )
+            return cls(cluster, settings)
         return cls(redis.Redis.from_url(url), settings)
 
     def publish(
