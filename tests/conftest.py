@@ -66,9 +66,26 @@ def redis_cluster() -> Iterator[RedisCluster]:
         cluster.cleanup()
 
 
-@pytest.fixture(params=["embedded", "redis", "cluster"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``backends`` runs each test on the embedded backend and a real Redis; modules
+    with ``RUNS_ON_CLUSTER = True`` (the contract suite and the doors' own tests) on a
+    real Redis Cluster too, and every module with ``HUB_TEST_CLUSTER_ALL=1``."""
+    chosen = any(
+        "backends" in str(marker.args[0])
+        for marker in metafunc.definition.iter_markers("parametrize")
+    )
+    if "backends" in metafunc.fixturenames and not chosen:
+        kinds = ["embedded", "redis"]
+        if getattr(metafunc.module, "RUNS_ON_CLUSTER", False) or os.environ.get(
+            "HUB_TEST_CLUSTER_ALL"
+        ):
+            kinds.append("cluster")
+        metafunc.parametrize("backends", kinds, indirect=True)
+
+
+@pytest.fixture
 def backends(request: pytest.FixtureRequest) -> Iterator[Backends]:
-    """The contract suite runs on the embedded backend, a real Redis and a real cluster."""
+    """Backends of the kind the test is parametrised with (see pytest_generate_tests)."""
     url = None
     if request.param == "redis":
         url = request.getfixturevalue("redis_url")

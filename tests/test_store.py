@@ -13,6 +13,8 @@ from support.hubs import Backends
 from support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
+#: Also on a real Redis Cluster (tests/conftest.py).
+RUNS_ON_CLUSTER = True
 
 
 async def test_the_store_reads_back_what_its_publisher_wrote(backends: Backends) -> None:

@@ -25,7 +25,7 @@ from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ClusterDownError, MovedError, RedisError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from hub.errors import ConfigError
@@ -163,7 +163,7 @@ def _text(value: bytes | str) -> str:
 
 
 #: Answers that mean this connection talks to the wrong node now.
-_ELSEWHERE = (MovedError, ClusterDownError, TryAgainError)
+_ELSEWHERE = (AskError, ClusterDownError, TryAgainError)  # MOVED is a kind of ASK
 
 
 class _SlotConnection(Connection):

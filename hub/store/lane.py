@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     ClusterDownError,
     MovedError,
@@ -59,7 +60,7 @@ _TYPED: dict[str, type[RedisError]] = {
 }
 #: Answers after which this connection is the wrong one: a master demoted by a
 #: failover, a cluster slot that moved.
-_DROP = (ReadOnlyError, MovedError, ClusterDownError, TryAgainError)
+_DROP = (ReadOnlyError, AskError, ClusterDownError, TryAgainError)
 
 
 class InFlightLost(RedisConnectionError):
@@ -87,8 +88,9 @@ def pack(args: Sequence[Arg]) -> bytes:
 def _typed(error: ResponseError) -> RedisError:
     message = str(error)
     code, _, rest = message.partition(" ")
-    if code == "MOVED":
-        moved: RedisError = MovedError(rest)  # it parses "<slot> <host>:<port>" itself
+    if code in ("MOVED", "ASK"):
+        # They parse "<slot> <host>:<port>" themselves.
+        moved: RedisError = (MovedError if code == "MOVED" else AskError)(rest)
         return moved
     kind: type[RedisError] | None = _TYPED.get(code)
     if kind is not None:

@@ -21,6 +21,8 @@ __all__ = ["RedisCluster"]
 
 def _free(port: int) -> bool:
     with socket.socket() as sock:
+        # As redis-server binds: a port with connections in TIME_WAIT is free to it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -72,6 +74,9 @@ class RedisCluster:
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
+                    # Replicas sync at once, not after the default 5 s wait for others.
+                    "--repl-diskless-sync-delay",
+                    "0",
                     "--save",
                     "",
                     "--appendonly",
@@ -92,12 +97,20 @@ class RedisCluster:
             capture_output=True,
             timeout=60,
         )
-        self._wait(self._ready, "the cluster to agree on its slots")
+        self._wait(self._ready, "the cluster to agree on its slots and replicas to sync")
 
     def _ready(self) -> bool:
         for port in self.ports:
-            info = redis.Redis(port=port).cluster("info")
+            node = redis.Redis(port=port)
+            info = node.cluster("info")
             if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
+                return False
+            replication = node.info("replication")
+            # Every master's replica in sync: a test may count on a write being replicated.
+            if replication["role"] == "master" and not (
+                replication.get("connected_slaves") == 1
+                and replication.get("slave0", {}).get("state") == "online"
+            ):
                 return False
         return True
 
