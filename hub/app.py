@@ -54,7 +54,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     """The hub as an ASGI app. Without a backend it connects to ``settings.redis_url``,
     or runs on the embedded in-memory backend when that is ``None``."""
     settings = settings or Settings.from_env()
-    backend = backend or Backend(settings.redis_url, pool_size=settings.redis_pool_size)
+    backend = backend or Backend(
+        settings.redis_url, pool_size=settings.redis_pool_size, key_prefix=settings.key_prefix
+    )
     quiet_cut_off_streams()
     auth = Auth(settings)
 

@@ -7,7 +7,10 @@ The contract suite and the doors' tests run on the session's cluster too (module
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -50,9 +53,10 @@ def test_cluster_urls_name_seed_nodes_and_bad_ones_say_what_to_fix() -> None:
 
 @pytest.mark.parametrize("prefix", ["hub:", "{}hub:", "hub{:"])
 def test_a_key_prefix_without_a_hash_tag_is_refused_on_a_cluster(prefix: str) -> None:
-    backend = Backend("redis+cluster://127.0.0.1:1")
     with pytest.raises(ConfigError, match=r"HUB_KEY_PREFIX=\{hub\}:"):
-        backend.command_client(prefix)
+        Backend("redis+cluster://127.0.0.1:1", key_prefix=prefix)
+    with pytest.raises(ConfigError, match=r"HUB_KEY_PREFIX=\{hub\}:"):
+        Backend("redis+cluster://127.0.0.1:1", key_prefix="{ok}:").command_client(prefix)
 
 
 @pytest.fixture
@@ -181,6 +185,33 @@ async def test_the_blocking_publisher_and_the_store_meet_in_the_hubs_slot(
     finally:
         sync.close()
         await store.aclose()
+        backends.cleanup()
+
+
+def test_hub_publish_takes_a_cluster_url_and_says_when_the_prefix_has_no_hash_tag(
+    redis_cluster: RedisCluster,
+) -> None:
+    backends = Backends("cluster", redis_cluster.url)
+    command = [sys.executable, "-m", "hub", "publish", "--redis-url", redis_cluster.url]
+    environ = {**os.environ, "HUB_KEY_PREFIX": backends.prefix}
+    try:
+        done = subprocess.run(
+            [*command, "news", "hello"], env=environ, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        event_id = done.stdout.strip()
+        stream = f"{backends.prefix}stream:news"
+        owner = _owner(redis_cluster.ports[0], redis.cluster.key_slot(stream.encode()))[0]
+        [(raw_id, _)] = redis.Redis(port=owner).xrange(stream)
+        assert raw_id.decode() == event_id
+        environ["HUB_KEY_PREFIX"] = "plain:"
+        refused = subprocess.run(
+            [*command, "news", "hello"], env=environ, capture_output=True, text=True, timeout=30
+        )
+        assert refused.returncode != 0
+        assert "must hold a hash tag" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
         backends.cleanup()
 
 

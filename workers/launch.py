@@ -119,10 +119,13 @@ async def _start(cls: Launchable, options: argparse.Namespace, settings: Setting
     """Connect to the hub's Redis, make the worker, log its configuration and run it."""
     assert settings.redis_url is not None
     backend = Backend(
-        settings.redis_url, pool_size=settings.redis_pool_size, client_name=f"worker:{cls.name}"
+        settings.redis_url,
+        pool_size=settings.redis_pool_size,
+        client_name=f"worker:{cls.name}",
+        key_prefix=settings.key_prefix,
     )
     try:
-        client = backend.command_client(settings.key_prefix)
+        client = backend.command_client()
     except ValueError as exc:
         raise ConfigError(f"HUB_REDIS_URL / --redis-url is not usable: {exc}") from None
     # The publisher names this URL in its error messages, which end up in logs: give it

@@ -29,6 +29,7 @@ from hub.store.cluster import (
     ClusterURL,
     SlotMap,
     SlotPool,
+    check_hash_tag,
     parse_cluster_url,
 )
 
@@ -182,6 +183,8 @@ class Backend:
         self.sentinel = where if isinstance(where, SentinelURL) else None
         #: ...and for a ``redis+cluster://`` one.
         self.cluster = where if isinstance(where, ClusterURL) else None
+        if self.cluster is not None:
+            check_hash_tag(key_prefix)
 
     @property
     def embedded(self) -> bool:

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError, RedisError
 from hub.config import Settings
 from hub.errors import BadRequest, PayloadTooLarge
 from hub.store.backend import Backend, redact
-from hub.store.cluster import CLUSTER_SCHEMES, SlotPool, check_hash_tag, sharded_script
+from hub.store.cluster import CLUSTER_SCHEMES, SlotPool, sharded_script
 from hub.store.failures import publish_failure
 from hub.store.ids import check_chosen_id
 from hub.store.keys import Keys, check_channels, check_event_type
@@ -142,7 +142,8 @@ class Publisher:
         """A publisher with its own connection pool to the Redis at ``url``."""
         settings = (settings or Settings.from_env()).replace(redis_url=url)
         if url.partition("://")[0] in CLUSTER_SCHEMES:
-            return cls(Backend(url).command_client(settings.key_prefix), settings)
+            backend = Backend(url, key_prefix=settings.key_prefix)
+            return cls(backend.command_client(), settings)
         return cls(redis.asyncio.Redis.from_url(url), settings)
 
     async def publish(
@@ -202,10 +203,9 @@ class SyncPublisher:
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> SyncPublisher:
         settings = (settings or Settings.from_env()).replace(redis_url=url)
-        parsed = Backend(url).cluster
+        parsed = Backend(url, key_prefix=settings.key_prefix).cluster
         if parsed is not None:
             # redis-py's cluster client routes each call by its keys' (one) slot.
-            check_hash_tag(settings.key_prefix)
             nodes = [
                 redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
                 for host, port in parsed.nodes
