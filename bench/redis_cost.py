@@ -16,6 +16,10 @@ back on one connection; ``floor-script`` is the same two commands in one Lua scr
 Each publish names one channel and carries the Mercure door's fields (the hub's own
 publishers always write the Mercure log).
 
+With ``--cluster``, a fifth layout runs this tree on a Redis Cluster of three masters
+(``redis+cluster://``, the hub's keys under one hash tag): its line gives the CPU of
+each master (``per_shard``) as well as their sum, which shows how the load spreads.
+
 Prints one JSON line per layout per round, then a summary with the median of each
 layout and the old/new ratio. The machine may be shared: the ratio of medians from
 one run is the figure to quote, with the absolute numbers beside it.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +52,7 @@ CHILD = r"""
 import asyncio, json, sys
 import redis.asyncio
 mode, url, events, channels, inflight = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+shards = sys.argv[6].split(",")  # the redis-servers whose CPU counts (a cluster's masters)
 data = b"x" * 100
 
 async def cpu(client):
@@ -54,9 +60,9 @@ async def cpu(client):
     return info["used_cpu_user"] + info["used_cpu_sys"]
 
 async def main():
-    probe = redis.asyncio.Redis.from_url(url)
-    prefix = f"cost-{mode}:"
-    if mode in ("new", "old"):
+    probes = [redis.asyncio.Redis.from_url(shard) for shard in shards]
+    prefix = "{cost-%s}:" % mode  # a hash tag: on a cluster, the hub's one slot
+    if mode in ("new", "old", "new-cluster"):
         import hub
         from hub.config import Settings
         where = hub.__file__
@@ -91,11 +97,12 @@ async def main():
         await asyncio.gather(*(worker() for _ in range(inflight)))
 
     await burst(min(events, 5000))  # warm-up: streams created, scripts loaded
-    before = await cpu(probe)
+    before = [await cpu(probe) for probe in probes]
     await burst(events)
-    after = await cpu(probe)
-    print(json.dumps({"layout": mode, "us_per_publish": round(1e6 * (after - before) / events, 2),
-                      "events": events, "code": where}))
+    after = [await cpu(probe) for probe in probes]
+    per_shard = [round(1e6 * (a - b) / events, 2) for a, b in zip(after, before)]
+    print(json.dumps({"layout": mode, "us_per_publish": round(sum(per_shard), 2),
+                      "per_shard": per_shard, "events": events, "code": where}))
 
 asyncio.run(main())
 """
@@ -139,9 +146,64 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
 
 
-def run_child(tree: Path, mode: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
+def start_cluster(workdir: Path) -> tuple[list[subprocess.Popen[bytes]], str, list[str]]:
+    """Three masters, no replicas, on free ports whose bus port (+10000) is free too;
+    return the processes, the hub's URL, and each master's own URL."""
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = free_port()
+        if port < 55535 and port not in ports and _bindable(port + 10000):
+            ports.append(port)
+    procs = []
+    for port in ports:
+        (workdir / str(port)).mkdir()
+        options = ["--cluster-enabled", "yes", "--save", "", "--appendonly", "no"]
+        where = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir / str(port))]
+        procs.append(
+            subprocess.Popen(["redis-server", *where, *options], stdout=subprocess.DEVNULL)
+        )
+    masters = [f"redis://127.0.0.1:{port}/0" for port in ports]
+    for url in masters:
+        _wait(lambda u=url: redis.Redis.from_url(u).ping())
+    nodes = [f"127.0.0.1:{p}" for p in ports]
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+        check=True,
+        capture_output=True,
+    )
+    for url in masters:
+        _wait(lambda u=url: redis.Redis.from_url(u).cluster("info")["cluster_state"] == "ok")
+    return procs, "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports), masters
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait(check: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit("the Redis Cluster did not come up")
+        time.sleep(0.05)
+
+
+def run_child(
+    tree: Path, mode: str, url: str, shards: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
     code = f"import sys; sys.path.insert(0, {str(tree)!r})\n" + CHILD
-    argv = [mode, url, str(args.events), str(args.channels), str(args.inflight)]
+    argv = [mode, url, str(args.events), str(args.channels), str(args.inflight), ",".join(shards)]
     out = subprocess.run(
         [sys.executable, "-c", code, *argv], check=True, capture_output=True, text=True
     )
@@ -155,22 +217,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", type=int, default=1000)
     ap.add_argument("--inflight", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--cluster", action="store_true", help="also this tree on a 3-master Redis Cluster"
+    )
     args = ap.parse_args(argv)
+    layouts = LAYOUTS + (("new-cluster",) if args.cluster else ())
     with tempfile.TemporaryDirectory(prefix="hub-cost-") as tmp:
         old = export(args.old_ref, Path(tmp))
         proc, url = start_redis(Path(tmp))
-        results: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+        procs = [proc]
+        where = dict.fromkeys(LAYOUTS, (url, [url]))
+        if args.cluster:
+            cluster_procs, cluster_url, masters = start_cluster(Path(tmp))
+            procs += cluster_procs
+            where["new-cluster"] = (cluster_url, masters)
+        results: dict[str, list[float]] = {layout: [] for layout in layouts}
         try:
             for _ in range(args.rounds):
-                for layout in LAYOUTS:
+                for layout in layouts:
                     tree = old if layout == "old" else ROOT
-                    line = run_child(tree, layout, url, args)
+                    line = run_child(tree, layout, *where[layout], args)
                     results[layout].append(line["us_per_publish"])
                     print(json.dumps(line), flush=True)
-                    redis.Redis.from_url(url).flushall()
+                    for shard in where[layout][1]:
+                        redis.Redis.from_url(shard).flushall()
         finally:
-            proc.terminate()
-            proc.wait(10)
+            for each in procs:
+                each.terminate()
+                each.wait(10)
     medians = {layout: statistics.median(v) for layout, v in results.items()}
     summary = {
         "summary": "redis-server CPU us per publish (median of rounds)",
