@@ -45,6 +45,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 #: What ``/static/{name}`` serves: these files and nothing else (no path tricks).
 _STATIC_FILES = {
     "app.js": "text/javascript; charset=utf-8",
+    "hub.js": "text/javascript; charset=utf-8",
+    "hub.d.ts": "text/plain; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "index.html": "text/html; charset=utf-8",
 }
