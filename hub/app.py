@@ -28,6 +28,7 @@ from hub.doors.auth import Auth, cors_origins
 from hub.doors.mercure import MERCURE
 from hub.doors.native import NATIVE
 from hub.errors import BackendUnavailable, HubError, TooManyConnections
+from hub.logs import redact_secrets
 from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
 from hub.store import Backend
@@ -184,8 +185,11 @@ async def _hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
     retry_later = isinstance(exc, (BackendUnavailable, TooManyConnections))
     headers = {"Retry-After": "5"} if retry_later else None
+    # The message may quote what the client sent; a token in it would reach whatever
+    # logs the answer (a proxy, the client's own logs).
+    message = redact_secrets(str(exc))
     return JSONResponse(
-        {"error": exc.code, "message": str(exc)}, status_code=exc.status_code, headers=headers
+        {"error": exc.code, "message": message}, status_code=exc.status_code, headers=headers
     )
 
 

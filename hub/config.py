@@ -59,6 +59,16 @@ class Settings:
     position_check: float = 10.0
     #: Open ``/events`` streams one process accepts; beyond it a new one gets ``503``.
     max_connections: int = 10000
+    #: Open connections one client address may hold on one process; beyond it a new
+    #: request gets ``503``. 0: no limit. Only for a hub that clients reach directly:
+    #: behind a balancer or proxy every client has the proxy's address.
+    max_connections_per_ip: int = 0
+    #: Seconds a client has to send a request's line and headers, from the moment it
+    #: connects (or starts its next request); a connection that takes longer is closed.
+    header_timeout: float = 10.0
+    #: Seconds a client has to send a request's body once its headers are in; a body
+    #: that takes longer is answered ``408`` and the connection closed.
+    body_timeout: float = 30.0
     #: Processes ``hub serve`` runs on the one port (SO_REUSEPORT), each with its own Redis
     #: connections; 1 runs the hub in the serving process itself.
     workers: int = 1
@@ -103,6 +113,9 @@ class Settings:
             (self.redis_pool_size >= 1, "redis_pool_size must be at least 1"),
             (self.position_check > 0, "position_check must be a positive number of seconds"),
             (self.max_connections >= 1, "max_connections must be at least 1"),
+            (self.max_connections_per_ip >= 0, "max_connections_per_ip must be 0 (off) or more"),
+            (self.header_timeout > 0, "header_timeout must be a positive number of seconds"),
+            (self.body_timeout > 0, "body_timeout must be a positive number of seconds"),
             (self.workers >= 1, "workers must be at least 1"),
             (bool(self.key_prefix), "key_prefix must not be empty"),
             (self.log_format in ("text", "json"), "log_format must be text or json"),

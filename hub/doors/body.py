@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from hub.errors import PayloadTooLarge
+from hub.errors import BadRequest, PayloadTooLarge
 
 __all__ = ["read_body"]
 
@@ -18,9 +18,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body exceeds {limit} bytes (raise HUB_MAX_PAYLOAD)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes (raise HUB_MAX_PAYLOAD)")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Gone mid-body, or cut off by HUB_BODY_TIMEOUT: nothing was published, and no
+        # one is left to read this answer; not a server error with a traceback.
+        raise BadRequest(
+            f"the connection closed after {size} bytes of the body; nothing was published"
+        ) from None
     return b"".join(chunks)

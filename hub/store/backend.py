@@ -24,7 +24,6 @@ from redis.retry import Retry
 
 from hub.errors import ConfigError
 from hub.store.cluster import (
-    CLUSTER_SCHEMES,
     BlockingSlotPool,
     ClusterURL,
     SlotMap,
@@ -32,6 +31,7 @@ from hub.store.cluster import (
     check_hash_tag,
     parse_cluster_url,
 )
+from hub.store.urls import CLUSTER_SCHEMES, check_url, redact
 
 __all__ = [
     "SENTINEL_SCHEME",
@@ -45,14 +45,6 @@ __all__ = [
 SENTINEL_SCHEME = "redis+sentinel"
 #: Seconds a sentinel may take to say where the master is, before the next one is asked.
 SENTINEL_TIMEOUT = 2.0
-
-
-def redact(url: str) -> str:
-    """``url`` without its user and password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
 
 @dataclass(frozen=True)
@@ -113,8 +105,9 @@ def parse_sentinel_url(url: str) -> SentinelURL:
 
 def locate(url: str) -> SentinelURL | ClusterURL | None:
     """What a Redis URL names: sentinels, a cluster's seed nodes, or (``None``) one
-    server that redis-py's ``from_url`` reaches by itself."""
-    scheme = url.partition("://")[0]
+    server that redis-py's ``from_url`` reaches by itself. Raises
+    :class:`~hub.errors.ConfigError` for a URL the hub cannot use (:func:`check_url`)."""
+    scheme = check_url(url)
     if scheme == SENTINEL_SCHEME:
         return parse_sentinel_url(url)
     if scheme in CLUSTER_SCHEMES:
@@ -178,7 +171,8 @@ class Backend:
         self._timeout = timeout
         self._server: Any = None if url else fakeredis.FakeServer()
         self._pool_size = pool_size
-        where = locate(url) if url else None  # checked here, so a typo fails at start
+        # An unusable URL fails at start, not on the first connection.
+        where = locate(url) if url else None
         #: Set for a ``redis+sentinel://`` URL...
         self.sentinel = where if isinstance(where, SentinelURL) else None
         #: ...and for a ``redis+cluster://`` one.
@@ -200,9 +194,16 @@ class Backend:
         ``key_prefix`` is that of the keys it will touch: on a cluster, its hash tag
         says which master the connections go to."""
         if self._server is not None:
+            # No socket_timeout (fakeredis sets 5 s): nothing in memory can stall, and with
+            # one redis-py writes each command under asyncio.wait_for, which on Python
+            # < 3.12 swallows a cancellation that lands as the write completes; a node
+            # stopping right after start-up then waited for its live reader ("did not stop
+            # when cancelled").
             # In-memory "connections" cost nothing, but fakeredis' pool refuses a 101st
             # concurrent one instead of waiting: a burst of clients must not hit that.
-            return fakeredis.FakeAsyncRedis(server=self._server, max_connections=1 << 20)
+            return fakeredis.FakeAsyncRedis(
+                server=self._server, max_connections=1 << 20, socket_timeout=None
+            )
         assert self.url is not None
         if self.sentinel is not None:
             return self._master_client(
@@ -236,7 +237,7 @@ class Backend:
     def live_client(self, key_prefix: str | None = None) -> Redis:
         """A client for the one pub/sub connection that carries the live path."""
         if self._server is not None:
-            return fakeredis.FakeAsyncRedis(server=self._server)
+            return fakeredis.FakeAsyncRedis(server=self._server, socket_timeout=None)
         assert self.url is not None
         # No socket_timeout: the reader waits with its own bounded get_message timeout
         # and probes liveness with PING, so an idle channel is not mistaken for a dead one.

@@ -29,22 +29,15 @@ from redis.exceptions import AskError, ClusterDownError, RedisError, TryAgainErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from hub.errors import ConfigError
+from hub.store.urls import CLUSTER_SCHEMES, redact
 
 __all__ = [
-    "CLUSTER_SCHEMES",
     "ClusterURL",
     "SlotPool",
     "check_hash_tag",
     "parse_cluster_url",
     "sharded_script",
 ]
-
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-
-
-def _redact(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
 
 @dataclass(frozen=True)
@@ -64,10 +57,11 @@ def parse_cluster_url(url: str) -> ClusterURL:
     ``/`` or ``/0`` is refused. IPv6 hosts go in brackets.
     """
     scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
     if scheme not in CLUSTER_SCHEMES or not sep:
-        raise ConfigError(f"not a redis+cluster:// URL: {_redact(url)}")
+        raise ConfigError(f"not a redis+cluster:// URL: {redact(url)}")
     if "?" in rest:
-        raise ConfigError(f"{_redact(url)}: a redis+cluster:// URL takes no options")
+        raise ConfigError(f"{redact(url)}: a redis+cluster:// URL takes no options")
     hosts, _, path = rest.partition("/")
     username = password = None
     if "@" in hosts:
@@ -76,9 +70,9 @@ def parse_cluster_url(url: str) -> ClusterURL:
         username, password = unquote(user) or None, unquote(secret) or None
     nodes = [_host_port(part, url) for part in hosts.split(",") if part]
     if not nodes:
-        raise ConfigError(f"{_redact(url)}: expected {scheme}://host:port[,host:port...]")
+        raise ConfigError(f"{redact(url)}: expected {scheme}://host:port[,host:port...]")
     if path.strip("/") not in ("", "0"):
-        raise ConfigError(f"{_redact(url)}: a Redis Cluster has database 0 only")
+        raise ConfigError(f"{redact(url)}: a Redis Cluster has database 0 only")
     return ClusterURL(nodes, scheme == "rediss+cluster", username, password)
 
 
@@ -89,7 +83,7 @@ def _host_port(part: str, url: str) -> tuple[str, int]:
     else:
         host, _, port = part.partition(":")
     if not host or not (port or "6379").isdigit():
-        raise ConfigError(f"{_redact(url)}: {part!r} is not host:port")
+        raise ConfigError(f"{redact(url)}: {part!r} is not host:port")
     return host, int(port or 6379)
 
 

@@ -15,11 +15,12 @@ from redis.exceptions import NoScriptError, RedisError
 from hub.config import Settings
 from hub.errors import BadRequest, PayloadTooLarge
 from hub.store.backend import Backend, redact
-from hub.store.cluster import CLUSTER_SCHEMES, SlotPool, sharded_script
+from hub.store.cluster import SlotPool, sharded_script
 from hub.store.failures import publish_failure
 from hub.store.ids import check_chosen_id
 from hub.store.keys import Keys, check_channels, check_event_type
 from hub.store.lane import Lane
+from hub.store.urls import CLUSTER_SCHEMES, check_plain_url
 
 __all__ = ["PUBLISH_SCRIPT", "Extra", "Publisher", "SyncPublisher", "encode_data"]
 
@@ -63,6 +64,10 @@ class Extra:
     #: False: announced to live subscribers but not kept in the hub-wide log, so it
     #: takes no room from the history that others resume from (subscription events).
     kept: bool = True
+
+
+def _cluster(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
 
 
 class _Prepared:
@@ -139,11 +144,13 @@ class Publisher:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Publisher:
-        """A publisher with its own connection pool to the Redis at ``url``."""
+        """A publisher with its own connection pool to the Redis at ``url`` (a server, or
+        a Redis Cluster: ``redis+cluster://``)."""
         settings = (settings or Settings.from_env()).replace(redis_url=url)
-        if url.partition("://")[0] in CLUSTER_SCHEMES:
+        if _cluster(url):
             backend = Backend(url, key_prefix=settings.key_prefix)
             return cls(backend.command_client(), settings)
+        check_plain_url(url)
         return cls(redis.asyncio.Redis.from_url(url), settings)
 
     async def publish(
@@ -203,8 +210,9 @@ class SyncPublisher:
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> SyncPublisher:
         settings = (settings or Settings.from_env()).replace(redis_url=url)
-        parsed = Backend(url, key_prefix=settings.key_prefix).cluster
-        if parsed is not None:
+        if _cluster(url):
+            parsed = Backend(url, key_prefix=settings.key_prefix).cluster
+            assert parsed is not None
             # redis-py's cluster client routes each call by its keys' (one) slot.
             nodes = [
                 redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
@@ -217,6 +225,7 @@ class SyncPublisher:
                 ssl=parsed.tls,
             )
             return cls(cluster, settings)
+        check_plain_url(url)
         return cls(redis.Redis.from_url(url), settings)
 
     def publish(
