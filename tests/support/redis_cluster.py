@@ -59,34 +59,8 @@ class RedisCluster:
 
     def start(self) -> None:
         for port in self.ports:
-            workdir = self._dir / str(port)
-            workdir.mkdir()
-            self.processes[port] = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                    # Replicas sync at once, not after the default 5 s wait for others.
-                    "--repl-diskless-sync-delay",
-                    "0",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            (self._dir / str(port)).mkdir()
+            self._spawn(port)
         for port in self.ports:
             self._wait(lambda p=port: redis.Redis(port=p).ping(), f"node {port} to start")
         subprocess.run(
@@ -99,11 +73,57 @@ class RedisCluster:
         )
         self._wait(self._ready, "the cluster to agree on its slots and replicas to sync")
 
+    def _spawn(self, port: int) -> None:
+        workdir = self._dir / str(port)
+        self.processes[port] = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                # Replicas sync at once, not after the default 5 s wait for others.
+                "--repl-diskless-sync-delay",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def restart(self, port: int) -> None:
+        """Start the (killed) node on ``port`` again: with its nodes.conf it rejoins the
+        cluster, as a replica if another node took its slots meanwhile. Returns once the
+        cluster is whole again."""
+        if self.processes[port].poll() is None:
+            self.processes[port].kill()  # (a test that failed before it killed the node)
+        self.processes.pop(port).wait(10)
+        self._spawn(port)
+        self._wait(self._ready, "the restarted node to rejoin and sync", timeout=60)
+
     def _ready(self) -> bool:
         for port in self.ports:
             node = redis.Redis(port=port)
             info = node.cluster("info")
             if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
+                return False
+            # Every node's view agrees: no node failed, one replica per master.
+            flags = [n["flags"] for n in node.cluster("nodes").values()]
+            if (
+                any("fail" in f for f in flags)
+                or sum("slave" in f for f in flags) != len(self.ports) // 2
+            ):
                 return False
             replication = node.info("replication")
             # Every master's replica in sync: a test may count on a write being replicated.
