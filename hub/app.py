@@ -19,6 +19,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from hub.answers import write_whole
 from hub.config import Settings
 from hub.delivery.broker import Broker
 from hub.delivery.response import EventStream, quiet_cut_off_streams
@@ -152,7 +153,12 @@ class _HubApp(Starlette):
                     response = await endpoint(request)
                 except HubError as exc:
                     response = await _hub_error(request, exc)
-                await response(scope, receive, send)
+                if not (
+                    isinstance(response, Response)
+                    and type(response) in _WHOLE
+                    and write_whole(send, response.status_code, response.raw_headers, response.body)
+                ):
+                    await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
@@ -165,6 +171,10 @@ class _HubApp(Starlette):
             if path.startswith(prefix):
                 return owner
         return None
+
+
+#: Responses the fast path writes whole (complete bodies, no background tasks).
+_WHOLE = (JSONResponse, Response)
 
 
 def drain(app: Starlette) -> None:

@@ -21,6 +21,8 @@ from hub.logs import redact_handlers
 __all__ = ["main"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+#: Events per request when ``hub publish`` reads stdin (the hub takes 1000 by default).
+STDIN_BATCH = 500
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,10 +46,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     _settings_flags(serve)
 
-    publish = commands.add_parser("publish", help="publish one event and print its id")
-    publish.add_argument("channel")
-    publish.add_argument("data")
+    publish = commands.add_parser(
+        "publish",
+        help="publish one event (or NDJSON from stdin) and print the ids",
+        description=(
+            "Publish DATA to CHANNEL and print the event's id. Without arguments, read "
+            'publish objects from stdin, one JSON object a line ({"channel": "news", '
+            '"data": ...}), publish them in batches and print one id a line.'
+        ),
+    )
+    publish.add_argument("channel", nargs="?")
+    publish.add_argument("data", nargs="?")
     publish.add_argument("--event", help="event type (default: message)")
+    publish.add_argument(
+        "--batch",
+        type=int,
+        default=STDIN_BATCH,
+        help=f"reading stdin: events per request at most (default {STDIN_BATCH})",
+    )
     where = publish.add_mutually_exclusive_group()
     where.add_argument("--url", help=f"hub URL (HUB_URL, default {DEFAULT_URL})")
     where.add_argument("--redis-url", help="publish straight into this Redis instead")
@@ -139,6 +155,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _publish(args: argparse.Namespace) -> int:
+    if args.channel is None:
+        from hub.stdin_publish import publish_stdin
+
+        if args.event is not None:
+            raise HubError('--event is for one event; in NDJSON, give each line an "event"')
+        url = None if args.redis_url else _hub_url(args)
+        return await publish_stdin(url, args.redis_url, args.batch)
+    if args.data is None:
+        raise HubError(
+            "give the data after the channel (hub publish news 'hello'), or no arguments "
+            "at all to read NDJSON from stdin"
+        )
     if args.redis_url:
         if args.token:
             raise ConfigError(

@@ -50,6 +50,10 @@ class Settings:
     send_timeout: float = 30.0
     #: Largest ``/publish`` request body, in bytes.
     max_payload: int = 1 << 20
+    #: Events one batch publish (a JSON array or NDJSON body, ``publish_many``) may hold.
+    max_batch: int = 1000
+    #: Largest batch publish request body, in bytes.
+    max_batch_bytes: int = 8 << 20
     #: Largest request line plus headers, in bytes; a larger request is answered ``431``
     #: (a long ``Last-Event-ID``, cookie or URL counts against it).
     max_header_bytes: int = 16 * 1024
@@ -109,6 +113,8 @@ class Settings:
             (self.client_buffer >= 1024, "client_buffer must be at least 1024 bytes"),
             (self.send_timeout > 0, "send_timeout must be a positive number of seconds"),
             (self.max_payload >= 1, "max_payload must be at least 1 byte"),
+            (self.max_batch >= 1, "max_batch must be at least 1"),
+            (self.max_batch_bytes >= 1024, "max_batch_bytes must be at least 1024"),
             (self.max_header_bytes >= 1024, "max_header_bytes must be at least 1024"),
             (self.redis_pool_size >= 1, "redis_pool_size must be at least 1"),
             (self.position_check > 0, "position_check must be a positive number of seconds"),

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from hub.answers import keep_alive
 from hub.config import Settings
 
 __all__ = ["HubProtocol", "hub_protocol"]
@@ -179,7 +180,16 @@ class HubProtocol(HttpToolsProtocol):
             self._refused = True
             return
         self._in_body = True
+        before = self.cycle
         HttpToolsProtocol.on_headers_complete(self)
+        cycle = self.cycle
+        if (
+            cycle is not before
+            and cycle is not None
+            and self.scope["http_version"] == "1.0"
+            and self.parser.should_keep_alive()
+        ):
+            keep_alive(cycle)
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)

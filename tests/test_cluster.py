@@ -144,9 +144,22 @@ async def test_the_blocking_publisher_and_the_store_meet_in_the_hubs_slot(
     try:
         first = await asyncio.to_thread(sync.publish, ["a", "b"], "one")
         second = await store.publisher.publish("b", "two")
+        # Batches too: a pipeline of script calls, each in the hub's slot.
+        batch = [{"channel": "a", "data": "three"}, {"channel": "b", "data": "four"}]
+        third, fourth = await asyncio.to_thread(sync.publish_many, batch)
+        fifth, sixth = await store.publisher.publish_many(
+            [{"channel": "a", "data": "five"}, {"channel": "b", "data": "six"}]
+        )
         entries = [(e.raw_id.decode(), e.data) async for e in store.history(["a", "b"], (0, 0))]
-        assert entries == [(first, b"one"), (second, b"two")]
-        assert (await store.read_clock()).head == tuple(map(int, second.split("-")))
+        assert entries == [
+            (first, b"one"),
+            (second, b"two"),
+            (third, b"three"),
+            (fourth, b"four"),
+            (fifth, b"five"),
+            (sixth, b"six"),
+        ]
+        assert (await store.read_clock()).head == tuple(map(int, sixth.split("-")))
     finally:
         sync.close()
         await store.aclose()
