@@ -16,6 +16,7 @@ a cluster (managed ones included); it does not spread one hub's load over shards
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -198,6 +199,12 @@ class SlotPool(ConnectionPool):
 
     async def owner(self) -> tuple[str, int]:
         return await self.slot_map.owner()
+
+    async def open_to_owner(self, loop: asyncio.AbstractEventLoop, factory: Any) -> Any:
+        """A raw connection (the hub's lane and live reader) to the slot's master, asked
+        at every connect, so a connection follows the slot."""
+        host, port = await self.slot_map.owner()
+        return await loop.create_connection(factory, host, port)
 
 
 class BlockingSlotPool(SlotPool, BlockingConnectionPool):

@@ -251,16 +251,9 @@ class Target:
             return None
         opener: Opener
         if isinstance(pool, SlotPool):
-            slot_pool = pool
-
-            async def to_owner(loop: asyncio.AbstractEventLoop, factory: Any) -> Any:
-                # Asked at every connect, so a connection follows the slot's master.
-                host, port = await slot_pool.owner()
-                return await loop.create_connection(factory, host, port)
-
             if pool.tls:
                 return None
-            opener = to_owner
+            opener = pool.open_to_owner
         elif isinstance(pool, SentinelConnectionPool):
             sentinel_pool = pool
 
