@@ -101,6 +101,13 @@ class Settings:
     #: 1: Mercure's subscriptions API and subscription events (a private publish per
     #: topic each time a Mercure subscriber comes or goes).
     subscriptions: bool = False
+    #: Mercure protocol versions served, comma-separated: ``1.0`` (``match=``,
+    #: ``match_urlpattern=``, ``authorization_details`` tokens, the
+    #: ``__Secure-mercure_access_token`` cookie) and ``0.24`` (``topic=``, the
+    #: ``mercure`` claim, the ``mercureAuthorization`` cookie and ``authorization``
+    #: query parameter). Name one to narrow the Mercure door to it (the native API
+    #: takes tokens of both forms whatever this says).
+    mercure_protocols: str = "1.0,0.24"
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -126,6 +133,10 @@ class Settings:
             (bool(self.key_prefix), "key_prefix must not be empty"),
             (self.log_format in ("text", "json"), "log_format must be text or json"),
             (self.log_size >= 1, "log_size must be at least 1"),
+            (
+                bool(self.protocols()) and self.protocols() <= {"1.0", "0.24"},
+                "mercure_protocols must name 1.0, 0.24 or both (comma-separated)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -142,6 +153,10 @@ class Settings:
                 values[field.name] = _convert(field, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def protocols(self) -> frozenset[str]:
+        """The Mercure protocol versions of ``mercure_protocols``."""
+        return frozenset(p for p in self.mercure_protocols.replace(",", " ").split())
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

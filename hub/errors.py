@@ -24,6 +24,11 @@ class HubError(Exception):
     #: Short machine-readable name, sent as ``error`` in JSON error bodies.
     code = "internal"
 
+    def __init__(self, *args: object, challenge: str | None = None) -> None:
+        super().__init__(*args)
+        #: An RFC 6750 ``WWW-Authenticate`` challenge answered with this error, if any.
+        self.challenge = challenge
+
 
 class ConfigError(HubError):
     """A setting is missing or has an impossible value."""

@@ -104,10 +104,14 @@ async def start_hub() -> AsyncIterator[StartHub]:
     running: list[RunningHub] = []
 
     async def start(
-        settings: Settings, backend: Backend | None = None, *, http: str = "auto"
+        settings: Settings,
+        backend: Backend | None = None,
+        *,
+        http: str = "auto",
+        workers: tuple[str, ...] = (),
     ) -> RunningHub:
         settings = settings.replace(port=free_port(), log_level="warning")
-        app = create_app(settings, backend=backend)
+        app = create_app(settings, backend=backend, workers=workers)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",

@@ -134,6 +134,9 @@ async def publish(request: Request) -> Response:
         auth.check_publish(claims, check_channels(item.channels, 1000))
     started = time.perf_counter()
     extra = _PRIVATE if item.private else None
+    if claims is not None and claims.subject:
+        # Kept with the event: a worker reading requests counts them per subject.
+        extra = Extra(private=item.private, subject=claims.subject)
     publisher = broker.publisher
     event_id = await publisher.publish(item.channels, item.data, event=item.event, extra=extra)
     metrics: PublishTimer = request.app.state.metrics
@@ -156,7 +159,8 @@ async def _publish_batch(request: Request, claims: Claims | None, bodies: list[A
             if claims is not None:
                 auth.check_publish(claims, check_channels(item.channels, 1000))
     started = time.perf_counter()
-    ids = await broker.publisher.publish_many(items)
+    subject = claims.subject if claims is not None else None
+    ids = await broker.publisher.publish_many(items, subject=subject)
     metrics: PublishTimer = request.app.state.metrics
     metrics.observe_publish(time.perf_counter() - started)
     broker.stats.published += len(ids)

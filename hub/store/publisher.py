@@ -70,6 +70,9 @@ class Extra:
     #: False: announced to live subscribers but not kept in the hub-wide log, so it
     #: takes no room from the history that others resume from (subscription events).
     kept: bool = True
+    #: The publisher's verified token subject, kept with the event in each channel's
+    #: history (field ``s``): a worker reading requests can count them per subject.
+    subject: str | None = None
 
 
 def _cluster(url: str) -> bool:
@@ -118,15 +121,17 @@ class _Prepared:
         args.extend(self.keys.live(c) for c in names)
         args.extend(self.keys.mercure(c) for c in names)
         args.extend(names)
+        if extra.subject:
+            args.append(extra.subject)
         return keys, args
 
-    def calls(self, events: Iterable[Publishable]) -> list[Call]:
+    def calls(self, events: Iterable[Publishable], subject: str | None = None) -> list[Call]:
         """Every event of a batch checked, before any is sent; the first bad one is
-        refused with its index."""
+        refused with its index. ``subject``: the publisher's, kept with each event."""
         calls = []
         for index, item in enumerate(read_items(events, self.settings.max_batch)):
             with at_index(index):
-                extra = Extra(private=True) if item.private else None
+                extra = Extra(private=item.private, subject=subject)
                 calls.append(self.call(item.channels, item.data, item.event, extra))
         return calls
 
@@ -202,7 +207,9 @@ class Publisher:
             raise publish_failure(exc, self._where) from exc
         return result.decode() if isinstance(result, bytes) else str(result)
 
-    async def publish_many(self, events: Iterable[Publishable]) -> list[str]:
+    async def publish_many(
+        self, events: Iterable[Publishable], *, subject: str | None = None
+    ) -> list[str]:
         """Publish several events in one round trip to Redis; return their ids, in order.
 
         Each event is a publish object as ``POST /publish`` takes it:
@@ -211,9 +218,10 @@ class Publisher:
         :class:`hub.errors.BadRequest` naming its index, and none is published. Each
         event is published atomically, in order, as by :meth:`publish`; the batch is not
         one transaction: should Redis fail midway, the error says which were published.
-        At most ``HUB_MAX_BATCH`` events a call.
+        At most ``HUB_MAX_BATCH`` events a call. ``subject``: the publisher's verified
+        token subject, kept with each event (as :attr:`Extra.subject`).
         """
-        calls = self._prepared.calls(events)
+        calls = self._prepared.calls(events, subject)
         if self._lane is None:
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
