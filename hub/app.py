@@ -81,7 +81,9 @@ def create_app(
     or runs on the embedded in-memory backend when that is ``None``. ``workers``: worker
     names and options (``"llm --demo"``) to run in this process (:mod:`hub.inprocess`)."""
     settings = settings or Settings.from_env()
-    backend = backend or Backend(settings.redis_url, pool_size=settings.redis_pool_size)
+    backend = backend or Backend(
+        settings.redis_url, pool_size=settings.redis_pool_size, key_prefix=settings.key_prefix
+    )
     worker_specs = parse_worker_specs(workers)
     quiet_cut_off_streams()
     auth = Auth(settings)
