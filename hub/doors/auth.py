@@ -67,6 +67,9 @@ class Claims:
     #: The token's ``sub``, or ``None``: what ``HUB_PUBLISH_RATE`` counts by, and kept
     #: with what it publishes natively, so that a worker can count questions per subject.
     subject: str | None = None
+    #: A Mercure 1.0 access token (``authorization_details``): the subscriptions API's
+    #: bare collection answers it in 1.0's format, a 0.24 token in 0.24's.
+    modern: bool = False
 
     def can_receive(self, topics: list[str]) -> bool:
         return self.subscribe is not None and self.subscribe.match_any(topics)
@@ -116,6 +119,7 @@ class _Verifier:
             expires,
             grants.payload,
             sub if isinstance(sub, str) and sub else None,
+            modern=grants.modern,
         )
 
 

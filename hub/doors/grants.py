@@ -50,6 +50,8 @@ class Grants:
     #: ``mercure.payload`` (0.24) or the ``payload`` of a subscribe entry (1.0): shown
     #: in the subscriptions API and subscription events.
     payload: Any = None
+    #: Did the token carry ``authorization_details`` (a Mercure 1.0 access token)?
+    modern: bool = False
 
 
 def bearer_challenge(error: str | None, description: str = "") -> str:
@@ -131,7 +133,9 @@ def read_grants(
             return None
         return Selectors(listed or (), matches=exact[action], urlpatterns=patterns[action])
 
-    return Grants(selectors("publish"), selectors("subscribe"), found_payload)
+    return Grants(
+        selectors("publish"), selectors("subscribe"), found_payload, modern=details is not None
+    )
 
 
 def _mercure_entries(details: Any) -> list[tuple[list[str], list[tuple[str, str]], Any]]:

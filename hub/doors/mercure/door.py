@@ -29,7 +29,7 @@ from hub.delivery.response import EventStream
 from hub.delivery.sse import preamble
 from hub.doors.auth import Auth, expires_in
 from hub.doors.mercure.fanout import Frames, MercureFanout, MercureStream
-from hub.doors.mercure.subscriptions import Registry
+from hub.doors.mercure.subscriptions import Matcher, Registry
 from hub.errors import BackendUnavailable
 from hub.store import EventId, format_id, parse_id
 from hub.supervise import Supervised
@@ -118,9 +118,12 @@ class MercureDoor:
         response: EventStream,
         *,
         reset: bytes = b"",
+        matchers: list[Matcher] | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The frames of one Mercure (or private-capable native) stream: replay after
-        ``after`` (``None``: live only), then live, until the token expires."""
+        ``after`` (``None``: live only), then live, until the token expires.
+        ``matchers``: its subscriptions as the registry lists them (default: 0.24
+        ``topic=`` selectors)."""
         live = await self._started()
         loop = asyncio.get_running_loop()
         ttl = expires_in(sub.claims)
@@ -130,12 +133,15 @@ class MercureDoor:
         registry = self.registry if not sub.native else None
         registered = False
         payload = sub.claims.payload if sub.claims is not None else None
+        listed: list[Matcher] = (
+            matchers if matchers is not None else [(None, t) for t in sub.topics]
+        )
 
         async def opening(confirmed: list[Channel]) -> AsyncGenerator[bytes, None]:
             nonlocal registered
             clock = await self.broker.clock(confirmed)
             if registry is not None:
-                registry.added(sub.uid, sub.topics, payload)
+                registry.added(sub.uid, listed, payload)
                 registered = True
             yield preamble(self.settings.retry_ms) + reset
             sub.last = after if after is not None else clock.head
@@ -147,7 +153,7 @@ class MercureDoor:
             if expiry is not None:
                 expiry.cancel()
             if registry is not None and registered:
-                registry.removed(sub.uid, sub.topics, payload)
+                registry.removed(sub.uid, listed, payload)
 
         served = sub.run(
             live,

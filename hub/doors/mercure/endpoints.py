@@ -6,11 +6,10 @@ the broker is :mod:`hub.doors.mercure.door`."""
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from hub.delivery.broker import Broker
@@ -20,13 +19,14 @@ from hub.doors import Door
 from hub.doors.auth import Auth, Claims
 from hub.doors.body import read_body
 from hub.doors.grants import bearer_challenge
+from hub.doors.mercure.api import subscriptions_api
 from hub.doors.mercure.door import MercureDoor
 from hub.doors.mercure.fanout import MercureStream
-from hub.doors.mercure.subscriptions import CONTEXT, PATH
+from hub.doors.mercure.subscriptions import EVENT_TYPE, PATH, Matcher
 from hub.doors.quota import spend_publish
 from hub.doors.topics import Selectors, check_template, compile_template, is_template
 from hub.doors.urlpatterns import check_pattern
-from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from hub.errors import BadRequest
 from hub.store.ids import EventId, format_id
 from hub.store.keys import check_channel, check_event_type, refuse_reserved
 from hub.store.publisher import Extra
@@ -90,7 +90,7 @@ def _modern(request: Request, protocols: frozenset[str]) -> bool:
     return modern
 
 
-def _selectors_1(request: Request, limit: int) -> tuple[list[str], Selectors]:
+def _selectors_1(request: Request, limit: int) -> tuple[list[str], Selectors, list[Matcher]]:
     exact = [v for name in _EXACT for v in request.query_params.getlist(name)]
     patterns = request.query_params.getlist(_URLPATTERN)
     if not exact and not patterns:
@@ -110,7 +110,9 @@ def _selectors_1(request: Request, limit: int) -> tuple[list[str], Selectors]:
     except BadRequest as exc:
         # Mercure 1.0 answers a malformed request with RFC 6750's invalid_request.
         raise _invalid_request(str(exc)) from None
-    return list(dict.fromkeys(exact + patterns)), selectors
+    matchers: list[Matcher] = [("exact", m) for m in dict.fromkeys(exact)]
+    matchers += [("urlpattern", p) for p in dict.fromkeys(patterns)]
+    return list(dict.fromkeys(exact + patterns)), selectors, matchers
 
 
 async def mercure(request: Request) -> Response | EventStream:
@@ -127,8 +129,9 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
     # Authenticate before any work a selector could make expensive.
     claims = await door.auth.subscriber(request, mercure=True, modern=modern)
     selectors: Selectors | None = None
+    matchers: list[Matcher] | None = None
     if modern:
-        topics, selectors = _selectors_1(request, door.settings.max_channels)
+        topics, selectors, matchers = _selectors_1(request, door.settings.max_channels)
     else:
         topics = _selectors(request.query_params.getlist("topic"), door.settings.max_channels)
     door.broker.admission.check()
@@ -167,7 +170,7 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
         on_cut_off=response.abort,
         selectors=selectors,
     )
-    response.body = door.stream(sub, after, response)
+    response.body = door.stream(sub, after, response, matchers=matchers)
     return response
 
 
@@ -244,6 +247,13 @@ async def mercure_publish(request: Request) -> Response:
     event = _one(form, "type") or None
     if event is not None and ("\r" in event or "\n" in event or "\0" in event):
         raise BadRequest("type must not contain CR, LF or NUL characters")
+    if event == EVENT_TYPE and "1.0" in door.auth.protocols:
+        # Mercure 1.0 keeps this type for the hub's own subscription events, so that a
+        # subscriber can trust them; a hub serving 0.24 only has no such events.
+        raise BadRequest(
+            f"type {EVENT_TYPE!r} is reserved for the hub's subscription events "
+            "(Mercure 1.0); choose another type"
+        )
     event = check_event_type(event)
     event_id = await door.broker.publisher.publish(
         topics, _one(form, "data") or "", event=event, extra=extra
@@ -264,66 +274,6 @@ def _retry(value: str | None) -> int | None:
     return int(value)
 
 
-async def subscriptions_endpoint(request: Request) -> Response:
-    """``GET /.well-known/mercure/subscriptions[/{topic}[/{subscriber}]]``."""
-    door: MercureDoor = request.app.state.mercure
-    registry = door.registry
-    if registry is None:
-        raise NotFound("the subscriptions API is off; run the hub with HUB_SUBSCRIPTIONS=1")
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    path = raw.decode("latin-1").split("?", 1)[0]
-    claims = await door.auth.subscriber(request, mercure=True)
-    if claims is None:
-        raise Unauthorized("the subscriptions API needs a subscriber JWT")
-    if claims.subscribe is None or not claims.subscribe.match(path):
-        message = (
-            f"the token's subscribe selectors do not match {path[:120]!r}; add "
-            f"a selector such as '{PATH}{{/topic}}{{/subscriber}}'"
-        )
-        raise Forbidden(message, challenge=bearer_challenge("insufficient_scope", message))
-    parts = [unquote(p) for p in path[len(PATH) :].split("/") if p]
-    if len(parts) > 2:
-        raise BadRequest(f"use {PATH}, {PATH}/{{topic}} or {PATH}/{{topic}}/{{subscriber}}")
-    entries = await registry.all()
-    last = await door.newest_id()
-    if len(parts) == 2:
-        for entry in entries:
-            if entry["topic"] == parts[0] and entry["subscriber"] == parts[1]:
-                return _ld({"@context": CONTEXT, **entry, "lastEventID": last})
-        return JSONResponse(
-            {"error": "not_found", "message": "no such subscription"}, status_code=404
-        )
-    if parts:
-        entries = [e for e in entries if e["topic"] == parts[0]]
-    return _ld(
-        {
-            "@context": CONTEXT,
-            "id": path,
-            "type": "Subscriptions",
-            "lastEventID": last,
-            "subscriptions": entries,
-        }
-    )
-
-
-def _ld(body: dict[str, Any]) -> Response:
-    return JSONResponse(body, media_type="application/ld+json")
-
-
-async def _read_only(request: Request) -> Response:
-    return JSONResponse(
-        {"error": "method_not_allowed", "message": "the subscriptions API only answers GET"},
-        status_code=405,
-        headers={"Allow": "GET, HEAD"},
-    )
-
-
-async def _subscriptions(request: Request) -> Response:
-    if request.method in ("GET", "HEAD"):
-        return await subscriptions_endpoint(request)
-    return await _read_only(request)
-
-
 def _opened(broker: Broker, auth: Auth) -> MercureDoor:
     return MercureDoor(broker, auth)
 
@@ -334,7 +284,7 @@ MERCURE = Door(
     routes=[Route("/.well-known/mercure", mercure, methods=["GET", "POST"])],
     fast=[("/.well-known/mercure", frozenset({"GET", "HEAD", "POST"}), mercure)],
     # Not a Route: {topic} and {subscriber} are URL-encoded and may hold %2F.
-    prefixes=[(PATH, _subscriptions)],
+    prefixes=[(PATH, subscriptions_api)],
     opened=_opened,
     provides={"private_streams": native_stream},
 )
