@@ -192,3 +192,41 @@ async def test_a_1_0_only_hub_answers_the_1_0_api_and_refuses_0_24_paths(
     body = (await _get(hub, PATH, WATCHER_1)).json()
     assert (body["type"], body["subscriptions"]) == ("subscriptions", [])
     assert (await _get(hub, f"{PATH}/{quote(NEWS, safe='')}", WATCHER_1)).status_code == 400
+
+
+METADATA = "/.well-known/oauth-protected-resource/.well-known/mercure"
+
+
+async def test_the_hub_describes_itself_as_a_protected_resource_while_it_serves_1_0(
+    start_hub: StartHub,
+) -> None:
+    embedded = Backends("embedded", None)
+    hub = await start_hub(embedded.settings(jwt_key=KEY, subscriptions=True))
+    async with httpx.AsyncClient() as client:
+        described = await client.get(hub.url + METADATA)
+        assert described.json() == {
+            "resource": f"{hub.url}/.well-known/mercure",
+            "authorization_details_types_supported": ["https://mercure.rocks/authorization-detail"],
+            "bearer_methods_supported": ["header"],
+            "mercure_cookie": "__Secure-mercure_access_token",
+            "mercure_subscriptions": True,
+        }
+        # Every Bearer challenge of the Mercure door points to it, not only a bare one.
+        scoped = await client.get(
+            hub.url + PATH, headers={"Authorization": f"Bearer {access_token(subscribe=['x'])}"}
+        )
+        assert scoped.status_code == 403
+        challenge = scoped.headers["www-authenticate"]
+        assert 'error="insufficient_scope"' in challenge
+        assert challenge.endswith(f', resource_metadata="{hub.url}{METADATA}"')
+    pinned = await start_hub(
+        embedded.settings(jwt_key=KEY, jwt_audience="https://hub.example.com/.well-known/mercure")
+    )
+    only_024 = await start_hub(embedded.settings(jwt_key=KEY, mercure_protocols="0.24"))
+    async with httpx.AsyncClient() as client:
+        described = await client.get(pinned.url + METADATA)
+        assert described.json()["resource"] == "https://hub.example.com/.well-known/mercure"
+        assert "mercure_subscriptions" not in described.json()
+        assert (await client.get(only_024.url + METADATA)).status_code == 404
+        bare = await client.get(only_024.url + "/.well-known/mercure?topic=x")
+        assert bare.headers["www-authenticate"] == 'Bearer realm="mercure"'

@@ -242,6 +242,7 @@ def test_document_names_exactly_the_apps_routes(api_schema: BaseSchema) -> None:
         ("GET", SUBSCRIPTIONS_PATH),
         ("GET", SUBSCRIPTIONS_PATH + "/{topic}"),
         ("GET", SUBSCRIPTIONS_PATH + "/{topic}/{subscriber}"),
+        ("GET", SUBSCRIPTIONS_PATH + "/{match_type}/{match}/{subscriber}"),
     }
     assert documented == routes
 

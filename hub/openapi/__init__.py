@@ -59,9 +59,25 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                 }
             },
             "/.well-known/mercure": mercure(settings),
+            "/.well-known/oauth-protected-resource/.well-known/mercure": {
+                "get": {
+                    "operationId": "protectedResourceMetadata",
+                    "summary": "Mercure 1.0's OAuth 2.0 protected resource metadata (RFC 9728)",
+                    "responses": {
+                        "200": json_body(
+                            {"type": "object", "required": ["resource"]},
+                            "resource (the aud 1.0 tokens carry), and what the hub accepts.",
+                        ),
+                        "404": error("The hub serves Mercure 0.24 only."),
+                    },
+                }
+            },
             "/.well-known/mercure/subscriptions": subscriptions(0),
             "/.well-known/mercure/subscriptions/{topic}": subscriptions(1),
             "/.well-known/mercure/subscriptions/{topic}/{subscriber}": subscriptions(2),
+            "/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}": (
+                subscriptions(3)
+            ),
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",

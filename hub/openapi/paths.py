@@ -239,8 +239,10 @@ def mercure(settings: Settings) -> dict[str, Any]:
 
 
 def subscriptions(depth: int) -> dict[str, Any]:
-    """The Mercure subscriptions API at ``depth`` path parameters (0, 1 or 2)."""
-    names = ["topic", "subscriber"][:depth]
+    """The Mercure subscriptions API at ``depth`` path parameters: 0, 1 or 2 (0.24's
+    ``{topic}/{subscriber}``, which is also 1.0's ``{match_type}/{match}`` when the first
+    segment is ``exact`` or ``urlpattern``), or 3 (1.0's single subscription)."""
+    names = [["topic", "subscriber"][:depth], ["match_type", "match", "subscriber"]][depth == 3]
     parameters = [
         {
             "name": name,
@@ -251,24 +253,40 @@ def subscriptions(depth: int) -> dict[str, Any]:
         }
         for name in names
     ]
-    one = depth == 2
+    one = depth in (2, 3)
     summary = "One subscription" if one else "Active subscriptions" + (" to a topic" * depth)
+    if depth == 2:
+        summary += " (0.24), or those of one matcher (1.0, {topic} exact or urlpattern)"
     ld = {"type": "object", "required": ["@context", "lastEventID"]}
+    plain = {"type": "object", "required": ["id", "type"]}
+    # 0.24 answers JSON-LD, 1.0 plain JSON; 1.0 has no one-segment path.
+    content: dict[str, Any] = {}
+    if depth != 3:
+        content["application/ld+json"] = {"schema": ld}
+    if depth != 1:
+        content["application/json"] = {"schema": plain}
     missing = "The API is off (HUB_SUBSCRIPTIONS=0)" + (
         ", or no such subscription." if one else "."
     )
     return {
         "get": {
-            "operationId": ["subscriptions", "topicSubscriptions", "subscription"][depth],
+            "operationId": [
+                "subscriptions",
+                "topicSubscriptions",
+                "subscription",
+                "matchSubscription",
+            ][depth],
             "summary": f"{summary} (Mercure subscriptions API; needs HUB_SUBSCRIPTIONS=1)",
             "parameters": parameters,
             "responses": {
                 "200": {
-                    "description": "JSON-LD, as the Mercure specification describes it.",
-                    "content": {"application/ld+json": {"schema": ld}},
+                    "description": "JSON-LD for Mercure 0.24, plain JSON for 1.0 (cursor in "
+                    "the rel=mercure Link header), as the Mercure specifications describe them.",
+                    "content": content,
                 },
+                "400": error("A path no protocol the hub serves has (HUB_MERCURE_PROTOCOLS)."),
                 "401": error("No subscriber JWT."),
-                "403": error("The token's mercure.subscribe selectors do not match the path."),
+                "403": error("The token's subscribe selectors do not match the path."),
                 "404": error(missing),
             },
         }

@@ -28,8 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from hub.doors.grants import bearer_challenge
+from hub.doors.mercure.metadata import hub_url, point_to_metadata
 from hub.doors.mercure.subscriptions import CONTEXT, EVENT_TYPE, MATCH_TYPES, PATH
-from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from hub.errors import BadRequest, Forbidden, HubError, NotFound, Unauthorized
 
 if TYPE_CHECKING:
     from hub.doors.mercure.door import MercureDoor
@@ -40,7 +41,11 @@ __all__ = ["is_modern", "subscriptions_api"]
 async def subscriptions_api(request: Request) -> Response:
     """Answer ``GET``/``HEAD``; any other method gets a 405 naming them."""
     if request.method in ("GET", "HEAD"):
-        return await _answer(request)
+        try:
+            return await _answer(request)
+        except HubError as exc:
+            point_to_metadata(request, exc)
+            raise
     return JSONResponse(
         {"error": "method_not_allowed", "message": "the subscriptions API only answers GET"},
         status_code=405,
@@ -116,7 +121,7 @@ def is_modern(parts: list[str], modern_token: bool, protocols: frozenset[str]) -
 def _answer_1(
     request: Request, path: str, parts: list[str], entries: list[dict[str, Any]], last: str
 ) -> Response:
-    hub = str(request.base_url).rstrip("/") + "/.well-known/mercure"
+    hub = hub_url(request)
     cursor = last.replace("\\", "\\\\").replace('"', '\\"')
     # The cursor travels in the Link header, as in discovery, so that a single
     # subscription's body is exactly its subscription event's document.

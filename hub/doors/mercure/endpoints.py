@@ -22,11 +22,16 @@ from hub.doors.grants import bearer_challenge
 from hub.doors.mercure.api import subscriptions_api
 from hub.doors.mercure.door import MercureDoor
 from hub.doors.mercure.fanout import MercureStream
+from hub.doors.mercure.metadata import (
+    METADATA_PATH,
+    point_to_metadata,
+    protected_resource_metadata,
+)
 from hub.doors.mercure.subscriptions import EVENT_TYPE, PATH, Matcher
 from hub.doors.quota import spend_publish
 from hub.doors.topics import Selectors, check_template, compile_template, is_template
 from hub.doors.urlpatterns import check_pattern
-from hub.errors import BadRequest
+from hub.errors import BadRequest, HubError
 from hub.store.ids import EventId, format_id
 from hub.store.keys import check_channel, check_event_type, refuse_reserved
 from hub.store.publisher import Extra
@@ -117,9 +122,13 @@ def _selectors_1(request: Request, limit: int) -> tuple[list[str], Selectors, li
 
 async def mercure(request: Request) -> Response | EventStream:
     """``/.well-known/mercure``: one route, so that a 405 lists both methods."""
-    if request.method == "POST":
-        return await mercure_publish(request)
-    return await mercure_subscribe(request)
+    try:
+        if request.method == "POST":
+            return await mercure_publish(request)
+        return await mercure_subscribe(request)
+    except HubError as exc:
+        point_to_metadata(request, exc)
+        raise
 
 
 async def mercure_subscribe(request: Request) -> Response | EventStream:
@@ -281,7 +290,10 @@ def _opened(broker: Broker, auth: Auth) -> MercureDoor:
 #: The Mercure door, as the app registers it.
 MERCURE = Door(
     "mercure",
-    routes=[Route("/.well-known/mercure", mercure, methods=["GET", "POST"])],
+    routes=[
+        Route("/.well-known/mercure", mercure, methods=["GET", "POST"]),
+        Route(METADATA_PATH, protected_resource_metadata, methods=["GET"]),
+    ],
     fast=[("/.well-known/mercure", frozenset({"GET", "HEAD", "POST"}), mercure)],
     # Not a Route: {topic} and {subscriber} are URL-encoded and may hold %2F.
     prefixes=[(PATH, subscriptions_api)],
