@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from hub.doors.mercure.api import is_modern
+from hub.doors.mercure.reserved import addresses_hub
 from hub.errors import BadRequest
 from support.hubs import Backends, RunningHub, StartHub
 from support.mercure import (
@@ -230,3 +231,40 @@ async def test_the_hub_describes_itself_as_a_protected_resource_while_it_serves_
         assert (await client.get(only_024.url + METADATA)).status_code == 404
         bare = await client.get(only_024.url + "/.well-known/mercure?topic=x")
         assert bare.headers["www-authenticate"] == 'Bearer realm="mercure"'
+
+
+HUB_URL = "https://hub.example.com/.well-known/mercure"
+
+
+@pytest.mark.parametrize(
+    ("topic", "reserved"),
+    [
+        ("https://elsewhere.example/.well-known/mercure/subscriptions/exact/a/b", True),
+        ("/.well-known/%6Dercure/subscriptions", True),
+        ("/.well-known/x/%2E%2E/mercure/a", True),
+        ("https://x/a/./b/../../.well-known/mercure", True),
+        ("\\.well-known\\mercure\\a", True),
+        ("mercure/subscriptions/a", True),  # relative: resolved against the hub's URL
+        ("/.well-known/mercure/..", False),
+        ("https://example.com/.well-known/mercure2", False),
+        ("urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66", False),
+        ("books/1", False),
+    ],
+)
+def test_the_1_0_reserved_namespace_is_read_from_the_resolved_path(
+    topic: str, reserved: bool
+) -> None:
+    assert addresses_hub(topic, HUB_URL) is reserved
+
+
+async def test_1_0_publishers_get_400_for_the_hubs_topics_and_0_24_ones_keep_403(
+    start_hub: StartHub,
+) -> None:
+    hub = await start_hub(Backends("embedded", None).settings(jwt_key=KEY))
+    modern, legacy = access_token(publish=["*"]), token(publish=["*"])
+    for topic in ("*", "/.well-known/%6Dercure/x", "https://x/.well-known/mercure/x"):
+        refused = await mercure_publish(hub.url, topic, bearer=modern, expect=400)
+        assert "reserved" in refused.text
+    await mercure_publish(hub.url, "urn:uuid:1", bearer=modern)
+    await mercure_publish(hub.url, "https://x/.well-known/mercure/x", bearer=legacy, expect=403)
+    await mercure_publish(hub.url, "/.well-known/%6Dercure/x", bearer=legacy)

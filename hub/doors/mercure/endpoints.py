@@ -24,14 +24,16 @@ from hub.doors.mercure.door import MercureDoor
 from hub.doors.mercure.fanout import MercureStream
 from hub.doors.mercure.metadata import (
     METADATA_PATH,
+    hub_url,
     point_to_metadata,
     protected_resource_metadata,
 )
+from hub.doors.mercure.reserved import refuse_reserved_1
 from hub.doors.mercure.subscriptions import EVENT_TYPE, PATH, Matcher
 from hub.doors.quota import spend_publish
 from hub.doors.topics import Selectors, check_template, compile_template, is_template
 from hub.doors.urlpatterns import check_pattern
-from hub.errors import BadRequest, HubError
+from hub.errors import BadRequest, Forbidden, HubError
 from hub.store.ids import EventId, format_id
 from hub.store.keys import check_channel, check_event_type, refuse_reserved
 from hub.store.publisher import Extra
@@ -242,6 +244,14 @@ async def mercure_publish(request: Request) -> Response:
         raise BadRequest("missing topic: give at least one topic field")
     for topic in topics:
         check_channel(topic)
+    if claims is not None and claims.modern:
+        # Mercure 1.0 answers 400 for the hub's topics, and reads them more widely
+        # (resolved against the hub's URL); 0.24 clients keep their 403.
+        refuse_reserved_1(topics, hub_url(request))
+        try:
+            refuse_reserved(topics)
+        except Forbidden as exc:
+            raise BadRequest(str(exc)) from None
     refuse_reserved(topics)
     if len(topics) > door.settings.max_channels:
         raise BadRequest(f"{len(topics)} topics; at most {door.settings.max_channels}")
