@@ -109,6 +109,15 @@ class _Protocol(asyncio.Protocol):
     def send(self, command: bytes) -> asyncio.Future[Any]:
         assert self.transport is not None
         future = self._loop.create_future()
+        if self.lost or self.transport.is_closing():
+            # Closed by the other side before we wrote (a proxy in front of Redis, Redis
+            # at maxclients or shutting down): uvloop raises RuntimeError on the write,
+            # asyncio drops it silently. Nothing was sent, so say exactly that.
+            self.lost = True  # the next call connects again
+            future.set_exception(
+                RedisConnectionError("the connection to Redis closed before the command was sent")
+            )
+            return future
         self._waiting.append(future)
         self.transport.write(command)
         if self._timer is None:
