@@ -7,6 +7,7 @@ a random node, or away for a while. Everything it gets goes into its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import socket
@@ -62,7 +63,8 @@ class ChaosClient:
         self._read_timeout = read_timeout
         self._mode = "normal"
         self._mode_until = 0.0
-        self._away = asyncio.Event()
+        self._behaving = asyncio.Event()
+        self._behaving.set()
         self._drop = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -83,6 +85,10 @@ class ChaosClient:
         (disconnects and stays away), for ``seconds``."""
         self._mode = mode
         self._mode_until = asyncio.get_running_loop().time() + seconds
+        if mode == "normal":
+            self._behaving.set()
+        else:
+            self._behaving.clear()
         if mode == "away":
             self._drop.set()
 
@@ -114,8 +120,7 @@ class ChaosClient:
             if self._mode != "normal" and loop.time() >= self._mode_until:
                 self._mode = "normal"
             if self._mode == "away":
-                while self._mode == "away" and loop.time() < self._mode_until:
-                    await asyncio.sleep(0.2)
+                await self._sit_out()
                 continue
             self._drop.clear()
             delay = await self._one_stream(self.targets())
@@ -186,14 +191,20 @@ class ChaosClient:
     async def _pace(self) -> None:
         loop = asyncio.get_running_loop()
         if self._mode == "stuck":
-            while self._mode == "stuck" and loop.time() < self._mode_until and not self._stopping:
-                await asyncio.sleep(0.2)
-            self._mode = "normal"
+            await self._sit_out()
         elif self._mode == "slow":
             if loop.time() >= self._mode_until:
                 self._mode = "normal"
             else:
                 await asyncio.sleep(0.05)
+
+    async def _sit_out(self) -> None:
+        """Stuck or away: until the time is up, or until told to behave."""
+        left = self._mode_until - asyncio.get_running_loop().time()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._behaving.wait(), max(0.0, left))
+        self._mode = "normal"
+        self._behaving.set()
 
     def _begin(self, start: Order) -> None:
         self.log = ClientLog(self.name, self.channels, start)

@@ -6,6 +6,7 @@ carry padding, so that slow clients overflow their queues."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -54,10 +55,8 @@ class Publishing:
     async def _pause(self, rate: float) -> None:
         # Poisson-ish arrivals at ``rate`` per second; wakes at once when stopping.
         delay = self.rng.expovariate(rate) if rate > 0 else 1.0
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), min(delay, 2.0))
-        except asyncio.TimeoutError:
-            pass
 
     # -- over HTTP ----------------------------------------------------------------------
 
@@ -82,12 +81,16 @@ class Publishing:
                 )
                 ok = response.status_code == 200
             else:
-                response = await http.post(f"{base}/publish", json={"channel": channel, "data": data})
+                response = await http.post(
+                    f"{base}/publish", json={"channel": channel, "data": data}
+                )
                 ok = response.status_code == 201
                 order = parse_hub_id(response.json().get("id")) if ok else None
         except (httpx.HTTPError, ValueError):
             self.answers["no answer"] += 1
-            self.ledger.uncertain(channel, token, (self.sent,) if self.protocol == "mercure" else None)
+            self.ledger.uncertain(
+                channel, token, (self.sent,) if self.protocol == "mercure" else None
+            )
             return
         if ok and order is not None:
             self._acked(channel, token, order)
