@@ -31,6 +31,9 @@ class Publishing:
         #: Mercure mode: publishes are sequential, their count is the order.
         self.sent = 0
         self._counts: Counter[str] = Counter()
+        #: Mercure mode: the order of each token sent, known before its answer comes
+        #: (a subscriber often gets the event first).
+        self._sent_orders: dict[str, Order] = {}
         self._stop = asyncio.Event()
 
     def _token(self, publisher: str, channel: str) -> tuple[str, str]:
@@ -47,7 +50,9 @@ class Publishing:
 
     def order_of(self, token: str) -> Order | None:
         event = self.ledger.events.get(token)
-        return event.order if event is not None else None
+        if event is not None and event.order is not None:
+            return event.order
+        return self._sent_orders.get(token)
 
     def stop(self) -> None:
         self._stop.set()
@@ -76,6 +81,7 @@ class Publishing:
             if self.protocol == "mercure":
                 self.sent += 1
                 order: Order | None = (self.sent,)
+                self._sent_orders[token] = (self.sent,)
                 response = await http.post(
                     f"{base}/.well-known/mercure", data={"topic": channel, "data": data}
                 )
