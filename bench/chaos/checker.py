@@ -15,8 +15,8 @@ The rules (docs/guarantees.md):
 - A hole is allowed only inside a ``hub.reset`` that names the channel: from the cursor
   the client resumed with, up to the id the reset moved it to (or, from a hub that gives
   no such id, up to the next event delivered after it).
-- A reset itself must be explained by the Guarantees table: ``expired`` only when at
-  least the history's size of events were published on the channel after the cursor,
+- A reset itself must be explained by the Guarantees table: ``expired`` only when more
+  than the history's size of events were published on the channel after the cursor,
   ``history_lost``/``unknown`` only after a fault that lost Redis data, ``invalid``
   never (the clients send only ids the hub gave them). ``policy`` decides.
 - An event that was published but not acknowledged (an error or a timeout answer) may
@@ -129,11 +129,13 @@ def hub_policy(ledger: Ledger, history_size: int, data_lost: Callable[[], bool])
         if reset.reason == "expired":
             after = cursor or (0, 0)
             could = ledger.acked_after(channel, after) + ledger.uncertain_on(channel)
-            if could >= history_size:
+            # History keeps the last ``history_size`` events (XADD MAXLEN, exact): it
+            # reaches back to the cursor unless more than that came after it.
+            if could > history_size:
                 return None
             return (
-                f"only {could} events on {channel!r} after the cursor {after}, fewer than "
-                f"the history size {history_size}: history still covered it"
+                f"only {could} events on {channel!r} after the cursor {after}, not more "
+                f"than the history size {history_size}: history still covered it"
             )
         if reset.reason in ("history_lost", "unknown"):
             return None if data_lost() else "Redis lost no data in this run (AOF, fsync always)"
