@@ -118,8 +118,10 @@ async def _main(opts: Options) -> Outcome:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    # SIGTERM as Ctrl-C: the campaign's finally ends everything it started.
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    # Ctrl-C and SIGTERM cancel the run; the campaign's finally ends everything it
+    # started. SIGINT explicitly too: a shell's background job starts with it ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
     campaign = Campaign(opts)
     # A hard bound whatever happens: traffic, then healing and draining.
     return await asyncio.wait_for(campaign.run(), opts.duration + opts.drain + 240)
