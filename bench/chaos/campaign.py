@@ -18,7 +18,7 @@ import httpx
 
 from hub import Publisher, Settings
 
-from .checker import Policy, Report, any_reset_policy, check, hub_policy
+from .checker import ClientLog, Policy, Report, any_reset_policy, check, hub_policy
 from .client import ChaosClient
 from .faults import Faults
 from .processes import Haproxy, HubNode, Processes, RedisProc
@@ -224,7 +224,7 @@ class Campaign:
         await asyncio.sleep(0.5)  # anything late (a duplicate) still gets recorded
         return [c.name for c in self.clients if not c.caught_up(latest)]
 
-    def _logs(self) -> list:  # type: ignore[type-arg]
+    def _logs(self) -> list[ClientLog]:
         return [c.log for c in self.clients if c.log is not None]
 
     def _policy(self, managed: bool) -> Policy:

@@ -157,7 +157,9 @@ class ChaosClient:
 
     async def _read(self, response: httpx.Response) -> float:
         retry = 1.0
-        event_type, data, event_id = "", [], None
+        event_type = ""
+        event_id: str | None = None
+        data: list[str] = []
         buffer = b""
         async for chunk in response.aiter_raw():
             if self._drop.is_set() or self._stopping:
