@@ -23,6 +23,7 @@ class Publishing:
 
     def __init__(self, channels: Sequence[str], rng: random.Random, *, protocol: str) -> None:
         self.channels = list(channels)
+        self._weights = [1 / (i + 1) for i in range(len(self.channels))]
         self.ledger = Ledger()
         self.protocol = protocol
         self.rng = rng
@@ -35,6 +36,11 @@ class Publishing:
         #: (a subscriber often gets the event first).
         self._sent_orders: dict[str, Order] = {}
         self._stop = asyncio.Event()
+
+    def _channel(self) -> str:
+        # Skewed (Zipf): the busiest channel outruns its history long before the
+        # quietest, so a client away for a while on both resumes one and resets the other.
+        return self.rng.choices(self.channels, self._weights)[0]
 
     def _token(self, publisher: str, channel: str) -> tuple[str, str]:
         self._counts[publisher] += 1
@@ -75,7 +81,7 @@ class Publishing:
                 await self._pause(rate)
 
     async def http_one(self, http: httpx.AsyncClient, name: str, base: str) -> None:
-        channel = self.rng.choice(self.channels)
+        channel = self._channel()
         token, data = self._token(name, channel)
         try:
             if self.protocol == "mercure":
@@ -116,7 +122,7 @@ class Publishing:
             await self._pause(rate)
 
     async def redis_one(self, publisher: Publisher, name: str) -> None:
-        channel = self.rng.choice(self.channels)
+        channel = self._channel()
         token, data = self._token(name, channel)
         try:
             event_id = await asyncio.wait_for(publisher.publish(channel, data), 10)
