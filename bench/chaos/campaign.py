@@ -51,6 +51,7 @@ class Outcome:
     report: Report
     faults: dict[str, int]
     answers: dict[str, int]
+    samples: dict[str, str]
     streams: int
     failed_streams: int
     not_caught_up: list[str]
@@ -162,6 +163,7 @@ class Campaign:
                 report,
                 dict(faults.injected),
                 dict(self.publishing.answers),
+                dict(self.publishing.samples),
                 sum(c.streams for c in self.clients),
                 sum(c.failed_streams for c in self.clients),
                 not_caught_up,

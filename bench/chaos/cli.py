@@ -86,6 +86,7 @@ def summary(opts: Options, out: Outcome) -> dict[str, object]:
         "faults_injected": dict(sorted(out.faults.items())),
         "faults_total": sum(out.faults.values()),
         "publish_answers": dict(sorted(out.answers.items())),
+        "publish_refusals_first_seen": dict(sorted(out.samples.items())),
         "events_acknowledged": r.acknowledged,
         "events_unacknowledged": r.uncertain,
         "delivered": r.delivered,

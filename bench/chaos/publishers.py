@@ -28,6 +28,8 @@ class Publishing:
         self.protocol = protocol
         self.rng = rng
         self.answers: Counter[str] = Counter()
+        #: The first answer body of each HTTP status other than success.
+        self.samples: dict[str, str] = {}
         self.latest: dict[str, Order] = {}
         #: Mercure mode: publishes are sequential, their count is the order.
         self.sent = 0
@@ -107,12 +109,13 @@ class Publishing:
         if ok and order is not None:
             self._acked(channel, token, order)
             return
-        self.answers[f"HTTP {response.status_code}"] += 1
+        status = f"HTTP {response.status_code}"
+        self.answers[status] += 1
+        # What each kind of refusal said, once: a 500 is a hub bug worth reading.
+        self.samples.setdefault(status, response.text[:300])
         if response.status_code >= 500 or response.status_code == 429:
             # 503: may or may not have been published (a timeout), say the docs.
             self.ledger.uncertain(channel, token, order if self.protocol == "mercure" else None)
-        elif response.status_code >= 400 and self.answers[f"HTTP {response.status_code}"] == 1:
-            print(f"publish refused: {response.status_code} {response.text[:200]}", flush=True)
 
     # -- straight into Redis ------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from redis.exceptions import (
+    BusyLoadingError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -34,9 +35,11 @@ FAILURES = (RedisError, OSError)
 
 def publish_failure(exc: RedisError, where: str) -> HubError:
     """The hub error for a publish script call that failed with ``exc``."""
-    if isinstance(exc, (ReadOnlyError, OutOfMemoryError)) or str(exc).startswith("NOREPLICAS"):
-        # A replica after a failover, a full Redis, or a master without enough replicas
-        # (min-replicas-to-write): passing states worth a retry.
+    passing = (ReadOnlyError, OutOfMemoryError, BusyLoadingError)
+    if isinstance(exc, passing) or str(exc).startswith("NOREPLICAS"):
+        # A replica after a failover, a full Redis, Redis loading its data after a
+        # restart, or a master without enough replicas (min-replicas-to-write): passing
+        # states worth a retry.
         return BackendUnavailable(f"Redis at {where} cannot take writes now ({exc}); retry")
     if isinstance(exc, ResponseError) and str(exc).startswith("HUBCONFLICT"):
         return Conflict(

@@ -28,6 +28,7 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import (
     AuthenticationError,
+    BusyLoadingError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -45,6 +46,8 @@ Arg = bytes | str | int | float
 DEFAULT_TIMEOUT = 10.0
 
 _TYPED = {
+    # Redis reading its data back after a restart: nothing ran, a retry will.
+    "LOADING": BusyLoadingError,
     "NOSCRIPT": NoScriptError,
     "READONLY": ReadOnlyError,
     "OOM": OutOfMemoryError,
