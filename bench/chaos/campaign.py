@@ -18,7 +18,15 @@ import httpx
 
 from hub import Publisher, Settings
 
-from .checker import ClientLog, Policy, Report, any_reset_policy, check, hub_policy
+from .checker import (
+    ClientLog,
+    Policy,
+    Report,
+    Violation,
+    any_reset_policy,
+    check,
+    hub_policy,
+)
 from .client import ChaosClient
 from .faults import Faults
 from .processes import Haproxy, HubNode, Processes, RedisProc
@@ -159,6 +167,10 @@ class Campaign:
             await asyncio.gather(*tasks)
             not_caught_up = await self._drain()
             report = check(self.publishing.ledger, self._logs(), self._policy(managed))
+            if "HTTP 500" in self.publishing.samples:
+                # The Guarantees table: a failing Redis gives 503 and Retry-After, never 500.
+                why = self.publishing.samples["HTTP 500"]
+                report.violations.append(Violation("server_error", "-", "-", why))
             return Outcome(
                 report,
                 dict(faults.injected),
