@@ -170,3 +170,19 @@ def test_hub_ids_parse_into_sortable_orders() -> None:
     assert parse_hub_id("1700000000000-10") > parse_hub_id("1700000000000-9")  # type: ignore[operator]
     for bad in (None, "", "urn:uuid:1234", "12-x", "-1"):
         assert parse_hub_id(bad) is None
+
+
+def test_a_reset_after_the_other_channels_replay_covers_from_the_streams_cursor() -> None:
+    # The hub replays the channels whose history reaches back, then resets the trimmed
+    # one: its gap starts at the cursor the stream resumed from, not at the replay's end.
+    ledger = Ledger()
+    for n in range(1, 5):
+        ledger.acked("a", f"a:p:{n}", (100, 2 * n))
+        ledger.acked("b", f"b:p:{n}", (100, 2 * n + 1))
+    records: list[Opened | Got | Reset] = [Got("a", "a:p:1", (100, 2)), Opened((100, 2))]
+    records += [Got("b", f"b:p:{n}", (100, 2 * n + 1)) for n in range(1, 5)]
+    records += [Reset("expired", ("a",), (100, 9))]
+    client = ClientLog("c", ("a", "b"), (0, 0), records)
+    report = check(ledger, [client], _strict(ledger, history_size=2))  # type: ignore[arg-type]
+    assert report.ok, report.violations
+    assert (report.skipped_by_reset, report.delivered) == (3, 5)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import random
 import shutil
 import tempfile
@@ -167,6 +169,8 @@ class Campaign:
             await asyncio.gather(*tasks)
             not_caught_up = await self._drain()
             report = check(self.publishing.ledger, self._logs(), self._policy(managed))
+            if self.opts.keep and self.workdir is not None:
+                self._dump(self.workdir / "records.json")
             if "HTTP 500" in self.publishing.samples:
                 # The Guarantees table: a failing Redis gives 503 and Retry-After, never 500.
                 why = self.publishing.samples["HTTP 500"]
@@ -237,6 +241,21 @@ class Campaign:
             await asyncio.sleep(0.25)
         await asyncio.sleep(0.5)  # anything late (a duplicate) still gets recorded
         return [c.name for c in self.clients if not c.caught_up(latest)]
+
+    def _dump(self, path: Path) -> None:
+        """The ledger and every client's records, to look into a violation."""
+        ledger = {
+            t: [e.channel, e.order, e.acked] for t, e in self.publishing.ledger.events.items()
+        }
+        clients = {
+            log.name: {
+                "channels": log.channels,
+                "start": log.start,
+                "records": [[type(r).__name__, *dataclasses.astuple(r)] for r in log.records],
+            }
+            for log in self._logs()
+        }
+        path.write_text(json.dumps({"ledger": ledger, "clients": clients}))
 
     def _logs(self) -> list[ClientLog]:
         return [c.log for c in self.clients if c.log is not None]

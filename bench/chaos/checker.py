@@ -215,33 +215,29 @@ def _check_channel(
 ) -> None:
     seen: set[str] = set()
     last: Order | None = None
-    cursor: Order | None = client.start
+    # The cursor the current stream resumed from: a reset on that stream covers from
+    # there, whatever it delivered before the reset (the other channels' replay).
+    resumed_from: Order | None = client.start
     # (after, upto) orders a reset allowed to be missing; upto None: until the next event
     allowed: list[tuple[Order | None, Order | None]] = []
     open_gap: int | None = None  # index in allowed of a reset without an end yet
     for record in client.records:
         if isinstance(record, Opened):
-            cursor = record.cursor
+            resumed_from = record.cursor
             continue
         if isinstance(record, Reset):
             if channel not in record.channels:
-                if record.to is not None and (cursor is None or record.to > cursor):
-                    cursor = record.to
                 continue
             report.resets[record.reason] += 1
-            why = policy(record, cursor, channel)
+            why = policy(record, resumed_from, channel)
             if why is not None:
                 violation(
                     Violation("unexplained_reset", client.name, channel, f"{record.reason}: {why}")
                 )
-            allowed.append((cursor, record.to))
+            allowed.append((resumed_from, record.to))
             open_gap = len(allowed) - 1 if record.to is None else None
-            if record.to is not None:
-                cursor = record.to
             continue
         if record.channel != channel:
-            if record.order is not None:
-                cursor = record.order
             continue
         published = ledger.events.get(record.token)
         if published is None or published.channel != channel:
@@ -277,7 +273,6 @@ def _check_channel(
             )
         if order is not None:
             last = order if last is None else max(last, order)
-            cursor = order
     for published in ledger.acked_on(channel):
         order = published.order
         assert order is not None
