@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import publish_cost
 from . import scenarios as sc
 from .servers import Server, cleanup_redis, nchan_missing, start_hub, start_nchan
 
@@ -42,6 +43,7 @@ SCENARIOS = {
     "S4": "replay to a client resuming far behind",
     "S5": "publish throughput",
     "S6": "connection churn",
+    "S7": "CPU per event: hub batches vs Nchan single publishes, alternating",
 }
 
 #: (full, quick) sizes
@@ -82,6 +84,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "S4": {"events": 100000},
         "S5": {"concurrency": 8, "seconds": 5},
         "S6": {"concurrency": 32, "seconds": 5},
+        "S7": {"rounds": 4, "seconds": 3, "concurrency": 8, "batch": 100},
     },
     "quick": {
         "S1a": {"conns": 50, "rate": 20, "seconds": 1, "settle": 0.5},
@@ -92,6 +95,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "S4": {"events": 500},
         "S5": {"concurrency": 4, "seconds": 0.5},
         "S6": {"concurrency": 4, "seconds": 0.5},
+        "S7": {"rounds": 1, "seconds": 1, "concurrency": 2, "batch": 10},
     },
 }
 
@@ -120,7 +124,14 @@ TABLE = [
     ("S5", "http_msgs_per_s", "HTTP publishes/s (httpx, one Python client)"),
     ("S5", "publisher_single_msgs_per_s", "Python Publisher, sequential msgs/s"),
     ("S5", "publisher_batch_msgs_per_s", "Python Publisher, gather x100 msgs/s"),
+    ("S5", "publisher_many_msgs_per_s", "Python Publisher, publish_many x100 msgs/s"),
     ("S6", "cycles_per_s", "connects + disconnects /s"),
+    (
+        "S7",
+        "batch_cpu_us_per_event",
+        "CPU us / event: hub batches vs Nchan single (server + Redis)",
+    ),
+    ("S7", "single_cpu_us_per_event", "CPU us / event: single HTTP publish, same run"),
 ]
 
 
@@ -164,9 +175,13 @@ def _s5(server: Server, redis_url: str, size: dict[str, Any]) -> dict[str, Any]:
     if server.name == "hub":
         single = asyncio.run(sc.python_publisher(redis_url, seconds=size["seconds"], batch=1))
         batch = asyncio.run(sc.python_publisher(redis_url, seconds=size["seconds"], batch=100))
+        many = asyncio.run(
+            sc.python_publisher(redis_url, seconds=size["seconds"], batch=100, many=True)
+        )
         out |= {
             "publisher_single_msgs_per_s": single["msgs_per_s"],
             "publisher_batch_msgs_per_s": batch["msgs_per_s"],
+            "publisher_many_msgs_per_s": many["msgs_per_s"],
         }
     return out
 
@@ -261,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, start in kinds:
             # S3 first: memory per connection is measured on a fresh process, not on
             # one whose heap already grew (and kept) room for S1b's 10,000 streams.
-            main_ids = sorted((s for s in only if s != "S4"), key=lambda s: s != "S3")
+            # S4 and S7 start servers of their own.
+            main_ids = sorted((s for s in only if s not in ("S4", "S7")), key=lambda s: s != "S3")
             if main_ids:
                 # Hub history 1000 and an Nchan buffer of 1000: the same work per publish.
                 kw = {"history_size": 1000} if name == "hub" else {"buffer": 1000}
@@ -280,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     server.stop()
             cleanup_redis(a.redis_url)
+        if "S7" in only:
+            _s7(results, a.redis_url, workdir, sizes["S7"], nchan=not nchan_why)
     finally:
         cleanup_redis(a.redis_url)
     if nchan_why:
@@ -294,6 +312,39 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(md + "\n")
     print(f"\nwrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0
+
+
+def _s7(
+    results: dict[str, Any], redis_url: str, workdir: Path, size: dict[str, Any], *, nchan: bool
+) -> None:
+    """Both servers at once, ``ab`` against each in turn, round after round
+    (:mod:`bench.publish_cost`): the shared machine's load falls on both alike."""
+    size = dict(size)
+    batch = size.pop("batch")
+    print(f"S7 hub+nchan {size} batch={batch}", file=sys.stderr, flush=True)
+    servers: dict[str, Server] = {}
+    try:
+        servers["hub"] = start_hub(redis_url, workdir)
+        if nchan:
+            servers["nchan"] = start_nchan(redis_url, workdir)
+        got = publish_cost.measure(publish_cost.targets_for(servers, batch), **size)
+    finally:
+        for server in servers.values():
+            server.stop()
+    hub_batch, hub_single = got[f"hub batch x{batch}"], got["hub single"]
+    hub = {
+        "batch_cpu_us_per_event": hub_batch["cpu_us_per_event"],
+        "single_cpu_us_per_event": hub_single["cpu_us_per_event"],
+        "targets": got,
+    }
+    results["scenarios"]["S7"] = {"hub": hub}
+    if nchan:
+        single = got["nchan single"]["cpu_us_per_event"]
+        results["scenarios"]["S7"]["nchan"] = {
+            "batch_cpu_us_per_event": single,
+            "single_cpu_us_per_event": single,
+        }
+    print(f"  {json.dumps(got)}", file=sys.stderr, flush=True)
 
 
 def _one(

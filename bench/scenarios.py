@@ -374,8 +374,11 @@ def _ab_field(out: str, name: str, default: str | None = None) -> str:
     return match.group(1)
 
 
-async def python_publisher(redis_url: str, *, seconds: float, batch: int) -> dict[str, Any]:
-    """The hub's Publisher straight into Redis: sequential awaits, or gathered batches."""
+async def python_publisher(
+    redis_url: str, *, seconds: float, batch: int, many: bool = False
+) -> dict[str, Any]:
+    """The hub's Publisher straight into Redis: sequential awaits, gathered batches, or
+    (``many``) batches through ``publish_many``."""
     from hub import Publisher, Settings
 
     pub = Publisher.from_url(redis_url, Settings.from_env(key_prefix=HUB_PREFIX))
@@ -387,6 +390,9 @@ async def python_publisher(redis_url: str, *, seconds: float, batch: int) -> dic
             if batch == 1:
                 await pub.publish("pypub", "x" * 64)
                 done += 1
+            elif many:
+                await pub.publish_many([{"channel": "pypub", "data": "x" * 64}] * batch)
+                done += batch
             else:
                 await asyncio.gather(*(pub.publish("pypub", "x" * 64) for _ in range(batch)))
                 done += batch

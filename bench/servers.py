@@ -130,13 +130,22 @@ class Nchan(Server):
 
 
 def start_hub(
-    redis_url: str, workdir: Path, *, history_size: int = 1000, max_connections: int = 20000
+    redis_url: str,
+    workdir: Path,
+    *,
+    history_size: int = 1000,
+    max_connections: int = 20000,
+    source: Path | None = None,
 ) -> Hub:
-    """``hub serve`` as a subprocess on a free port, on its own key prefix."""
+    """``hub serve`` as a subprocess on a free port, on its own key prefix; with
+    ``source``, the hub of that checkout (an older commit, to measure beside this one)."""
     port = free_port()
     env = dict(os.environ, HUB_MAX_CONNECTIONS=str(max_connections))
     hub_exe = Path(sys.executable).with_name("hub")
     cmd = [str(hub_exe)] if hub_exe.exists() else [sys.executable, "-m", "hub"]
+    if source is not None:
+        env["PYTHONPATH"] = str(source.resolve())
+        cmd = [sys.executable, "-m", "hub"]
     cmd += [
         "serve",
         "--port",
@@ -151,7 +160,7 @@ def start_hub(
         "warning",
     ]
     log = open(workdir / "hub.log", "ab")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=source or ROOT)
     log.close()
     try:
         _wait_http(f"http://127.0.0.1:{port}/readyz", 20, proc)

@@ -19,6 +19,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from hub.answers import write_whole
 from hub.config import Settings
 from hub.delivery.broker import Broker
 from hub.delivery.response import EventStream, quiet_cut_off_streams
@@ -28,6 +29,7 @@ from hub.doors.auth import Auth, cors_origins
 from hub.doors.mercure import MERCURE
 from hub.doors.native import NATIVE
 from hub.errors import BackendUnavailable, HubError, TooManyConnections
+from hub.logs import redact_secrets
 from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
 from hub.store import Backend
@@ -45,6 +47,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 #: What ``/static/{name}`` serves: these files and nothing else (no path tricks).
 _STATIC_FILES = {
     "app.js": "text/javascript; charset=utf-8",
+    "hub.js": "text/javascript; charset=utf-8",
+    "hub.d.ts": "text/plain; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "index.html": "text/html; charset=utf-8",
 }
@@ -147,7 +151,12 @@ class _HubApp(Starlette):
                     response = await endpoint(request)
                 except HubError as exc:
                     response = await _hub_error(request, exc)
-                await response(scope, receive, send)
+                if not (
+                    isinstance(response, Response)
+                    and type(response) in _WHOLE
+                    and write_whole(send, response.status_code, response.raw_headers, response.body)
+                ):
+                    await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
@@ -160,6 +169,10 @@ class _HubApp(Starlette):
             if path.startswith(prefix):
                 return owner
         return None
+
+
+#: Responses the fast path writes whole (complete bodies, no background tasks).
+_WHOLE = (JSONResponse, Response)
 
 
 def drain(app: Starlette) -> None:
@@ -180,8 +193,11 @@ async def _hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
     retry_later = isinstance(exc, (BackendUnavailable, TooManyConnections))
     headers = {"Retry-After": "5"} if retry_later else None
+    # The message may quote what the client sent; a token in it would reach whatever
+    # logs the answer (a proxy, the client's own logs).
+    message = redact_secrets(str(exc))
     return JSONResponse(
-        {"error": exc.code, "message": str(exc)}, status_code=exc.status_code, headers=headers
+        {"error": exc.code, "message": message}, status_code=exc.status_code, headers=headers
     )
 
 

@@ -50,6 +50,10 @@ class Settings:
     send_timeout: float = 30.0
     #: Largest ``/publish`` request body, in bytes.
     max_payload: int = 1 << 20
+    #: Events one batch publish (a JSON array or NDJSON body, ``publish_many``) may hold.
+    max_batch: int = 1000
+    #: Largest batch publish request body, in bytes.
+    max_batch_bytes: int = 8 << 20
     #: Largest request line plus headers, in bytes; a larger request is answered ``431``
     #: (a long ``Last-Event-ID``, cookie or URL counts against it).
     max_header_bytes: int = 16 * 1024
@@ -59,6 +63,16 @@ class Settings:
     position_check: float = 10.0
     #: Open ``/events`` streams one process accepts; beyond it a new one gets ``503``.
     max_connections: int = 10000
+    #: Open connections one client address may hold on one process; beyond it a new
+    #: request gets ``503``. 0: no limit. Only for a hub that clients reach directly:
+    #: behind a balancer or proxy every client has the proxy's address.
+    max_connections_per_ip: int = 0
+    #: Seconds a client has to send a request's line and headers, from the moment it
+    #: connects (or starts its next request); a connection that takes longer is closed.
+    header_timeout: float = 10.0
+    #: Seconds a client has to send a request's body once its headers are in; a body
+    #: that takes longer is answered ``408`` and the connection closed.
+    body_timeout: float = 30.0
     #: Processes ``hub serve`` runs on the one port (SO_REUSEPORT), each with its own Redis
     #: connections; 1 runs the hub in the serving process itself.
     workers: int = 1
@@ -99,10 +113,15 @@ class Settings:
             (self.client_buffer >= 1024, "client_buffer must be at least 1024 bytes"),
             (self.send_timeout > 0, "send_timeout must be a positive number of seconds"),
             (self.max_payload >= 1, "max_payload must be at least 1 byte"),
+            (self.max_batch >= 1, "max_batch must be at least 1"),
+            (self.max_batch_bytes >= 1024, "max_batch_bytes must be at least 1024"),
             (self.max_header_bytes >= 1024, "max_header_bytes must be at least 1024"),
             (self.redis_pool_size >= 1, "redis_pool_size must be at least 1"),
             (self.position_check > 0, "position_check must be a positive number of seconds"),
             (self.max_connections >= 1, "max_connections must be at least 1"),
+            (self.max_connections_per_ip >= 0, "max_connections_per_ip must be 0 (off) or more"),
+            (self.header_timeout > 0, "header_timeout must be a positive number of seconds"),
+            (self.body_timeout > 0, "body_timeout must be a positive number of seconds"),
             (self.workers >= 1, "workers must be at least 1"),
             (bool(self.key_prefix), "key_prefix must not be empty"),
             (self.log_format in ("text", "json"), "log_format must be text or json"),

@@ -15,6 +15,12 @@ Each closed stream is logged once by the ``hub.connections`` logger with
 ``event="stream_closed"``, ``duration_s``, ``events``, ``reason`` and ``channels``, ready
 for a log pipeline to aggregate.
 
+Secrets never reach a log line: tokens in ``authorization=`` and ``access_token=``
+query parameters (the only way an EventSource can send one), ``password=`` options,
+``Bearer`` credentials and anything shaped like a JWT are replaced by ``[redacted]`` in
+every record that goes through the hub's handlers (:class:`RedactSecrets`): uvicorn's
+access log included.
+
 Workers, which run no web server, use this module too: it must import nothing of the
 web stack (starlette, uvicorn, jwt, prometheus_client).
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -34,11 +41,14 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "JsonFormatter",
+    "RedactSecrets",
     "TextFormatter",
     "configure_logging",
     "level_number",
     "log_fields",
     "log_stream_closed",
+    "redact_handlers",
+    "redact_secrets",
 ]
 
 LOG_FORMATS = ("text", "json")
@@ -50,6 +60,71 @@ JSON_KEYS = ("ts", "level", "logger", "pid", "msg", "exc")
 
 #: One line per closed stream, at INFO.
 connections_logger = logging.getLogger("hub.connections")
+
+
+#: What a secret looks like in a log line: the value of a token or password parameter
+#: (also percent-encoded, in a URL logged inside another URL), a Bearer credential, a JWS.
+_SECRET = re.compile(
+    r"(?i)(?P<name>(?:authorization|access_token|password)(?:=|%3D))[^&\s\"'<>]+"
+    r"|(?P<bearer>\bBearer\s+)(?!<)[^\s\"',;]+"
+    r"|\beyJ[\w-]*\.[\w-]+\.[\w-]*"
+)
+#: What cannot appear in a line without a secret in it (checked before the pattern).
+_MARKERS = ("uthorization", "ccess_token", "assword", "earer", "eyJ")
+REDACTED = "[redacted]"
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every token (query parameter, Bearer credential, JWT) replaced."""
+    if not any(marker in text for marker in _MARKERS):
+        return text
+    return _SECRET.sub(_replacement, text)
+
+
+def _replacement(match: re.Match[str]) -> str:
+    prefix = match.group("name") or match.group("bearer") or ""
+    return prefix + REDACTED
+
+
+class RedactSecrets(logging.Filter):
+    """Takes secrets out of a record before any handler formats it: its message, its
+    arguments (uvicorn's access log formats them itself), its fields, its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_secrets(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redacted_arg(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _redacted_arg(v) for k, v in record.args.items()}
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            record.fields = {k: _redacted_arg(v) for k, v in fields.items()}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_secrets(record.exc_text)
+        return True
+
+
+def _redacted_arg(value: Any) -> Any:
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    if isinstance(value, str):
+        return redact_secrets(value)
+    shown = str(value)
+    redacted = redact_secrets(shown)
+    # Only when it held a secret: other objects keep their type for %r, %d and friends.
+    return value if redacted == shown else redacted
+
+
+def redact_handlers(*logger_names: str) -> None:
+    """Add :class:`RedactSecrets` to every handler of the root logger and of these
+    loggers (uvicorn's, which write through handlers of their own in text mode)."""
+    for name in ("", *logger_names):
+        for handler in logging.getLogger(name or None).handlers:
+            if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+                handler.addFilter(RedactSecrets())
 
 
 def log_fields(**fields: Any) -> dict[str, Any]:
@@ -107,7 +182,8 @@ class JsonFormatter(logging.Formatter):
             if key not in JSON_KEYS:
                 line[key] = value
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+            # exc_text when set: RedactSecrets has cleaned it.
+            line["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
@@ -150,6 +226,7 @@ def configure_logging(
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter(with_pid=several_processes))
+    handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     if verbose_loggers is None:

@@ -33,10 +33,10 @@ from starlette.applications import Starlette
 from hub.app import create_app, drain
 from hub.config import Settings
 from hub.errors import ConfigError
-from hub.logs import configure_logging
+from hub.limits import raise_open_files_limit
+from hub.logs import configure_logging, redact_handlers
 from hub.metrics import MULTIPROC_ENV
-from hub.protocol import head_bounded_protocol
-from hub.store.backend import Backend
+from hub.protocol import hub_protocol
 
 __all__ = ["HubServer", "Supervisor", "build_server", "serve"]
 
@@ -107,14 +107,17 @@ def build_server(
         # JSON logs: uvicorn's loggers go through ours (hub.logs) instead of its own setup.
         log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         lifespan="on",
-        # Request heads are bounded (hub/protocol.py); h11, if chosen, by its own limit.
-        http=head_bounded_protocol(settings.max_header_bytes),
+        # Request heads, the time to send them and the body, and connections per address
+        # are bounded (hub/protocol.py); h11, if chosen, has its own head limit only.
+        http=hub_protocol(settings),
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         # SSE streams are long; a browser's reconnect must not be refused because of a
         # keep-alive timer meant for short requests.
         timeout_keep_alive=30,
     )
+    # uvicorn's text-mode handlers exist now (Config set them up): no token in any line.
+    redact_handlers("uvicorn", "uvicorn.error", "uvicorn.access")
     return HubServer(config, app, on_started)
 
 
@@ -126,8 +129,11 @@ def serve(settings: Settings) -> int:
     _configure_logging(settings)
     with _metrics_dir(settings.workers > 1):
         if settings.workers > 1:
-            return Supervisor(settings).run()
+            supervisor = Supervisor(settings)  # every setting checked first
+            raise_open_files_limit(settings.max_connections)  # the workers inherit it
+            return supervisor.run()
         server = build_server(settings)
+        raise_open_files_limit(settings.max_connections)
         _freeze_startup_objects()
         server.run()
     return 0
@@ -203,7 +209,7 @@ class Supervisor:
                 "workers > 1 needs HUB_REDIS_URL: the embedded backend lives inside one "
                 "process, so workers would not see each other's events"
             )
-        Backend(settings.redis_url)  # a malformed URL fails here, not once per worker
+        create_app(settings)  # a bad setting fails here, once, not once per worker
         self.settings = settings
         self._context = multiprocessing.get_context("spawn")
         self._slots: list[_Worker | None] = [None] * settings.workers

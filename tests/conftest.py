@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from hub import Backend, Settings, create_app
-from hub.protocol import head_bounded_protocol
+from hub.protocol import hub_protocol
 from support.hubs import Backends, InLoopServer, RunningHub, StartHub
 from support.net import free_port, wait_ready
 from support.processes import HubProcesses
@@ -80,7 +80,7 @@ async def start_hub() -> AsyncIterator[StartHub]:
             host="127.0.0.1",
             port=settings.port,
             # The hub's own protocol (hub serve's), unless a test asks for another.
-            http=head_bounded_protocol(settings.max_header_bytes) if http == "auto" else http,
+            http=hub_protocol(settings) if http == "auto" else http,
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=5,

@@ -21,6 +21,7 @@ import pytest
 
 from hub import Event, HubClient
 from support.hubs import Backends, StartHub
+from support.mercure import KEY, token
 from support.net import free_port
 
 pytestmark = pytest.mark.anyio
@@ -69,14 +70,16 @@ async def run_hub(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
 
 
 @contextlib.asynccontextmanager
-async def spawn_hub(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+async def spawn_hub(
+    *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """Start ``hub ARGS...`` in the background; it is killed and reaped on exit."""
     process = await asyncio.create_subprocess_exec(
         *HUB,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
+        env=env or cli_env(),
     )
     try:
         yield process
@@ -156,6 +159,28 @@ async def test_tail_prints_events_after_last_event_id_as_json_lines(
     ]
     assert tail.returncode == 130  # Ctrl-C ends it quietly
     assert b"Traceback" not in err
+
+
+async def test_publish_and_tail_take_a_token_for_a_hub_with_a_key(
+    backends: Backends, start_hub: StartHub
+) -> None:
+    hub = await start_hub(backends.settings(jwt_key=KEY), backends.backend())
+    code, out, err = await run_hub("publish", "news", "x", "--url", hub.url)
+    assert (code, out) == (2, "")
+    assert "give the token with --token or HUB_TOKEN" in err
+    assert "(HTTP 401 from" in err
+    publisher = token(publish=["*"])
+    code, out, err = await run_hub(
+        "publish", "news", "secured", "--url", hub.url, "--token", publisher
+    )
+    assert code == 0, err
+    with_token = {**cli_env(), "HUB_TOKEN": token(subscribe=[])}
+    args = ["tail", "news", "--url", hub.url, "--last-event-id", "earliest"]
+    async with spawn_hub(*args, env=with_token) as tail:
+        assert tail.stdout is not None
+        with anyio.fail_after(10):
+            line = await tail.stdout.readline()
+    assert json.loads(line) == {"id": out.strip(), "event": "message", "data": "secured"}
 
 
 async def test_publish_to_a_hub_that_is_not_running_fails_with_a_clear_message() -> None:

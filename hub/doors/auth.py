@@ -84,6 +84,13 @@ class _Verifier:
             raise ConfigError(
                 f"HUB_JWT_ALGORITHM={algorithm!r} is not supported; use HS256, RS256 or ES256"
             )
+        elif "-----BEGIN" in key:
+            # PyJWT would refuse every token signed with it, one 401 at a time.
+            raise ConfigError(
+                f"the {role} JWT key is a PEM key, but HUB_JWT_ALGORITHM is {algorithm} "
+                "(a shared secret); set HUB_JWT_ALGORITHM to the key's algorithm (RS256, "
+                "ES256, ...)"
+            )
 
     def verify(self, token: str) -> Claims:
         try:

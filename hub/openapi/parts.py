@@ -111,6 +111,19 @@ def schemas(settings: Settings) -> dict[str, Any]:
         "Data": data,
         "PublishOne": publish_body("channel", ref("Channel")),
         "PublishMany": publish_body("channels", ref("Channels")),
+        "PublishBatch": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": settings.max_batch,
+            "items": {"oneOf": [ref("PublishOne"), ref("PublishMany")]},
+            "description": (
+                f"Up to {settings.max_batch} publish objects (HUB_MAX_BATCH), at most "
+                f"{settings.max_batch_bytes} bytes in all (HUB_MAX_BATCH_BYTES). All are "
+                "checked before any is published: a bad one is refused with its index "
+                "('event 3: ...') and none is published. Published in order, each "
+                "atomically, each with its own id."
+            ),
+        },
         "StreamEvent": {
             "type": "object",
             "description": (
@@ -136,6 +149,18 @@ def schemas(settings: Settings) -> dict[str, Any]:
                     "type": "string",
                     "minLength": 1,
                     "description": "The event id: an opaque string, as sent in the stream.",
+                }
+            },
+        },
+        "PublishedBatch": {
+            "type": "object",
+            "required": ["ids"],
+            "additionalProperties": False,
+            "properties": {
+                "ids": {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "description": "The events' ids, in the order of the batch.",
                 }
             },
         },

@@ -75,21 +75,39 @@ def publish(settings: Settings) -> dict[str, Any]:
     return {
         "post": {
             "operationId": "publish",
-            "summary": "Publish one event to one channel or several",
+            "summary": "Publish one event to one channel or several, or a batch of events",
             "requestBody": {
                 "required": True,
                 "content": {
                     JSON: {
-                        "schema": {"oneOf": [ref("PublishOne"), ref("PublishMany")]},
+                        "schema": {
+                            "oneOf": [ref("PublishOne"), ref("PublishMany"), ref("PublishBatch")]
+                        },
                         "example": {"channel": "news", "data": {"title": "hello"}},
-                    }
+                    },
+                    "application/x-ndjson": {
+                        "schema": {
+                            "type": "string",
+                            "description": (
+                                "A batch as NDJSON: one publish object (PublishOne or "
+                                "PublishMany) on each line; the same rules as PublishBatch, "
+                                "an error names the line as 'event N' (from 0)."
+                            ),
+                        },
+                        "example": '{"channel": "news", "data": "one"}\n'
+                        '{"channel": "news", "data": "two"}\n',
+                    },
                 },
             },
             "responses": {
-                "201": json_body(ref("Published"), "Published; every subscriber gets it."),
+                "201": json_body(
+                    {"oneOf": [ref("Published"), ref("PublishedBatch")]},
+                    "Published; every subscriber gets it (a batch: all of them, in order).",
+                ),
                 "400": error(
                     "Malformed JSON, a wrong type, an unknown field, a bad channel name or "
-                    "event type, or too many channels."
+                    "event type, too many channels, or a batch with a bad event (named by "
+                    "its index; nothing of it is published) or too many events."
                 ),
                 "401": error("A JWT key is configured and the token is missing or invalid."),
                 "403": error(
@@ -98,10 +116,12 @@ def publish(settings: Settings) -> dict[str, Any]:
                 ),
                 "413": error(
                     f"The body or its data is too large (data: HUB_MAX_PAYLOAD, "
-                    f"{settings.max_payload} bytes)."
+                    f"{settings.max_payload} bytes; a batch: HUB_MAX_BATCH_BYTES, "
+                    f"{settings.max_batch_bytes} bytes)."
                 ),
                 "503": error(
-                    "Redis is unavailable; the event may not have been published.",
+                    "Redis is unavailable; the event may not have been published (a batch: "
+                    "the message says which events were).",
                     retry_after=True,
                 ),
             },

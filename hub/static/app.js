@@ -1,15 +1,16 @@
-// The hub's demo page: plain EventSource and fetch, no build step, no dependencies.
+// The hub's demo page: hub.js for streams, fetch for publishing, no build step.
 // State of the stream: "connecting" -> "open"; after a drop "reconnecting", then
-// "resumed" (EventSource sent Last-Event-ID and the hub replayed what was missed), or
-// "reset" when the hub could not honour the cursor (hub.reset).
-"use strict";
+// "resumed" (hub.js sent Last-Event-ID and the hub replayed what was missed), or
+// "reset" when the hub could not honour the cursor (hub.reset). Every tab of the page
+// on one hub shares one stream per set of channels (see docs/javascript.md).
+import { subscribe } from "./hub.js";
 
 (function () {
   var MAX_ROWS = 1000;
   var $ = function (id) { return document.getElementById(id); };
 
   // What the page has seen, for people poking at it from the console (and for tests).
-  var demo = { state: "closed", states: [], received: [], lastEventId: null, source: null };
+  var demo = { state: "closed", states: [], received: [], lastEventId: null, subscription: null };
   window.hubDemo = demo;
 
   function token() { return $("token").value.trim(); }
@@ -20,13 +21,8 @@
     return headers;
   }
 
-  // EventSource cannot set headers: the token goes in the query string (as in Mercure).
-  function streamUrl(channels, lastEventId) {
-    var params = channels.map(function (c) { return "channel=" + encodeURIComponent(c); });
-    if (lastEventId) params.push("lastEventId=" + encodeURIComponent(lastEventId));
-    if (token()) params.push("authorization=" + encodeURIComponent(token()));
-    return "events?" + params.join("&");
-  }
+  // hub.js asks for the token each time it opens a stream: the form's, as it is now.
+  var streamOptions = { getToken: function () { return token() || null; } };
 
   function list(text) {
     return text.split(",").map(function (s) { return s.trim(); }).filter(Boolean);
@@ -53,72 +49,54 @@
 
   // -- following channels ---------------------------------------------------------------
 
-  var listening = {};
-
   function show(e) {
-    demo.received.push({ id: e.lastEventId, type: e.type, data: e.data });
-    demo.lastEventId = e.lastEventId || demo.lastEventId;
+    demo.received.push({ id: e.id, type: e.type, data: e.data });
+    demo.lastEventId = e.id || demo.lastEventId;
     $("last-id").textContent = demo.lastEventId || "none";
     $("count").textContent = String(demo.received.length);
     var row = document.createElement("tr");
     row.className = "event type-" + e.type.replace(/[^\w-]/g, "_");
-    [e.lastEventId, e.type, e.data].forEach(function (text) {
-      var cell = document.createElement("td");
-      cell.textContent = text;
-      row.appendChild(cell);
+    [["id", e.id], ["type", e.type], ["data", e.data]].forEach(function (cell) {
+      var td = document.createElement("td");
+      td.className = cell[0];
+      td.textContent = cell[1];
+      row.appendChild(td);
     });
     var body = $("events").tBodies[0];
     body.insertBefore(row, body.firstChild);
     while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
   }
 
-  function listen(type) {
-    var source = demo.source;
-    if (!source || listening[type] || type.indexOf("hub.") === 0) return;
-    listening[type] = true;
-    source.addEventListener(type, show);
-  }
-
   function connect() {
-    disconnect();
     var channels = list($("channels").value);
     if (!channels.length) return;
-    var source = new EventSource(streamUrl(channels, demo.lastEventId));
-    var wasOpen = false;
-    demo.source = source;
-    listening = {};
-    setState("connecting", channels.join(", "));
-    source.onopen = function () {
-      if (wasOpen) {
-        setState("resumed", "from " + (demo.lastEventId || "now"));
-      } else {
-        setState("open", channels.join(", "));
-      }
-      wasOpen = true;
-    };
-    source.onerror = function () {
-      // EventSource reconnects by itself after the hub's retry: hint, sending
-      // Last-Event-ID; it gives up only on an HTTP error status.
-      if (source.readyState === EventSource.CLOSED) {
-        setState("closed", "the hub refused the stream; press Connect to try again");
-      } else {
-        setState("reconnecting", "last id " + (demo.lastEventId || "none"));
-      }
-    };
-    source.addEventListener("hub.reset", function (e) {
-      var info = JSON.parse(e.data);
-      demo.lastEventId = e.lastEventId || demo.lastEventId;
-      setState("reset", info.reason + ": " + info.message);
-    });
-    listen("message");
-    list($("types").value).forEach(listen);
+    // A new subscription, not setChannels(): the token field may have changed too.
+    // It resumes from the cursor hub.js saved for these channels.
+    if (demo.subscription) demo.subscription.close();
+    demo.subscription = subscribe(channels, {
+      onEvent: show,
+      onState: function (state, info) {
+        if (state === "open") {
+          setState(info.resumed ? "resumed" : "open",
+            (info.resumed ? "from " + (demo.lastEventId || "now") + " \u00b7 " : "") +
+            (info.leader ? "this tab holds the stream" : "shared with another tab"));
+        } else if (state === "closed") {
+          setState("closed", info.error || "");
+        } else {
+          setState(state, info.error || "");
+        }
+      },
+      onReset: function (reason, resetChannels, info) {
+        setState("reset", reason + ": " + (info.message || resetChannels.join(", ")));
+      },
+    }, streamOptions);
     $("connect").textContent = "Reconnect";
     $("disconnect").disabled = false;
   }
 
   function disconnect() {
-    if (demo.source) demo.source.close();
-    demo.source = null;
+    if (demo.subscription) demo.subscription.close();
+    demo.subscription = null;
     setState("closed", "");
     $("connect").textContent = "Connect";
     $("disconnect").disabled = true;
@@ -129,7 +107,6 @@
     connect();
   });
   $("disconnect").addEventListener("click", disconnect);
-  $("types").addEventListener("change", function () { list($("types").value).forEach(listen); });
   $("clear").addEventListener("click", function () {
     demo.received = [];
     $("events").tBodies[0].innerHTML = "";
@@ -155,10 +132,7 @@
     e.preventDefault();
     var body = { channel: $("pub-channel").value.trim(), data: $("pub-data").value };
     var type = $("pub-event").value.trim();
-    if (type) {
-      body.event = type;
-      listen(type); // so that this page hears what it just sent
-    }
+    if (type) body.event = type;
     $("pub-result").textContent = "publishing...";
     publish(body).then(
       function (id) { $("pub-result").textContent = "published, id " + id; },
@@ -182,36 +156,38 @@
     status.textContent = "asking...";
     publish({ channel: "llm.requests", data: request }).then(function (id) {
       // From the request's id: the hub replays whatever the answer already has.
-      var source = new EventSource(streamUrl([replyTo], id));
-      chat = source;
       var quiet = setTimeout(function () {
         status.textContent = "no answer yet: is `hub worker llm` running?";
       }, 10000);
-      source.addEventListener("sentence", function (ev) {
-        clearTimeout(quiet);
-        var sentence = document.createElement("span");
-        sentence.className = "sentence";
-        sentence.textContent = ev.data + " ";
-        answer.appendChild(sentence);
-        status.textContent = "answering...";
-      });
-      source.addEventListener("restart", function () {
-        answer.textContent = "";
-        status.textContent = "another worker starts the answer over";
-      });
-      source.addEventListener("done", function (ev) {
-        clearTimeout(quiet);
-        source.close();
-        var info = JSON.parse(ev.data);
-        status.textContent = "done: " + info.sentences + " sentences from " + info.model +
-          " in " + info.ms_total + " ms";
-      });
-      source.addEventListener("error", function (ev) {
-        if (ev.data === undefined) return; // EventSource's own connection error: it reconnects
-        clearTimeout(quiet);
-        source.close();
-        status.textContent = "error: " + JSON.parse(ev.data).message;
-      });
+      var handlers = {
+        sentence: function (data) {
+          clearTimeout(quiet);
+          var sentence = document.createElement("span");
+          sentence.className = "sentence";
+          sentence.textContent = data + " ";
+          answer.appendChild(sentence);
+          status.textContent = "answering...";
+        },
+        restart: function () {
+          answer.textContent = "";
+          status.textContent = "another worker starts the answer over";
+        },
+        done: function (data) {
+          clearTimeout(quiet);
+          chat.close();
+          var info = JSON.parse(data);
+          status.textContent = "done: " + info.sentences + " sentences from " + info.model +
+            " in " + info.ms_total + " ms";
+        },
+        error: function (data) {
+          clearTimeout(quiet);
+          chat.close();
+          status.textContent = "error: " + JSON.parse(data).message;
+        },
+      };
+      chat = subscribe([replyTo], {
+        onEvent: function (ev) { if (handlers[ev.type]) handlers[ev.type](ev.data); },
+      }, Object.assign({ lastEventId: id }, streamOptions));
     }, function (err) {
       status.textContent = "failed: " + err.message;
     });
@@ -237,6 +213,5 @@
     $("channels").value = query.get("channels");
     $("pub-channel").value = list(query.get("channels"))[0] || "";
   }
-  if (query.get("types")) $("types").value = query.get("types");
   if (query.get("connect")) connect();
 })();

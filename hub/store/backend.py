@@ -22,20 +22,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hub.errors import ConfigError
+from hub.store.urls import check_url, redact
 
 __all__ = ["SENTINEL_SCHEME", "Backend", "SentinelURL", "parse_sentinel_url", "redact"]
 
 SENTINEL_SCHEME = "redis+sentinel"
 #: Seconds a sentinel may take to say where the master is, before the next one is asked.
 SENTINEL_TIMEOUT = 2.0
-
-
-def redact(url: str) -> str:
-    """``url`` without its user and password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
 
 @dataclass(frozen=True)
@@ -146,6 +139,8 @@ class Backend:
         self._timeout = timeout
         self._server: Any = None if url else fakeredis.FakeServer()
         self._pool_size = pool_size
+        if url is not None:
+            check_url(url)  # an unusable URL fails at start, not on the first connection
         sentinel = url is not None and url.startswith(f"{SENTINEL_SCHEME}://")
         #: Set for a ``redis+sentinel://`` URL (checked here, so a typo fails at start).
         self.sentinel = parse_sentinel_url(url) if url and sentinel else None
@@ -161,9 +156,16 @@ class Backend:
     def command_client(self) -> Redis:
         """A pooled client for commands; its connection count is bounded by ``pool_size``."""
         if self._server is not None:
+            # No socket_timeout (fakeredis sets 5 s): nothing in memory can stall, and with
+            # one redis-py writes each command under asyncio.wait_for, which on Python
+            # < 3.12 swallows a cancellation that lands as the write completes; a node
+            # stopping right after start-up then waited for its live reader ("did not stop
+            # when cancelled").
             # In-memory "connections" cost nothing, but fakeredis' pool refuses a 101st
             # concurrent one instead of waiting: a burst of clients must not hit that.
-            return fakeredis.FakeAsyncRedis(server=self._server, max_connections=1 << 20)
+            return fakeredis.FakeAsyncRedis(
+                server=self._server, max_connections=1 << 20, socket_timeout=None
+            )
         assert self.url is not None
         if self.sentinel is not None:
             return self._master_client(
@@ -188,7 +190,7 @@ class Backend:
     def live_client(self) -> Redis:
         """A client for the one pub/sub connection that carries the live path."""
         if self._server is not None:
-            return fakeredis.FakeAsyncRedis(server=self._server)
+            return fakeredis.FakeAsyncRedis(server=self._server, socket_timeout=None)
         assert self.url is not None
         # No socket_timeout: the reader waits with its own bounded get_message timeout
         # and probes liveness with PING, so an idle channel is not mistaken for a dead one.

@@ -8,7 +8,7 @@ exception, and a message that says what to do about it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from redis.exceptions import (
@@ -26,7 +26,7 @@ from redis.exceptions import (
 from hub.errors import BackendUnavailable, Conflict, HubError
 from hub.store.lane import InFlightLost
 
-__all__ = ["FAILURES", "publish_failure", "read_failure", "translated"]
+__all__ = ["FAILURES", "batch_failure", "publish_failure", "read_failure", "translated"]
 
 #: What a call into Redis may raise before translation: redis-py's errors, and the
 #: socket's own on the hub's raw connections.
@@ -62,6 +62,39 @@ def publish_failure(exc: RedisError, where: str) -> HubError:
         f"Redis at {where} is unreachable ({exc}); nothing was published. "
         "Check that Redis is running and HUB_REDIS_URL points at it, then retry."
     )
+
+
+def batch_failure(
+    replies: Sequence[object], failure: RedisError | None, where: str, total: int
+) -> HubError:
+    """The hub error for a batch of publish script calls that did not all succeed.
+
+    ``replies`` are the replies that came, in order: an id, an error (that event was
+    not published), or ``None`` (no reply: it may or may not have been); when
+    ``failure`` ended the batch early, the events after the replies are unknown too.
+    The message says which events were published, so that a retry can skip them."""
+    published = [i for i, r in enumerate(replies) if r is not None and not isinstance(r, Exception)]
+    errors = [r for r in replies if isinstance(r, RedisError)]
+    unknown = total - len(replies) + sum(r is None for r in replies)
+    cause = failure if failure is not None else errors[0]
+    base = publish_failure(cause, where)
+    note = f"{len(published)} of {total} events were published"
+    if published:
+        note += f" (index {_ranges(published)})"
+    if unknown:
+        note += f", {unknown} may or may not have been"
+    return type(base)(f"{note}: {base}")
+
+
+def _ranges(indexes: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
+    spans: list[list[int]] = []
+    for i in indexes:
+        if spans and spans[-1][1] == i - 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def read_failure(exc: BaseException, doing: str) -> BackendUnavailable:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -15,12 +15,19 @@ from redis.exceptions import NoScriptError, RedisError
 from hub.config import Settings
 from hub.errors import BadRequest, PayloadTooLarge
 from hub.store.backend import redact
-from hub.store.failures import publish_failure
+from hub.store.batch import PublishItem, at_index, read_items
+from hub.store.failures import batch_failure, publish_failure
 from hub.store.ids import check_chosen_id
 from hub.store.keys import Keys, check_channels, check_event_type
 from hub.store.lane import Lane
+from hub.store.urls import check_plain_url
 
-__all__ = ["PUBLISH_SCRIPT", "Extra", "Publisher", "SyncPublisher", "encode_data"]
+__all__ = ["PUBLISH_SCRIPT", "Extra", "Publishable", "Publisher", "SyncPublisher", "encode_data"]
+
+#: One event of :meth:`Publisher.publish_many`: a publish object as the HTTP API takes
+#: it (``{"channel": "news", "data": ..., "event": "update"}``), or one already read.
+Publishable = Mapping[str, Any] | PublishItem
+Call = tuple[list[str], list[bytes | str | int]]
 
 #: The Lua source of the publish script (``hub/store/lua/publish.lua``).
 PUBLISH_SCRIPT = (resources.files("hub.store") / "lua" / "publish.lua").read_text(encoding="utf-8")
@@ -108,6 +115,23 @@ class _Prepared:
         args.extend(names)
         return keys, args
 
+    def calls(self, events: Iterable[Publishable]) -> list[Call]:
+        """Every event of a batch checked, before any is sent; the first bad one is
+        refused with its index."""
+        calls = []
+        for index, item in enumerate(read_items(events, self.settings.max_batch)):
+            with at_index(index):
+                extra = Extra(private=True) if item.private else None
+                calls.append(self.call(item.channels, item.data, item.event, extra))
+        return calls
+
+
+def _ids(replies: Sequence[Any], failure: RedisError | None, where: str, total: int) -> list[str]:
+    """The ids of a batch's events, or the error that says which were published."""
+    if failure is None and not any(r is None or isinstance(r, Exception) for r in replies):
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
+    raise batch_failure(replies, failure, where, total)
+
 
 class Publisher:
     """Publishes events into Redis with the hub's atomic publish script (asyncio).
@@ -136,6 +160,7 @@ class Publisher:
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Publisher:
         """A publisher with its own connection pool to the Redis at ``url``."""
+        check_plain_url(url)
         settings = (settings or Settings.from_env()).replace(redis_url=url)
         return cls(redis.asyncio.Redis.from_url(url), settings)
 
@@ -165,6 +190,42 @@ class Publisher:
             raise publish_failure(exc, self._where) from exc
         return result.decode() if isinstance(result, bytes) else str(result)
 
+    async def publish_many(self, events: Iterable[Publishable]) -> list[str]:
+        """Publish several events in one round trip to Redis; return their ids, in order.
+
+        Each event is a publish object as ``POST /publish`` takes it:
+        ``{"channel": "news", "data": ..., "event": "update"}`` (or ``"channels": [...]``,
+        ``"private": true``). All are checked before any is sent: a bad one raises
+        :class:`hub.errors.BadRequest` naming its index, and none is published. Each
+        event is published atomically, in order, as by :meth:`publish`; the batch is not
+        one transaction: should Redis fail midway, the error says which were published.
+        At most ``HUB_MAX_BATCH`` events a call.
+        """
+        calls = self._prepared.calls(events)
+        if self._lane is None:
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        await self._script(keys=keys, args=args, client=pipe)
+                    replies = await pipe.execute(raise_on_error=False)
+            except RedisError as exc:
+                raise publish_failure(exc, self._where) from exc
+            return _ids(replies, None, self._where, len(calls))
+        commands = [("EVALSHA", self._script.sha, len(k), *k, *a) for k, a in calls]
+        replies, failure = await self._lane.call_many(commands)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing and failure is None:
+            # Not loaded on this server yet: those did not run. Load it and send them again.
+            try:
+                await self._lane.call("SCRIPT", "LOAD", PUBLISH_SCRIPT)
+            except RedisError as exc:
+                raise publish_failure(exc, self._where) from exc
+            again, failure = await self._lane.call_many([commands[i] for i in missing])
+            for n, i in enumerate(missing):
+                # None: sent again, but the connection broke before its reply came.
+                replies[i] = again[n] if n < len(again) else None
+        return _ids(replies, failure, self._where, len(calls))
+
     async def aclose(self, *, close_client: bool = True) -> None:
         """Close the publisher's own connection, and the client unless told not to."""
         if self._lane is not None:
@@ -192,6 +253,7 @@ class SyncPublisher:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> SyncPublisher:
+        check_plain_url(url)
         settings = (settings or Settings.from_env()).replace(redis_url=url)
         return cls(redis.Redis.from_url(url), settings)
 
@@ -210,6 +272,18 @@ class SyncPublisher:
         except RedisError as exc:
             raise publish_failure(exc, self._where) from exc
         return result.decode() if isinstance(result, bytes) else str(result)
+
+    def publish_many(self, events: Iterable[Publishable]) -> list[str]:
+        """Publish several events in one round trip; see :meth:`Publisher.publish_many`."""
+        calls = self._prepared.calls(events)
+        try:
+            with self._client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    self._script(keys=keys, args=args, client=pipe)
+                replies = pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            raise publish_failure(exc, self._where) from exc
+        return _ids(replies, None, self._where, len(calls))
 
     def close(self) -> None:
         self._client.close()

@@ -173,6 +173,8 @@ class HubProcess:
         self._extra = extra
         self._env = env or {}
         self._log = Path(tempfile.mkdtemp(prefix="hub-log-")) / "stderr.log"
+        #: uvicorn's access log, in text mode (its other lines go to stderr).
+        self._out = self._log.with_name("stdout.log")
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, *, ready: bool = True) -> HubProcess:
@@ -184,7 +186,7 @@ class HubProcess:
             **self._env,
         }
         # A file, not a pipe: a pipe nobody reads would block a chatty hub.
-        with _log_file(self._log) as log:
+        with _log_file(self._log) as log, _log_file(self._out) as out:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -196,7 +198,7 @@ class HubProcess:
                 self._backends.url,
                 *self._extra,
                 env=env,
-                stdout=asyncio.subprocess.DEVNULL,
+                stdout=out,
                 stderr=log,
             )
         if ready:
@@ -215,6 +217,9 @@ class HubProcess:
 
     async def stderr(self) -> str:
         return self._log.read_text(errors="replace") if self._log.exists() else ""
+
+    async def stdout(self) -> str:
+        return self._out.read_text(errors="replace") if self._out.exists() else ""
 
     async def cleanup(self) -> None:
         if self.process is not None and self.process.returncode is None:

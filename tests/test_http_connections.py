@@ -1,0 +1,50 @@
+"""How the hub's HTTP protocol keeps connections: HTTP/1.0 clients that ask for
+keep-alive (ApacheBench, some proxies and scripts) get it for responses with a
+length, as nginx gives it; everything else as uvicorn does."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from support.hubs import Backends, StartHub
+
+pytestmark = pytest.mark.anyio
+
+PUBLISH = (
+    b"POST /publish HTTP/1.0\r\nHost: hub\r\n%sContent-Type: application/json\r\n"
+    b'Content-Length: 29\r\n\r\n{"channel": "a", "data": "x"}'
+)
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head, await reader.readexactly(length)
+
+
+async def test_http10_keep_alive_is_honoured_for_responses_with_a_length(
+    start_hub: StartHub,
+) -> None:
+    embedded = Backends("embedded", None)
+    hub = await start_hub(embedded.settings(), embedded.backend())
+    port = int(hub.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(3):  # one connection, three publishes
+            writer.write(PUBLISH % b"Connection: Keep-Alive\r\n")
+            head, body = await _answer(reader)
+            assert head.startswith(b"HTTP/1.1 201 ")
+            assert b"connection: keep-alive" in head.lower()
+            assert body.startswith(b'{"id":"')
+        writer.write(PUBLISH % b"")  # no keep-alive asked: closed after the answer
+        head, _ = await _answer(reader)
+        assert b"connection: close" in head.lower()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
