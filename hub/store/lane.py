@@ -120,7 +120,7 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         future = self._loop.create_future()
-        if self.lost or self.transport.is_closing():
+        if self._closed():
             # Closed by the other side before we wrote (a proxy in front of Redis, Redis
             # at maxclients or shutting down): uvloop raises RuntimeError on the write,
             # asyncio drops it silently. Nothing was sent, so say exactly that.
@@ -133,9 +133,19 @@ class _Protocol(asyncio.Protocol):
         self._write(command)
         return future
 
+    def _closed(self) -> bool:
+        transport = self.transport
+        return self.lost or transport is None or transport.is_closing()
+
     def send_many(self, commands: bytes, count: int) -> Batch:
         """Send ``count`` packed commands together; one waiter takes all replies."""
         batch = Batch(self._loop.create_future(), count)
+        if self._closed():
+            self.lost = True  # as in send: nothing was sent
+            batch.future.set_exception(
+                RedisConnectionError("the connection to Redis closed before the command was sent")
+            )
+            return batch
         self._waiting.append(batch)
         self._write(commands)
         return batch
