@@ -5,6 +5,7 @@ the demo page at ``/`` and the chat page at ``/chat`` (``hub/static``)."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -26,9 +27,16 @@ from hub.delivery.response import EventStream, quiet_cut_off_streams
 from hub.delivery.sse import retry_frame
 from hub.doors import Door, Endpoint
 from hub.doors.auth import Auth, cors_origins
+from hub.doors.grants import bearer_challenge
 from hub.doors.mercure import MERCURE
 from hub.doors.native import NATIVE
-from hub.errors import BackendUnavailable, HubError, TooManyConnections
+from hub.errors import (
+    BackendUnavailable,
+    HubError,
+    KeysUnavailable,
+    RateLimited,
+    TooManyConnections,
+)
 from hub.inprocess import InProcessWorkers, parse_worker_specs
 from hub.logs import redact_secrets
 from hub.metrics import Metrics
@@ -73,7 +81,9 @@ def create_app(
     or runs on the embedded in-memory backend when that is ``None``. ``workers``: worker
     names and options (``"llm --demo"``) to run in this process (:mod:`hub.inprocess`)."""
     settings = settings or Settings.from_env()
-    backend = backend or Backend(settings.redis_url, pool_size=settings.redis_pool_size)
+    backend = backend or Backend(
+        settings.redis_url, pool_size=settings.redis_pool_size, key_prefix=settings.key_prefix
+    )
     worker_specs = parse_worker_specs(workers)
     quiet_cut_off_streams()
     auth = Auth(settings)
@@ -89,6 +99,7 @@ def create_app(
             logger.info("using Redis at %s", backend.describe())
         auth.log_mode()
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(auth.opened())
             broker = await stack.enter_async_context(Broker(backend, settings))
             metrics.attach(broker)
             if metrics.multiprocess:
@@ -213,11 +224,20 @@ def drain(app: Starlette) -> None:
 
 async def _hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
-    retry_later = isinstance(exc, (BackendUnavailable, TooManyConnections))
-    headers = {"Retry-After": "5"} if retry_later else None
+    headers: dict[str, str] = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif isinstance(exc, (BackendUnavailable, TooManyConnections, KeysUnavailable)):
+        headers["Retry-After"] = "5"
     # The message may quote what the client sent; a token in it would reach whatever
     # logs the answer (a proxy, the client's own logs).
     message = redact_secrets(str(exc))
+    # RFC 6750: a 401 always carries a Bearer challenge; the auth checks give a precise
+    # one (invalid_token, insufficient_scope, invalid_request) where they know it, with
+    # the message redacted alike (hub.doors.grants.bearer_challenge).
+    challenge = exc.challenge or (bearer_challenge(None) if exc.status_code == 401 else None)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
     return JSONResponse(
         {"error": exc.code, "message": message}, status_code=exc.status_code, headers=headers
     )
@@ -237,7 +257,7 @@ def _cors(settings: Settings) -> list[Middleware]:
             allow_credentials=origins != ["*"],
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Last-Event-ID", "Content-Type", "Cache-Control"],
-            expose_headers=["Last-Event-ID"],
+            expose_headers=["Last-Event-ID", "Mercure-Last-Event-ID", "WWW-Authenticate"],
         )
     ]
 

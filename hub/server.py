@@ -32,6 +32,7 @@ from starlette.applications import Starlette
 
 from hub.app import create_app, drain
 from hub.config import Settings
+from hub.doors.jwks import check_jwks_url
 from hub.errors import ConfigError
 from hub.limits import raise_open_files_limit
 from hub.logs import configure_logging, redact_handlers
@@ -133,6 +134,7 @@ def serve(settings: Settings, workers: Sequence[str] = ()) -> int:
             "--worker runs workers inside a single hub process: leave HUB_WORKERS at 1, "
             "or run them as `hub worker NAME` next to hubs on a Redis"
         )
+    check_jwks_url(settings.jwt_jwks_url)  # before logging is set up (see there)
     _configure_logging(settings)
     with _metrics_dir(settings.workers > 1):
         if settings.workers > 1:

@@ -24,6 +24,8 @@ The key schema (documented in the README for publishers in other languages):
 - ``{prefix}subscriptions:{node}``: hash of one node's Mercure subscriptions (id ->
   JSON), expiring when the node stops its heartbeat; ``{prefix}subscription-nodes``:
   sorted set of nodes by the time their entries expire.
+- ``{prefix}rate:{who}``: one publisher's ``HUB_PUBLISH_RATE`` allowance (``sub:<subject>``
+  or ``addr:<address>``), a timestamp in ms (``lua/rate.lua``); it expires when full.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class Keys:
     def subscriptions(self, node: str) -> str:
         """One node's Mercure subscriptions."""
         return f"{self.prefix}subscriptions:{node}"
+
+    def rate(self, who: str) -> str:
+        """One client's rate allowance (``who``: ``sub:<subject>`` or ``addr:<address>``)."""
+        return f"{self.prefix}rate:{who}"
 
     def channel_of_live(self, live_name: str) -> str:
         """The channel a ``live:`` pub/sub name belongs to."""

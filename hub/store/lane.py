@@ -9,7 +9,8 @@ go out back to back and Redis answers a connection's commands in order, so concu
 publishes are pipelined without anyone batching them.
 
 A lane connects on first use, and again on the next call after its connection broke.
-It speaks to a plain TCP or Unix-socket Redis, or to the master a Sentinel pool names;
+It speaks to a plain TCP or Unix-socket Redis, to the master a Sentinel pool names, or
+to the cluster master that owns the hub's hash slot (asked again at each connect);
 for anything else (TLS, credential providers, the embedded backend)
 :meth:`Lane.for_client` answers ``None`` and the caller keeps using redis-py.
 """
@@ -27,15 +28,21 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
+    ClusterDownError,
+    MovedError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from hub.store.cluster import SlotPool
 
 __all__ = ["Batch", "InFlightLost", "Lane", "LaneTimeout", "Target", "pack"]
 
@@ -44,11 +51,16 @@ Arg = bytes | str | int | float
 #: Seconds a command may wait for its reply when the client sets no socket timeout.
 DEFAULT_TIMEOUT = 10.0
 
-_TYPED = {
+_TYPED: dict[str, type[RedisError]] = {
     "NOSCRIPT": NoScriptError,
     "READONLY": ReadOnlyError,
     "OOM": OutOfMemoryError,
+    "CLUSTERDOWN": ClusterDownError,
+    "TRYAGAIN": TryAgainError,
 }
+#: Answers after which this connection is the wrong one: a master demoted by a
+#: failover, a cluster slot that moved.
+_DROP = (ReadOnlyError, AskError, ClusterDownError, TryAgainError)
 
 
 class InFlightLost(RedisConnectionError):
@@ -69,8 +81,12 @@ def pack(args: Sequence[Arg]) -> bytes:
 
 def _typed(error: ResponseError) -> RedisError:
     message = str(error)
-    code = message.split(" ", 1)[0]
-    kind = _TYPED.get(code)
+    code, _, rest = message.partition(" ")
+    if code in ("MOVED", "ASK"):
+        # They parse "<slot> <host>:<port>" themselves.
+        moved: RedisError = (MovedError if code == "MOVED" else AskError)(rest)
+        return moved
+    kind: type[RedisError] | None = _TYPED.get(code)
     if kind is not None:
         return kind(message)
     if code in ("WRONGPASS", "NOAUTH", "NOPERM"):
@@ -234,7 +250,11 @@ class Target:
         if options.get("credential_provider") is not None:
             return None
         opener: Opener
-        if isinstance(pool, SentinelConnectionPool):
+        if isinstance(pool, SlotPool):
+            if pool.tls:
+                return None
+            opener = pool.open_to_owner
+        elif isinstance(pool, SentinelConnectionPool):
             sentinel_pool = pool
 
             async def to_master(loop: asyncio.AbstractEventLoop, factory: Any) -> Any:
@@ -325,8 +345,8 @@ class Lane:
         reply = await protocol.send(pack(args))
         if isinstance(reply, ResponseError):
             error = _typed(reply)
-            if isinstance(error, ReadOnlyError):
-                # A master demoted by a failover: the next call finds the new one.
+            if isinstance(error, _DROP):
+                # The next call connects again, and finds the new master.
                 protocol.close()
             raise error
         return reply
