@@ -19,6 +19,7 @@ from hub.errors import (
     Conflict,
     HubError,
     PayloadTooLarge,
+    RateLimited,
     TooManyConnections,
 )
 from hub.store.backend import Backend
@@ -42,6 +43,7 @@ __all__ = [
     "HubError",
     "PayloadTooLarge",
     "Publisher",
+    "RateLimited",
     "Settings",
     "SyncPublisher",
     "TooManyConnections",

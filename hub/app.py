@@ -1,10 +1,11 @@
 """The app: the doors (:mod:`hub.doors`) onto one broker, plus ``/healthz``,
-``/readyz``, ``/metrics`` (:mod:`hub.metrics`), ``/openapi.json`` (:mod:`hub.openapi`)
-and the demo page at ``/`` (``hub/static``)."""
+``/readyz``, ``/metrics`` (:mod:`hub.metrics`), ``/openapi.json`` (:mod:`hub.openapi`),
+the demo page at ``/`` and the chat page at ``/chat`` (``hub/static``)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -26,9 +27,17 @@ from hub.delivery.response import EventStream, quiet_cut_off_streams
 from hub.delivery.sse import retry_frame
 from hub.doors import Door, Endpoint
 from hub.doors.auth import Auth, cors_origins
+from hub.doors.grants import bearer_challenge
 from hub.doors.mercure import MERCURE
 from hub.doors.native import NATIVE
-from hub.errors import BackendUnavailable, HubError, TooManyConnections
+from hub.errors import (
+    BackendUnavailable,
+    HubError,
+    KeysUnavailable,
+    RateLimited,
+    TooManyConnections,
+)
+from hub.inprocess import InProcessWorkers, parse_worker_specs
 from hub.logs import redact_secrets
 from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
@@ -51,14 +60,31 @@ _STATIC_FILES = {
     "hub.d.ts": "text/plain; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "index.html": "text/html; charset=utf-8",
+    "chat.html": "text/html; charset=utf-8",
+    "chat.js": "text/javascript; charset=utf-8",
+    "chat.css": "text/css; charset=utf-8",
+    # Vendored libraries of the chat page (hub/static/vendor/README.md says which).
+    "vendor/marked.umd.js": "text/javascript; charset=utf-8",
+    "vendor/purify.min.js": "text/javascript; charset=utf-8",
+    "vendor/marked.LICENSE.txt": "text/plain; charset=utf-8",
+    "vendor/dompurify.LICENSE.txt": "text/plain; charset=utf-8",
 }
 
 
-def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend: Backend | None = None,
+    workers: Sequence[str] = (),
+) -> Starlette:
     """The hub as an ASGI app. Without a backend it connects to ``settings.redis_url``,
-    or runs on the embedded in-memory backend when that is ``None``."""
+    or runs on the embedded in-memory backend when that is ``None``. ``workers``: worker
+    names and options (``"llm --demo"``) to run in this process (:mod:`hub.inprocess`)."""
     settings = settings or Settings.from_env()
-    backend = backend or Backend(settings.redis_url, pool_size=settings.redis_pool_size)
+    backend = backend or Backend(
+        settings.redis_url, pool_size=settings.redis_pool_size, key_prefix=settings.key_prefix
+    )
+    worker_specs = parse_worker_specs(workers)
     quiet_cut_off_streams()
     auth = Auth(settings)
 
@@ -73,6 +99,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             logger.info("using Redis at %s", backend.describe())
         auth.log_mode()
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(auth.opened())
             broker = await stack.enter_async_context(Broker(backend, settings))
             metrics.attach(broker)
             if metrics.multiprocess:
@@ -88,6 +115,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                     setattr(app.state, door.name, state)
                 for name, value in door.provides.items():
                     setattr(app.state, name, value)
+            if worker_specs:
+                await stack.enter_async_context(
+                    InProcessWorkers(worker_specs, backend, settings, metrics.registry)
+                )
             yield
 
     metrics = Metrics()
@@ -96,12 +127,14 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         fast=not settings.cors_origins,
         routes=[
             Route("/", index, methods=["GET"]),
+            Route("/chat", chat_page, methods=["GET"]),
             *(route for door in DOORS for route in door.routes),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/static/{name}", static_file, methods=["GET"]),
+            Route("/static/vendor/{name}", vendor_file, methods=["GET"]),
         ],
         middleware=_cors(settings),
         lifespan=lifespan,
@@ -191,11 +224,20 @@ def drain(app: Starlette) -> None:
 
 async def _hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
-    retry_later = isinstance(exc, (BackendUnavailable, TooManyConnections))
-    headers = {"Retry-After": "5"} if retry_later else None
+    headers: dict[str, str] = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif isinstance(exc, (BackendUnavailable, TooManyConnections, KeysUnavailable)):
+        headers["Retry-After"] = "5"
     # The message may quote what the client sent; a token in it would reach whatever
     # logs the answer (a proxy, the client's own logs).
     message = redact_secrets(str(exc))
+    # RFC 6750: a 401 always carries a Bearer challenge; the auth checks give a precise
+    # one (invalid_token, insufficient_scope, invalid_request) where they know it, with
+    # the message redacted alike (hub.doors.grants.bearer_challenge).
+    challenge = exc.challenge or (bearer_challenge(None) if exc.status_code == 401 else None)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
     return JSONResponse(
         {"error": exc.code, "message": message}, status_code=exc.status_code, headers=headers
     )
@@ -215,7 +257,7 @@ def _cors(settings: Settings) -> list[Middleware]:
             allow_credentials=origins != ["*"],
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Last-Event-ID", "Content-Type", "Cache-Control"],
-            expose_headers=["Last-Event-ID"],
+            expose_headers=["Last-Event-ID", "Mercure-Last-Event-ID", "WWW-Authenticate"],
         )
     ]
 
@@ -225,9 +267,19 @@ async def index(request: Request) -> Response:
     return await _static("index.html")
 
 
+async def chat_page(request: Request) -> Response:
+    """The chat page: a conversation with the ``llm`` worker (``?c=<channel>``)."""
+    return await _static("chat.html")
+
+
 async def static_file(request: Request) -> Response:
     """The demo page's scripts and styles."""
     return await _static(request.path_params["name"])
+
+
+async def vendor_file(request: Request) -> Response:
+    """The chat page's vendored libraries (``hub/static/vendor/README.md``)."""
+    return await _static("vendor/" + request.path_params["name"])
 
 
 async def _static(name: str) -> Response:

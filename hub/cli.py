@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a hub node. Every option is also read from HUB_<OPTION> (flags win).",
     )
     _settings_flags(serve)
+    serve.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        metavar="'NAME [OPTIONS]'",
+        help="run a producer worker inside this hub process, e.g. --worker llm "
+        "--worker 'ticker --interval 0.5' (repeatable; the way to feed the embedded backend)",
+    )
 
     publish = commands.add_parser(
         "publish",
@@ -151,7 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     from hub.server import serve
 
-    return serve(settings_from_args(args))
+    return serve(settings_from_args(args), workers=args.worker)
 
 
 async def _publish(args: argparse.Namespace) -> int:

@@ -93,6 +93,22 @@ class Settings:
     subscriber_jwt_key: str | None = None
     #: ``HS256`` (default), ``HS384``, ``HS512``, ``RS256``, ``RS512``, ``ES256``, ...
     jwt_algorithm: str = "HS256"
+    #: URL of a JSON Web Key Set (an identity provider's ``jwks_uri``) whose public keys
+    #: verify tokens, by their ``kid``, instead of ``jwt_key``. Fetched at start-up, every
+    #: ``jwt_jwks_refresh`` seconds, and when a token names a key id the hub does not hold
+    #: (at most once every 5 s); while it is down, the keys already fetched keep working.
+    jwt_jwks_url: str | None = None
+    #: Seconds between refreshes of the ``jwt_jwks_url`` keys.
+    jwt_jwks_refresh: float = 300.0
+    #: Tokens must carry this ``aud`` (space- or comma-separated: one of these). Unset: a
+    #: token's ``aud`` is not checked.
+    jwt_audience: str | None = None
+    #: Tokens must carry this ``iss``. Unset: a token's ``iss`` is not checked.
+    jwt_issuer: str | None = None
+    #: Publishes allowed per token subject (``sub``; the client's address for a publisher
+    #: without one), across every node: ``N/s``, ``N/min`` or ``N/h``. A burst of N, then
+    #: N per period; beyond that ``429`` with ``Retry-After``. Empty: no limit.
+    publish_rate: str = ""
     #: 1: subscribers without a token get public updates; 0: a token is required.
     anonymous: bool = False
     #: Origins allowed to call the hub from browsers (CORS) and to publish with the
@@ -101,6 +117,13 @@ class Settings:
     #: 1: Mercure's subscriptions API and subscription events (a private publish per
     #: topic each time a Mercure subscriber comes or goes).
     subscriptions: bool = False
+    #: Mercure protocol versions served, comma-separated: ``1.0`` (``match=``,
+    #: ``match_urlpattern=``, ``authorization_details`` tokens, the
+    #: ``__Secure-mercure_access_token`` cookie) and ``0.24`` (``topic=``, the
+    #: ``mercure`` claim, the ``mercureAuthorization`` cookie and ``authorization``
+    #: query parameter). Name one to narrow the Mercure door to it (the native API
+    #: takes tokens of both forms whatever this says).
+    mercure_protocols: str = "1.0,0.24"
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -126,10 +149,30 @@ class Settings:
             (bool(self.key_prefix), "key_prefix must not be empty"),
             (self.log_format in ("text", "json"), "log_format must be text or json"),
             (self.log_size >= 1, "log_size must be at least 1"),
+            (self.jwt_jwks_refresh > 0, "jwt_jwks_refresh must be a positive number of seconds"),
+            (
+                bool(self.protocols()) and self.protocols() <= {"1.0", "0.24"},
+                "mercure_protocols must name 1.0, 0.24 or both (comma-separated)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.publish_limit()  # raises for a malformed publish_rate
+
+    def publish_limit(self) -> tuple[int, float] | None:
+        """``publish_rate`` as (publishes, per seconds); ``None``: no limit."""
+        text = self.publish_rate.strip()
+        if not text:
+            return None
+        count, _, unit = text.partition("/")
+        seconds = _PERIODS.get(unit.strip().lower() or "s")
+        if not count.strip().isdigit() or int(count) < 1 or seconds is None:
+            raise ConfigError(
+                f"HUB_PUBLISH_RATE={self.publish_rate[:60]!r}: write N/s, N/min or N/h "
+                "(such as 10/s or 600/min) with N at least 1, or leave it empty for no limit"
+            )
+        return int(count), seconds
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -143,9 +186,24 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def protocols(self) -> frozenset[str]:
+        """The Mercure protocol versions of ``mercure_protocols``."""
+        return frozenset(p for p in self.mercure_protocols.replace(",", " ").split())
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+_PERIODS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
 
 
 def _convert(field: dataclasses.Field[Any], raw: str) -> Any:

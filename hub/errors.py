@@ -9,8 +9,10 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "HubError",
+    "KeysUnavailable",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimited",
     "TooManyConnections",
     "Unauthorized",
 ]
@@ -23,6 +25,11 @@ class HubError(Exception):
     status_code = 500
     #: Short machine-readable name, sent as ``error`` in JSON error bodies.
     code = "internal"
+
+    def __init__(self, *args: object, challenge: str | None = None) -> None:
+        super().__init__(*args)
+        #: An RFC 6750 ``WWW-Authenticate`` challenge answered with this error, if any.
+        self.challenge = challenge
 
 
 class ConfigError(HubError):
@@ -73,6 +80,26 @@ class TooManyConnections(HubError):
 
     status_code = 503
     code = "too_many_connections"
+
+
+class KeysUnavailable(HubError):
+    """The hub has not loaded its keys from ``HUB_JWT_JWKS_URL`` yet (the endpoint has
+    not answered since start-up); answered with ``Retry-After``."""
+
+    status_code = 503
+    code = "keys_unavailable"
+
+
+class RateLimited(HubError):
+    """Beyond ``HUB_PUBLISH_RATE``: answered ``429`` with ``Retry-After``."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        #: Seconds until the next publish is allowed.
+        self.retry_after = retry_after
 
 
 class Unauthorized(HubError):

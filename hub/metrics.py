@@ -90,6 +90,11 @@ class Metrics:
         self.published = Counter(
             "hub_events_published", "Events accepted by POST /publish.", registry=r
         )
+        self.rate_limited = Counter(
+            "hub_publishes_rate_limited",
+            "Publishes refused with 429 over HUB_PUBLISH_RATE (both doors).",
+            registry=r,
+        )
         self.delivered = Counter(
             "hub_events_delivered",
             "Live events queued for clients (one per event per subscribed client).",
@@ -141,6 +146,7 @@ class Metrics:
         for reason, count in stats.closed.items():
             self._add(f"closed:{reason}", self.closed.labels(reason=reason), count)
         self._add("published", self.published, stats.published)
+        self._add("rate_limited", self.rate_limited, stats.rate_limited)
         self._add("delivered", self.delivered, stats.delivered)
         self._add("replays", self.replays, stats.replays)
         self._add("replayed", self.replayed, stats.replayed)

@@ -22,7 +22,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -32,6 +32,7 @@ from starlette.applications import Starlette
 
 from hub.app import create_app, drain
 from hub.config import Settings
+from hub.doors.jwks import check_jwks_url
 from hub.errors import ConfigError
 from hub.limits import raise_open_files_limit
 from hub.logs import configure_logging, redact_handlers
@@ -97,8 +98,9 @@ def build_server(
     settings: Settings,
     app: Starlette | None = None,
     on_started: Callable[[], None] | None = None,
+    workers: Sequence[str] = (),
 ) -> HubServer:
-    app = app or create_app(settings)
+    app = app or create_app(settings, workers=workers)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -121,18 +123,25 @@ def build_server(
     return HubServer(config, app, on_started)
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, workers: Sequence[str] = ()) -> int:
     """Run the hub until SIGINT/SIGTERM; return the exit code.
 
     One process, or ``settings.workers`` processes sharing the port under a supervisor.
+    ``workers``: producer workers to run inside the (one) process (:mod:`hub.inprocess`).
     """
+    if workers and settings.workers > 1:
+        raise ConfigError(
+            "--worker runs workers inside a single hub process: leave HUB_WORKERS at 1, "
+            "or run them as `hub worker NAME` next to hubs on a Redis"
+        )
+    check_jwks_url(settings.jwt_jwks_url)  # before logging is set up (see there)
     _configure_logging(settings)
     with _metrics_dir(settings.workers > 1):
         if settings.workers > 1:
             supervisor = Supervisor(settings)  # every setting checked first
             raise_open_files_limit(settings.max_connections)  # the workers inherit it
             return supervisor.run()
-        server = build_server(settings)
+        server = build_server(settings, workers=workers)
         raise_open_files_limit(settings.max_connections)
         _freeze_startup_objects()
         server.run()

@@ -18,6 +18,7 @@ from hub.protocol import hub_protocol
 from support.hubs import Backends, InLoopServer, RunningHub, StartHub
 from support.net import free_port, wait_ready
 from support.processes import HubProcesses
+from support.redis_cluster import RedisCluster
 from support.redis_server import RedisServer, answers
 
 
@@ -54,10 +55,42 @@ def redis_server() -> Iterator[RedisServer]:
         server.cleanup()
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 masters and 3 replicas on loopback, one per test session."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``backends`` runs each test on the embedded backend and a real Redis; modules
+    with ``RUNS_ON_CLUSTER = True`` (the contract suite and the doors' own tests) on a
+    real Redis Cluster too, and every module with ``HUB_TEST_CLUSTER_ALL=1``."""
+    chosen = any(
+        "backends" in str(marker.args[0])
+        for marker in metafunc.definition.iter_markers("parametrize")
+    )
+    if "backends" in metafunc.fixturenames and not chosen:
+        kinds = ["embedded", "redis"]
+        if getattr(metafunc.module, "RUNS_ON_CLUSTER", False) or os.environ.get(
+            "HUB_TEST_CLUSTER_ALL"
+        ):
+            kinds.append("cluster")
+        metafunc.parametrize("backends", kinds, indirect=True)
+
+
+@pytest.fixture
 def backends(request: pytest.FixtureRequest) -> Iterator[Backends]:
-    """The contract suite runs once on the embedded backend and once on real Redis."""
-    url = None if request.param == "embedded" else request.getfixturevalue("redis_url")
+    """Backends of the kind the test is parametrised with (see pytest_generate_tests)."""
+    url = None
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
     made = Backends(request.param, url)
     try:
         yield made
@@ -71,10 +104,14 @@ async def start_hub() -> AsyncIterator[StartHub]:
     running: list[RunningHub] = []
 
     async def start(
-        settings: Settings, backend: Backend | None = None, *, http: str = "auto"
+        settings: Settings,
+        backend: Backend | None = None,
+        *,
+        http: str = "auto",
+        workers: tuple[str, ...] = (),
     ) -> RunningHub:
         settings = settings.replace(port=free_port(), log_level="warning")
-        app = create_app(settings, backend=backend)
+        app = create_app(settings, backend=backend, workers=workers)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",

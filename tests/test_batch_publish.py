@@ -267,7 +267,7 @@ async def test_a_token_must_allow_every_channel_of_the_batch(start_hub: StartHub
         anonymous = await client.post(f"{hub.url}/publish", json=batch[:1])
         allowed = await client.post(f"{hub.url}/publish", json=batch[:1], headers=headers)
     assert refused.status_code == 403
-    assert refused.json()["message"].startswith("event 1: the token's mercure.publish")
+    assert refused.json()["message"].startswith("event 1: the token's publish selectors")
     assert anonymous.status_code == 401
     assert allowed.status_code == 201
     assert embedded.backend().embedded

@@ -78,3 +78,28 @@ def test_template_bench_runs_and_reports_every_case() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if " us | " in line]
     assert len(rows) == 4, proc.stdout
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+def test_redis_cost_bench_compares_two_revisions_and_the_floors() -> None:
+    tiny = ["--events", "300", "--channels", "20", "--inflight", "10", "--rounds", "1", "--cluster"]
+    proc = subprocess.run(
+        [sys.executable, "bench/redis_cost.py", "--old-ref", "HEAD", *tiny],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    runs, summary = lines[:-1], lines[-1]
+    layouts = ["new", "old", "floor-script", "floor-pipelined", "new-cluster"]
+    assert [run["layout"] for run in runs] == layouts
+    # On the cluster the hub's one hash slot puts its work on one of three masters.
+    assert len(runs[-1]["per_shard"]) == 3
+    # Each layout ran the code it names: this tree, then the exported revision.
+    assert runs[0]["code"] == str(ROOT / "hub" / "__init__.py")
+    assert runs[1]["code"].endswith("/old/hub/__init__.py")
+    assert not runs[1]["code"].startswith(str(ROOT))
+    assert all(run["us_per_publish"] > 0 for run in runs)
+    assert summary["old_over_new"] > 0

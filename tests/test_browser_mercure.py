@@ -14,7 +14,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from support.hubs import Backends, RunningHub, StartHub
-from support.mercure import KEY, token
+from support.mercure import KEY, access_token, token
 
 pytestmark = pytest.mark.anyio
 
@@ -22,9 +22,10 @@ CHROMIUM = "/usr/bin/chromium"
 
 _SCRIPT = """
 window.got = {};
+window.sources = {};
 window.subscribe = (name, query) => new Promise((resolve, reject) => {
   got[name] = [];
-  const source = new EventSource('/.well-known/mercure?' + query);
+  const source = sources[name] = new EventSource('/.well-known/mercure?' + query);
   const keep = (e) => got[name].push({id: e.lastEventId, type: e.type, data: e.data});
   source.onmessage = keep;
   source.addEventListener('book.updated', keep);
@@ -173,3 +174,85 @@ async def test_browser_publishes_with_the_cookie_from_the_hubs_own_origin(
     assert status == 200
     assert [e["data"] for e in await _events(page, "c", 1)] == ["hi"]
     await context.close()
+
+
+#: The Mercure 1.0 conformance suite's cases: (name, update topic, selectors as
+#: (parameter, value), private, must be received).
+CASES_1_0 = [
+    ("raw", "raw-topic", [("match", "raw-topic")], False, True),
+    ("several", "second", [("match", "foo"), ("match", "second")], False, True),
+    ("uri", "https://example.net/foo/u1", [("match", "https://example.net/foo/u1")], False, True),
+    (
+        "pattern",
+        "https://example.net/foo/p1",
+        [("match_urlpattern", "https://example.net/foo/:random")],
+        False,
+        True,
+    ),
+    ("not-raw", "will-not-match", [("match", "another-name")], False, False),
+    (
+        "not-uri",
+        "https://example.net/foo/nope",
+        [("match", "https://example.net/foo/another-name")],
+        False,
+        False,
+    ),
+    (
+        "not-pattern",
+        "https://example.net/foo/nope2",
+        [("match_urlpattern", "https://example.net/bar/:var")],
+        False,
+        False,
+    ),
+    ("private-raw", "secret-topic", [("match", "secret-topic")], True, False),
+    (
+        "private-uri",
+        "https://example.net/foo/s1",
+        [("match", "https://example.net/foo/s1")],
+        True,
+        False,
+    ),
+    (
+        "private-pattern",
+        "https://example.net/foo/s2",
+        [("match_urlpattern", "https://example.net/foo/:random")],
+        True,
+        False,
+    ),
+]
+
+
+async def test_browser_runs_the_mercure_1_0_conformance_cases(
+    browser: Browser, hub: RunningHub
+) -> None:
+    page = await _page(browser, hub)
+    # As the 1.0 suite publishes: an HS256 at+jwt access token with aud and iss, its
+    # grants in authorization_details.
+    publisher = access_token(publish=["*"], subscribe=["*"])
+    # Five streams at a time: a browser opens at most six connections to one origin.
+    for batch in (CASES_1_0[:5], CASES_1_0[5:]):
+        for name, _, selectors, _, _ in batch:
+            await page.evaluate(f"subscribe({name!r}, {urlencode(selectors)!r})")
+        for name, topic, _, private, _ in batch:
+            fields = [["topic", topic], ["id", f"id-{name}"], ["data", f"data for\n\n  {name}"]]
+            if private:
+                fields.append(["private", "on"])
+            status, body = await page.evaluate("([f, b]) => publish(f, b)", [fields, publisher])
+            assert (status, body) == (200, f"id-{name}")
+        for name, _, _, _, received in batch:
+            if received:
+                await page.wait_for_function(
+                    f"got[{name!r}].some((e) => e.id === 'id-{name}')", timeout=10_000
+                )
+                events = await page.evaluate(f"got[{name!r}]")
+                [mine] = [e for e in events if e["id"] == f"id-{name}"]
+                assert mine["data"] == f"data for\n\n  {name}"
+        await page.wait_for_timeout(300)
+        got = await page.evaluate(
+            "Object.fromEntries(Object.entries(got).map(([k, v]) => [k, v.map((e) => e.id)]))"
+        )
+        for name, _, _, _, received in batch:
+            assert (f"id-{name}" in got[name]) is received, name
+            await page.evaluate(f"sources[{name!r}].close()")
+    # The public /foo/ updates of the second batch reach the pattern stream there.
+    assert got["private-pattern"] == ["id-not-uri", "id-not-pattern"]

@@ -15,6 +15,8 @@ from support.hubs import Backends, StartHub
 from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
+#: Also on a real Redis Cluster (tests/conftest.py).
+RUNS_ON_CLUSTER = True
 
 
 async def publish(url: str, channel: str | list[str], data: object, **extra: object) -> str:

@@ -563,7 +563,14 @@ def test_settings_flags_exist() -> None:
 # -- files the docs name ------------------------------------------------------------------
 
 _ROOTS = ("hub/", "workers/", "tests/", "bench/", "deploy/", "scripts/", "docs/", ".ci/")
-_ROOT_FILES = {"Dockerfile", "docker-compose.yml", "pyproject.toml", "mkdocs.yml", "README.md"}
+_ROOT_FILES = {
+    "Dockerfile",
+    "docker-compose.yml",
+    "docker-compose.cluster.yml",
+    "pyproject.toml",
+    "mkdocs.yml",
+    "README.md",
+}
 
 
 def named_paths(text: str) -> set[str]:

@@ -14,7 +14,6 @@ import random
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -23,6 +22,7 @@ import redis.asyncio
 
 from hub import Publisher
 from hub.store.keys import Keys
+from support.fake_openai import FakeOpenAI, Script
 from support.hubs import Backends, RunningHub, StartHub
 from support.net import free_port
 from support.sse import Event, SSEStream
@@ -114,6 +114,43 @@ def test_splitter_result_does_not_depend_on_how_the_text_is_chunked(seed: int) -
     assert split(chunks) == expected
 
 
+MARKDOWN = (
+    "Here is code. Look:\n\n```python\nx = 1.5  # Done. Yes!\n\nprint(x)\n```\n"
+    "That was it.\n- First item. Two sentences.\n* Second. Also two.\n"
+    "12) Numbered. Item.\n| a. B | c. D |\n|---|---|\n~~~\nno. End\n~~~\nFin. Bye."
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, len(MARKDOWN)])
+def test_splitter_keeps_code_blocks_list_items_and_table_rows_whole(size: int) -> None:
+    chunks = [MARKDOWN[at : at + size] for at in range(0, len(MARKDOWN), size)]
+    assert split(chunks) == [
+        "Here is code.",
+        "Look:",
+        "```python\nx = 1.5  # Done. Yes!\n\nprint(x)\n```",
+        "That was it.",
+        "- First item. Two sentences.",
+        "* Second. Also two.",
+        "12) Numbered. Item.",
+        "| a. B | c. D |",
+        "|---|---|",
+        "~~~\nno. End\n~~~",
+        "Fin.",
+        "Bye.",
+    ]
+
+
+def test_splitter_sends_a_code_block_only_once_it_is_closed() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.feed("````\nfirst. Line\n") == []
+    assert splitter.feed("```\n") == []  # shorter than the opening fence: still code
+    assert splitter.feed("````") == []  # a closing fence, once its line is complete
+    assert splitter.feed("\nAfter") == ["````\nfirst. Line\n```\n````"]
+    assert splitter.flush() == ["After"]
+    assert splitter.feed("```js\nunfinished. Code") == []
+    assert splitter.flush() == ["```js\nunfinished. Code"]  # the end of the answer
+
+
 def test_splitter_waits_for_the_next_character_before_ending_a_sentence() -> None:
     splitter = SentenceSplitter()
     assert splitter.feed("It costs 3.") == []  # 3.14 or the end of a sentence?
@@ -174,137 +211,6 @@ def test_invalid_request_says_what_is_wrong_and_where_to_reply(
 
 
 # -- a fake OpenAI-compatible server ------------------------------------------------------
-
-
-@dataclass
-class Script:
-    """How the fake server answers: tokens, pacing, and which failure to stage."""
-
-    tokens: list[str] = field(default_factory=lambda: ["Hello", " there", ".", " Bye", "!"])
-    delay: float = 0.0  # before each token
-    status: int = 200  # anything else: an error answer, OpenAI-style
-    message: str = "The server had an error while processing your request."
-    drop_after: int | None = None  # tokens sent before the connection is cut
-    finish: bool = True  # finish_reason, usage and [DONE]; else the stream just ends
-
-
-class FakeOpenAI:
-    """``POST /v1/chat/completions`` with ``stream: true``, in OpenAI's wire format:
-    ``data: {chunk}`` lines over chunked HTTP/1.1, then ``data: [DONE]``."""
-
-    def __init__(self) -> None:
-        self.script = Script()
-        #: Scripts for particular prompts; others get ``script``.
-        self.scripts: dict[str, Script] = {}
-        self.requests: list[dict[str, Any]] = []
-        self.authorization: list[str | None] = []
-        self.streaming = 0
-        self.max_streaming = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[Any]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def prompts(self) -> list[str]:
-        return [r["messages"][-1]["content"] for r in self.requests]
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            await self._answer(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the worker went away (killed, or cancelled the answer)
-        finally:
-            self._handlers.discard(task)
-            writer.close()
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request_line = (await reader.readline()).decode()
-        headers: dict[str, str] = {}
-        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        body = json.loads(await reader.readexactly(int(headers.get("content-length", "0"))))
-        assert request_line.startswith("POST /v1/chat/completions "), request_line
-        self.requests.append(body)
-        self.authorization.append(headers.get("authorization"))
-        script = self.scripts.get(body["messages"][-1]["content"], self.script)
-        if script.status != 200:
-            error = {"error": {"message": script.message, "type": "server_error", "code": None}}
-            content = json.dumps(error).encode()
-            writer.write(
-                f"HTTP/1.1 {script.status} Oops\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(content)}\r\nConnection: close\r\n\r\n".encode()
-                + content
-            )
-            await writer.drain()
-            return
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        )
-        self.streaming += 1
-        self.max_streaming = max(self.max_streaming, self.streaming)
-        try:
-            await self._stream(writer, body, script)
-        finally:
-            self.streaming -= 1
-
-    async def _stream(
-        self, writer: asyncio.StreamWriter, body: dict[str, Any], script: Script
-    ) -> None:
-        def send(data: str) -> None:
-            payload = f"data: {data}\n\n".encode()
-            writer.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
-
-        def chunk(delta: dict[str, str], finish: str | None = None) -> str:
-            return json.dumps({
-                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
-                "model": body["model"], "system_fingerprint": None,
-                "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                ],
-            })  # fmt: skip
-
-        send(chunk({"role": "assistant", "content": ""}))
-        for n, token in enumerate(script.tokens):
-            if script.drop_after == n:
-                await writer.drain()
-                writer.transport.abort()
-                return
-            await asyncio.sleep(script.delay)
-            send(chunk({"content": token}))
-            await writer.drain()
-        if script.finish:
-            send(chunk({}, finish="stop"))
-            if (body.get("stream_options") or {}).get("include_usage"):
-                usage = {"prompt_tokens": 7, "completion_tokens": len(script.tokens)}
-                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                send(json.dumps({
-                    "id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                    "created": 1700000000, "model": body["model"], "choices": [], "usage": usage,
-                }))  # fmt: skip
-            send("[DONE]")
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
 
 
 @pytest.fixture
@@ -429,12 +335,14 @@ async def test_answer_arrives_sentence_by_sentence_in_order_then_done(
         "Is it over?",
         "Not yet",
     ]
-    assert kinds(events) == ["sentence"] * 6 + ["done"]
+    assert kinds(events) == ["question"] + ["sentence"] * 6 + ["done"]
+    assert json.loads(events[0].data) == {"request_id": request_id, "prompt": "Tell me about pi."}
     done = data_of(events, "done")
     assert done["request_id"] == request_id
     assert done["model"] == "fake-model"
     assert done["usage"] == {"prompt_tokens": 7, "completion_tokens": 17, "total_tokens": 24}
     assert done["finish_reason"] == "stop"
+    assert done["text"] == "".join(fake_openai.script.tokens)
     assert done["sentences"] == 6
     assert 0 <= done["ms_to_first_sentence"] <= done["ms_total"]
 
@@ -495,7 +403,7 @@ async def test_an_error_answer_from_the_model_becomes_an_error_event(
     async with SSEStream(hub.url, ["answer.e"]) as stream:
         request_id = await ask(hub, "answer.e")
         events = await until_finished(stream)
-    assert kinds(events) == ["error"]
+    assert kinds(events) == ["question", "error"]
     error = data_of(events, "error")
     assert error["request_id"] == request_id
     assert error["reason"] == "upstream"
@@ -537,7 +445,7 @@ async def test_an_answer_cut_short_gives_the_sentences_so_far_then_an_error(
     async with SSEStream(hub.url, ["answer.cut"]) as stream:
         await ask(hub, "answer.cut")
         events = await until_finished(stream)
-    assert kinds(events) == ["sentence"] * len(said) + ["error"]
+    assert kinds(events) == ["question"] + ["sentence"] * len(said) + ["error"]
     assert sentences(events) == said
     error = data_of(events, "error")
     assert error["reason"] == "incomplete"
@@ -554,7 +462,7 @@ async def test_a_model_silent_for_longer_than_the_timeout_gives_an_error_event(
     async with SSEStream(hub.url, ["answer.slow"]) as stream:
         await ask(hub, "answer.slow")
         events = await until_finished(stream)
-    assert kinds(events) == ["error"]
+    assert kinds(events) == ["question", "error"]
     error = data_of(events, "error")
     assert error["reason"] == "timeout"
     assert error["message"] == "the model endpoint was silent for more than 0.5 s"
@@ -616,7 +524,7 @@ async def test_requests_from_before_the_first_worker_started_are_not_answered(
         await until_finished(stream)
         await asyncio.sleep(0.3)
         events = list(stream.events)
-    assert kinds(events) == ["sentence", "sentence", "done"]
+    assert kinds(events) == ["question", "sentence", "sentence", "done"]
     assert fake_openai.prompts() == ["asked later"]
 
 
@@ -672,7 +580,7 @@ async def test_requests_are_answered_concurrently_up_to_the_limit(
         answers = [await until_finished(s, timeout=20) for s in streams]
     assert fake_openai.max_streaming == 3  # overlapped, and never more than the limit
     for events in answers:
-        assert kinds(events) == ["sentence", "sentence", "done"]
+        assert kinds(events) == ["question", "sentence", "sentence", "done"]
         assert sentences(events) == ["Slow one.", "Two more."]
 
 
@@ -711,7 +619,7 @@ async def test_a_killed_workers_request_is_taken_over_and_restarted(
     first = await start_llm("--claim-after", "1")
     async with SSEStream(hub.url, ["answer.k"]) as stream:
         request_id = await ask(hub, "answer.k")
-        await stream.wait_for(1)
+        await stream.wait_for(2)  # the question and a sentence
         first.process.kill()
         await first.wait()
         fake_openai.script = Script(tokens=answer)
@@ -720,8 +628,8 @@ async def test_a_killed_workers_request_is_taken_over_and_restarted(
         await asyncio.sleep(0.3)
         events = list(stream.events)
     partial = kinds(events).index("restart")
-    assert partial >= 1
-    assert sentences(events[:partial]) == ["One two.", "Three four."][:partial]
+    assert partial >= 2  # the question, then a sentence at least
+    assert sentences(events[:partial]) == ["One two.", "Three four."][: partial - 1]
     assert kinds(events[partial:]) == ["restart", "sentence", "sentence", "sentence", "done"]
     assert sentences(events[partial:]) == ["One two.", "Three four.", "Five six."]
     assert data_of(events, "restart")["request_id"] == request_id
@@ -740,11 +648,11 @@ async def test_sigterm_lets_answers_in_flight_finish(
     worker = await start_llm()
     async with SSEStream(hub.url, ["answer.t"]) as stream:
         await ask(hub, "answer.t")
-        await stream.wait_for(1)
+        await stream.wait_for(2)  # the question and a sentence
         code, _ = await worker.terminate(timeout=10)
         events = list(stream.events)
     assert code == 0, worker.output
-    assert kinds(events) == ["sentence"] * 4 + ["done"]
+    assert kinds(events) == ["question"] + ["sentence"] * 4 + ["done"]
     assert worker.matching("waiting for answers in flight")
     assert "Traceback" not in worker.output
 
@@ -760,7 +668,7 @@ async def test_a_stopping_worker_hands_back_what_it_could_not_finish(
     leaving = await start_llm("--drain-timeout", "0.2")
     async with SSEStream(hub.url, ["answer.h"]) as stream:
         await ask(hub, "answer.h")
-        await stream.wait_for(1)
+        await stream.wait_for(2)  # the question and a sentence
         fake_openai.script = Script(tokens=["One", " two.", " Three", " four."])
         # The default --claim-after (30 s) would outlast the test: only the hand-back
         # lets this replica take the request over in time.
@@ -774,6 +682,26 @@ async def test_a_stopping_worker_hands_back_what_it_could_not_finish(
     assert kinds(events[partial:]) == ["restart", "sentence", "sentence", "done"]
     assert sentences(events[partial:]) == ["One two.", "Three four."]
     assert staying.matching("took over an unfinished request")
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+@redis_only
+async def test_a_worker_process_serves_its_metrics(
+    backends: Backends, start_hub: StartHub, start_llm: StartLLM
+) -> None:
+    hub = await start_hub(backends.settings(), backends.backend())
+    port = free_port()
+    await start_llm("--metrics-port", str(port))
+    async with SSEStream(hub.url, ["answer.metrics"]) as stream:
+        await ask(hub, "answer.metrics")
+        await until_finished(stream)
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert 'llm_answers_total{outcome="done"} 1.0' in body
+    assert 'llm_first_output_seconds_count{stream="sentence"} 1.0' in body
+    assert "llm_tokens_per_second_count 1.0" in body
 
 
 # -- the offline demo ---------------------------------------------------------------------
@@ -794,7 +722,7 @@ async def test_without_an_endpoint_the_demo_model_answers(
     said = sentences(events)
     assert len(said) >= 5
     assert "What is the hub?" in said[0]
-    assert kinds(events) == ["sentence"] * len(said) + ["done"]
+    assert kinds(events) == ["question"] + ["sentence"] * len(said) + ["done"]
     assert not [e for e in events if e.event.startswith("hub.")]  # no reset: nothing lost
     done = data_of(events, "done")
     assert done["model"] == "demo"

@@ -15,6 +15,8 @@ from support.mercure import KEY, mercure_stream, token
 from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
+#: Also on a real Redis Cluster (tests/conftest.py).
+RUNS_ON_CLUSTER = True
 
 PATH = "/.well-known/mercure/subscriptions"
 WATCHER = token(subscribe=[PATH + "{/topic}{/subscriber}"])

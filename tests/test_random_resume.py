@@ -14,6 +14,8 @@ from support.hubs import Backends, StartHub
 from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
+#: Also on a real Redis Cluster (tests/conftest.py).
+RUNS_ON_CLUSTER = True
 
 CHANNELS = ["r0", "r1", "r2"]
 

@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
-from hub import BackendUnavailable, Settings
-from hub.store import Backend, Store
+from hub import BackendUnavailable, Conflict, Settings
+from hub.store import Backend, Extra, Store, parse_id
 from support.hubs import Backends
 from support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
+#: Also on a real Redis Cluster (tests/conftest.py).
+RUNS_ON_CLUSTER = True
 
 
 async def test_the_store_reads_back_what_its_publisher_wrote(backends: Backends) -> None:
@@ -68,5 +70,23 @@ async def test_every_read_raises_backend_unavailable_when_redis_is_gone(
                 await call()
         with pytest.raises(BackendUnavailable, match="nothing was published"):
             await store.publisher.publish("news", "lost")
+    finally:
+        await store.aclose()
+
+
+async def test_a_chosen_id_is_forgotten_once_its_event_left_the_log(backends: Backends) -> None:
+    store = Store(backends.backend(), backends.settings(log_size=3))
+    publisher = store.publisher
+    try:
+        await publisher.publish("news", "plain")  # no chosen ids yet: nothing to forget
+        chosen = await publisher.publish("news", "one", extra=Extra(mercure_id="urn:one"))
+        assert await store.chosen_id("urn:one") == parse_id(chosen)
+        with pytest.raises(Conflict):
+            await publisher.publish("news", "again", extra=Extra(mercure_id="urn:one"))
+        for i in range(3):  # pushes "one" out of the 3-entry log
+            await publisher.publish("news", f"later {i}")
+        assert await store.chosen_id("urn:one") is None
+        reused = await publisher.publish("news", "two", extra=Extra(mercure_id="urn:one"))
+        assert await store.chosen_id("urn:one") == parse_id(reused)
     finally:
         await store.aclose()

@@ -150,10 +150,10 @@ class Worker:
                 self.log(logging.INFO, "publish succeeded again", failed_attempts=failures)
             return event_id
 
-    async def run(self) -> int:
-        """Run steps until done or stopped, handling SIGTERM/SIGINT; return the exit code
-        (:func:`workers.run.run`)."""
-        return await run(self)
+    async def run(self, *, signals: bool = True) -> int:
+        """Run steps until done or stopped, handling SIGTERM/SIGINT unless ``signals`` is
+        false; return the exit code (:func:`workers.run.run`)."""
+        return await run(self, signals=signals)
 
     # -- running it from the command line --------------------------------------------------
 

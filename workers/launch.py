@@ -119,7 +119,10 @@ async def _start(cls: Launchable, options: argparse.Namespace, settings: Setting
     """Connect to the hub's Redis, make the worker, log its configuration and run it."""
     assert settings.redis_url is not None
     backend = Backend(
-        settings.redis_url, pool_size=settings.redis_pool_size, client_name=f"worker:{cls.name}"
+        settings.redis_url,
+        pool_size=settings.redis_pool_size,
+        client_name=f"worker:{cls.name}",
+        key_prefix=settings.key_prefix,
     )
     try:
         client = backend.command_client()

@@ -120,10 +120,13 @@ class Runnable(Protocol):
     def log(self, level: int, message: str, **fields: Any) -> None: ...
 
 
-async def run(worker: Runnable) -> int:
-    """Run ``worker`` until done or stopped, handling SIGTERM/SIGINT; return the exit code."""
+async def run(worker: Runnable, *, signals: bool = True) -> int:
+    """Run ``worker`` until done or stopped, handling SIGTERM/SIGINT (unless ``signals``
+    is false: a worker inside another program, such as ``hub serve --worker``, leaves
+    them to it and is stopped with :meth:`~workers.Worker.stop`); return the exit code."""
     stop = worker.stop_request
-    stop.handle_signals(asyncio.current_task(), worker.logger)
+    if signals:
+        stop.handle_signals(asyncio.current_task(), worker.logger)
     try:
         await worker.setup()
         steps = await run_steps(worker)

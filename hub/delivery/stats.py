@@ -34,6 +34,7 @@ class Stats:
         "observe_lag",
         "opened",
         "published",
+        "rate_limited",
         "replayed",
         "replays",
         "resets",
@@ -45,6 +46,8 @@ class Stats:
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
         #: Events accepted by ``POST /publish`` on this process.
         self.published = 0
+        #: Publishes refused over ``HUB_PUBLISH_RATE`` (both doors).
+        self.rate_limited = 0
         #: Live events queued for clients: once per event, ``+= number of subscribers``.
         self.delivered = 0
         #: Streams that resumed from a cursor, and the events they were sent from history.

@@ -18,6 +18,7 @@ from hub.delivery.stats import TOKEN_EXPIRED
 from hub.doors import Door
 from hub.doors.auth import Auth, Claims, expires_in
 from hub.doors.body import header, read_body, read_ndjson
+from hub.doors.quota import spend_publish
 from hub.errors import BadRequest, PayloadTooLarge
 from hub.store import Extra, check_channels
 from hub.store.batch import at_index, parse_json, read_item, read_items
@@ -59,7 +60,7 @@ async def events(request: Request) -> Response | EventStream:
     auth: Auth = request.app.state.auth
     claims = None
     if auth.subscriber_verifier is not None:
-        claims = auth.subscriber(request)
+        claims = await auth.subscriber(request)
         private: PrivateStreams | None = getattr(request.app.state, "private_streams", None)
         if claims is not None and private is not None and claims.can_receive(channels):
             # Private updates travel on the log only; a plain stream costs the native
@@ -100,8 +101,10 @@ async def publish(request: Request) -> Response:
     broker: Broker = request.app.state.broker
     settings = broker.settings
     auth: Auth = request.app.state.auth
-    # The token first: a batch body may be megabytes to read and parse.
-    claims = auth.publisher(request) if auth.publisher_verifier is not None else None
+    # The token first, and HUB_PUBLISH_RATE: a batch body may be megabytes to read and
+    # parse.
+    claims = await auth.publisher(request) if auth.publisher_verifier is not None else None
+    await spend_publish(broker, request, claims)
     if _is_ndjson(request):
         bodies = await read_ndjson(request, settings)
         return await _publish_batch(request, claims, bodies)
@@ -134,6 +137,9 @@ async def publish(request: Request) -> Response:
         auth.check_publish(claims, check_channels(item.channels, 1000))
     started = time.perf_counter()
     extra = _PRIVATE if item.private else None
+    if claims is not None and claims.subject:
+        # Kept with the event: a worker reading requests counts them per subject.
+        extra = Extra(private=item.private, subject=claims.subject)
     publisher = broker.publisher
     event_id = await publisher.publish(item.channels, item.data, event=item.event, extra=extra)
     metrics: PublishTimer = request.app.state.metrics
@@ -155,8 +161,11 @@ async def _publish_batch(request: Request, claims: Claims | None, bodies: list[A
             refuse_reserved(item.channels)
             if claims is not None:
                 auth.check_publish(claims, check_channels(item.channels, 1000))
+    # Each event of a batch counts against HUB_PUBLISH_RATE; the request spent one.
+    await spend_publish(broker, request, claims, units=len(items) - 1, spent=1)
     started = time.perf_counter()
-    ids = await broker.publisher.publish_many(items)
+    subject = claims.subject if claims is not None else None
+    ids = await broker.publisher.publish_many(items, subject=subject)
     metrics: PublishTimer = request.app.state.metrics
     metrics.observe_publish(time.perf_counter() - started)
     broker.stats.published += len(ids)

@@ -27,6 +27,7 @@ from typing import Any
 
 import re2
 
+from hub.doors import urlpatterns as url_patterns
 from hub.errors import BadRequest
 
 __all__ = [
@@ -251,22 +252,33 @@ def matches(topic: str, selector: str) -> bool:
 
 class Selectors:
     """A set of topic selectors, split for cheap matching: exact topics in a set, the
-    templates compiled once, ``*`` as a flag.
+    templates and URL Patterns compiled once, ``*`` as a flag.
 
-    ``exact=True`` takes every selector as an exact name (the native API's channels),
-    braces and all.
+    ``selectors`` are Mercure 0.24 selectors: ``*``, a URI template (with braces) or
+    an exact topic. ``exact=True`` takes every one of them as an exact name (the native
+    API's channels), braces and all. ``urlpatterns`` are Mercure 1.0 URL Patterns
+    (``match_urlpattern=``); a 1.0 exact selector (``match=``) is given in ``selectors``
+    with ``exact=True``, or in ``matches`` beside others, where ``*`` means every topic.
     """
 
-    __slots__ = ("all", "exact", "templates")
+    __slots__ = ("all", "exact", "templates", "urlpatterns")
 
     def __init__(
-        self, selectors: Iterable[str], *, strict: bool = False, exact: bool = False
+        self,
+        selectors: Iterable[str] = (),
+        *,
+        strict: bool = False,
+        exact: bool = False,
+        matches: Iterable[str] = (),
+        urlpatterns: Iterable[str] = (),
     ) -> None:
         self.all = False
         self.exact: set[str] = set()
         #: Templates that compiled: (text, compiled); held here, so that the cache
         #: evicting one never makes a subscriber's match compile it again.
         self.templates: list[tuple[str, Any]] = []
+        #: URL Patterns that compiled, likewise.
+        self.urlpatterns: list[tuple[str, url_patterns.URLPattern]] = []
         for selector in selectors:
             if exact:
                 self.exact.add(selector)
@@ -282,23 +294,38 @@ class Selectors:
                     self.templates.append((selector, compiled))
             else:
                 self.exact.add(selector)
+        for selector in matches:
+            if selector == "*":
+                self.all = True
+            else:
+                self.exact.add(selector)
+        for pattern in urlpatterns:
+            try:
+                self.urlpatterns.append((pattern, url_patterns.compile_pattern(pattern)))
+            except BadRequest:
+                if strict:
+                    raise
 
     @property
     def empty(self) -> bool:
-        return not self.all and not self.exact and not self.templates
+        return not self.all and not self.exact and not self.templates and not self.urlpatterns
 
     @property
     def patterns(self) -> bool:
-        """True if some selector is not an exact topic (``*`` or a template)."""
-        return self.all or bool(self.templates)
+        """True if some selector is not an exact topic (``*``, a template or a URL
+        Pattern): such a stream needs every topic's updates to choose from."""
+        return self.all or bool(self.templates) or bool(self.urlpatterns)
 
     def match(self, topic: str) -> bool:
         if self.all or topic in self.exact:
             return True
         # A loop, not any(...): the generator was 0.8 of 1 us per call, and this runs per
         # event for every template subscriber.
-        for text, compiled in self.templates:  # noqa: SIM110
+        for text, compiled in self.templates:
             if _match(text, compiled, topic):
+                return True
+        for text, pattern in self.urlpatterns:  # noqa: SIM110
+            if url_patterns.match(text, pattern, topic):
                 return True
         return False
 

@@ -83,17 +83,25 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     "responses": {"200": text("text/html", "The page.")},
                 }
             },
+            "/chat": {
+                "get": {
+                    "operationId": "chatPage",
+                    "summary": "The chat page: a conversation with the llm worker (?c=<channel>)",
+                    "responses": {"200": text("text/html", "The page.")},
+                }
+            },
             "/static/{name}": {
                 "get": {
                     "operationId": "demoStatic",
-                    "summary": "The demo page's script and style",
+                    "summary": "The demo and chat pages' scripts and styles",
                     "parameters": [
                         {
                             "name": "name",
                             "in": "path",
                             "required": True,
                             "schema": {"type": "string"},
-                            "description": "app.js, style.css or index.html",
+                            "description": "app.js, hub.js, hub.d.ts, style.css, index.html, "
+                            "chat.js, chat.css or chat.html",
                         }
                     ],
                     "responses": {
@@ -103,6 +111,32 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                 "text/javascript": {"schema": {"type": "string"}},
                                 "text/css": {"schema": {"type": "string"}},
                                 "text/html": {"schema": {"type": "string"}},
+                                "text/plain": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "404": error("No such file."),
+                    },
+                }
+            },
+            "/static/vendor/{name}": {
+                "get": {
+                    "operationId": "chatVendorFile",
+                    "summary": "The chat page's vendored libraries (marked, DOMPurify)",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "description": "marked.umd.js, purify.min.js, or their LICENSE.txt",
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The file.",
+                            "content": {
+                                "text/javascript": {"schema": {"type": "string"}},
+                                "text/plain": {"schema": {"type": "string"}},
                             },
                         },
                         "404": error("No such file."),

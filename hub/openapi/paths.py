@@ -119,13 +119,34 @@ def publish(settings: Settings) -> dict[str, Any]:
                     f"{settings.max_payload} bytes; a batch: HUB_MAX_BATCH_BYTES, "
                     f"{settings.max_batch_bytes} bytes)."
                 ),
+                "429": error(
+                    "Over HUB_PUBLISH_RATE for this token's subject (or address).",
+                    retry_after=True,
+                ),
                 "503": error(
                     "Redis is unavailable; the event may not have been published (a batch: "
-                    "the message says which events were).",
+                    "the message says which events were). Or the keys of HUB_JWT_JWKS_URL "
+                    "are not loaded yet.",
                     retry_after=True,
                 ),
             },
         }
+    }
+
+
+def _selectors(settings: Settings, name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "style": "form",
+        "explode": True,
+        "schema": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": settings.max_channels,
+            "items": {"type": "string", "minLength": 1, "pattern": CHANNEL_PATTERN},
+        },
+        "description": description + " Give topic, or match parameters (at least one).",
     }
 
 
@@ -135,22 +156,12 @@ def mercure(settings: Settings) -> dict[str, Any]:
     return {
         "get": {
             "operationId": "mercureSubscribe",
-            "summary": "Mercure subscription (the Mercure protocol, as hub v0.24 speaks it)",
+            "summary": "Mercure subscription: 0.24 (topic=) or 1.0 (match=, match_urlpattern=)",
             "parameters": [
-                {
-                    "name": "topic",
-                    "in": "query",
-                    "required": True,
-                    "style": "form",
-                    "explode": True,
-                    "schema": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": settings.max_channels,
-                        "items": {"type": "string", "minLength": 1, "pattern": CHANNEL_PATTERN},
-                    },
-                    "description": "Topic selectors: *, exact topics or URI templates.",
-                },
+                _selectors(settings, "topic", "0.24: *, exact topics or URI templates."),
+                _selectors(settings, "match", "1.0: exact topics (* is every topic)."),
+                _selectors(settings, "match_exact", "1.0: the same as match."),
+                _selectors(settings, "match_urlpattern", "1.0: WHATWG URL Patterns."),
                 {"name": "lastEventID", "in": "query", "schema": {"type": "string"}},
             ],
             "responses": {
@@ -160,7 +171,9 @@ def mercure(settings: Settings) -> dict[str, Any]:
                 },
                 "400": error(
                     "No topic, too many, or a malformed selector; a URI template over "
-                    f"{MAX_TEMPLATE_BYTES} bytes or {MAX_TEMPLATE_VARIABLES} variables."
+                    f"{MAX_TEMPLATE_BYTES} bytes or {MAX_TEMPLATE_VARIABLES} variables; "
+                    "a URL Pattern with a regular expression group; topic= beside match "
+                    "parameters; a 1.0 request with a token in the URL."
                 ),
                 "401": error("A token is required, or the one given is invalid."),
                 "503": error("Too many streams on this node.", retry_after=True),
@@ -212,7 +225,14 @@ def mercure(settings: Settings) -> dict[str, Any]:
                     "of a hub event id (<ms>-<n>)."
                 ),
                 "413": error("The body is too large."),
-                "503": error("Redis is unavailable.", retry_after=True),
+                "429": error(
+                    "Over HUB_PUBLISH_RATE for this token's subject (or address).",
+                    retry_after=True,
+                ),
+                "503": error(
+                    "Redis is unavailable, or the keys of HUB_JWT_JWKS_URL are not loaded yet.",
+                    retry_after=True,
+                ),
             },
         },
     }

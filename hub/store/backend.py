@@ -6,7 +6,8 @@ process only: use a real Redis as soon as there is more than one hub process.
 
 A Redis watched by Sentinel is named by a ``redis+sentinel://`` URL (see
 :func:`parse_sentinel_url`); clients then ask the sentinels where the master is, and
-ask again after a failover.
+ask again after a failover. A Redis Cluster is named by a ``redis+cluster://`` URL
+(:mod:`hub.store.cluster`). :func:`locate` is the one place that reads a URL's scheme.
 """
 
 from __future__ import annotations
@@ -22,9 +23,24 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hub.errors import ConfigError
-from hub.store.urls import check_url, redact
+from hub.store.cluster import (
+    BlockingSlotPool,
+    ClusterURL,
+    SlotMap,
+    SlotPool,
+    check_hash_tag,
+    parse_cluster_url,
+)
+from hub.store.urls import CLUSTER_SCHEMES, check_url, redact
 
-__all__ = ["SENTINEL_SCHEME", "Backend", "SentinelURL", "parse_sentinel_url", "redact"]
+__all__ = [
+    "SENTINEL_SCHEME",
+    "Backend",
+    "SentinelURL",
+    "locate",
+    "parse_sentinel_url",
+    "redact",
+]
 
 SENTINEL_SCHEME = "redis+sentinel"
 #: Seconds a sentinel may take to say where the master is, before the next one is asked.
@@ -87,6 +103,18 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
+def locate(url: str) -> SentinelURL | ClusterURL | None:
+    """What a Redis URL names: sentinels, a cluster's seed nodes, or (``None``) one
+    server that redis-py's ``from_url`` reaches by itself. Raises
+    :class:`~hub.errors.ConfigError` for a URL the hub cannot use (:func:`check_url`)."""
+    scheme = check_url(url)
+    if scheme == SENTINEL_SCHEME:
+        return parse_sentinel_url(url)
+    if scheme in CLUSTER_SCHEMES:
+        return parse_cluster_url(url)
+    return None
+
+
 def _host_port(part: str, url: str) -> tuple[str, int]:
     if part.startswith("["):
         host, _, port = part[1:].partition("]")
@@ -133,17 +161,24 @@ class Backend:
         pool_size: int = 10,
         client_name: str = "hub",
         timeout: float = 5.0,
+        key_prefix: str = "hub:",
     ) -> None:
         self.url = url
+        #: The key prefix of clients made without one (on a cluster its hash tag says
+        #: which master they talk to).
+        self.key_prefix = key_prefix
         self._client_name = client_name
         self._timeout = timeout
         self._server: Any = None if url else fakeredis.FakeServer()
         self._pool_size = pool_size
-        if url is not None:
-            check_url(url)  # an unusable URL fails at start, not on the first connection
-        sentinel = url is not None and url.startswith(f"{SENTINEL_SCHEME}://")
-        #: Set for a ``redis+sentinel://`` URL (checked here, so a typo fails at start).
-        self.sentinel = parse_sentinel_url(url) if url and sentinel else None
+        # An unusable URL fails at start, not on the first connection.
+        where = locate(url) if url else None
+        #: Set for a ``redis+sentinel://`` URL...
+        self.sentinel = where if isinstance(where, SentinelURL) else None
+        #: ...and for a ``redis+cluster://`` one.
+        self.cluster = where if isinstance(where, ClusterURL) else None
+        if self.cluster is not None:
+            check_hash_tag(key_prefix)
 
     @property
     def embedded(self) -> bool:
@@ -153,8 +188,11 @@ class Backend:
         """For log lines: where the data lives, without credentials."""
         return "embedded in-memory backend" if self.url is None else redact(self.url)
 
-    def command_client(self) -> Redis:
-        """A pooled client for commands; its connection count is bounded by ``pool_size``."""
+    def command_client(self, key_prefix: str | None = None) -> Redis:
+        """A pooled client for commands; its connection count is bounded by ``pool_size``.
+
+        ``key_prefix`` is that of the keys it will touch: on a cluster, its hash tag
+        says which master the connections go to."""
         if self._server is not None:
             # No socket_timeout (fakeredis sets 5 s): nothing in memory can stall, and with
             # one redis-py writes each command under asyncio.wait_for, which on Python
@@ -176,6 +214,15 @@ class Backend:
                 socket_connect_timeout=self._timeout,
                 client_name=f"{self._client_name}:cmd",
             )
+        if self.cluster is not None:
+            return self._slot_client(
+                BlockingSlotPool,
+                key_prefix,
+                max_connections=self._pool_size,
+                timeout=self._timeout,
+                socket_timeout=self._timeout,
+                client_name=f"{self._client_name}:cmd",
+            )
         pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=self._pool_size,
@@ -187,7 +234,7 @@ class Backend:
         )
         return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
-    def live_client(self) -> Redis:
+    def live_client(self, key_prefix: str | None = None) -> Redis:
         """A client for the one pub/sub connection that carries the live path."""
         if self._server is not None:
             return fakeredis.FakeAsyncRedis(server=self._server, socket_timeout=None)
@@ -200,12 +247,31 @@ class Backend:
                 socket_connect_timeout=self._timeout,
                 client_name=f"{self._client_name}:live",
             )
+        if self.cluster is not None:
+            return self._slot_client(SlotPool, key_prefix, client_name=f"{self._client_name}:live")
         return Redis.from_url(
             self.url,
             socket_connect_timeout=self._timeout,
             client_name=f"{self._client_name}:live",
             retry=_no_retry(),
         )
+
+    def _slot_client(
+        self, pool_class: type[SlotPool], key_prefix: str | None, **options: Any
+    ) -> Redis:
+        """A client of the master that owns the slot of ``key_prefix``'s hash tag."""
+        assert self.cluster is not None
+        parsed = self.cluster
+        pool = pool_class(
+            SlotMap(parsed, key_prefix or self.key_prefix, self._timeout),
+            parsed.tls,
+            username=parsed.username,
+            password=parsed.password,
+            socket_connect_timeout=self._timeout,
+            retry=_no_retry(),
+            **options,
+        )
+        return Redis.from_pool(pool)
 
     def _master_client(self, pool_class: type[SentinelConnectionPool], **options: Any) -> Redis:
         """A client of the master the sentinels name; after a failover its new

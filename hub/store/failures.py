@@ -12,12 +12,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
+    ClusterDownError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
@@ -41,6 +44,14 @@ def publish_failure(exc: RedisError, where: str) -> HubError:
         # restart, or a master without enough replicas (min-replicas-to-write): passing
         # states worth a retry.
         return BackendUnavailable(f"Redis at {where} cannot take writes now ({exc}); retry")
+    if isinstance(exc, (AskError, ClusterDownError, TryAgainError)):
+        # The hub's slot moved or is moving (a cluster failover or migration; MOVED
+        # is a kind of ASK): nothing ran, and the
+        # connection that was told so is dropped, so a retry finds the new owner.
+        return BackendUnavailable(
+            f"the Redis Cluster at {where} moved the hub's slot ({exc}); nothing was "
+            "published, retry"
+        )
     if isinstance(exc, ResponseError) and str(exc).startswith("HUBCONFLICT"):
         return Conflict(
             f"that id is taken: {str(exc).removeprefix('HUBCONFLICT ')}; every update "

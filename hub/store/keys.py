@@ -6,7 +6,8 @@ The key schema (documented in the README for publishers in other languages):
   Redis started keeping hub history, in ms: a cursor older than that predates it).
 - ``{prefix}stream:{channel}``: the channel's history, a Redis Stream whose entry ids are
   the event ids; fields ``e`` (event type), ``d`` (data), ``p`` (the previous event id on
-  this channel, empty for the first).
+  this channel, empty for the first), and ``s`` (the publisher's token subject) on events
+  published through ``/publish`` with authorization on.
 - ``{prefix}live:{channel}``: pub/sub channel that carries each new event to hub nodes.
 - ``{prefix}log``: every event of every channel, in id order (capped at
   ``HUB_LOG_SIZE``): what Mercure subscribers replay, since a URI-template selector
@@ -18,9 +19,13 @@ The key schema (documented in the README for publishers in other languages):
   to nodes with Mercure subscribers of that exact topic.
 - ``{prefix}mercure-all``: pub/sub carrying every event to nodes that have URI-template
   (or ``*``) subscribers, and only to those.
+- ``{prefix}worker:{name}:...``: a worker's own keys (the ``llm`` worker's per-subject
+  question counts: ``{prefix}worker:llm:asked:{subject}:{minute}``).
 - ``{prefix}subscriptions:{node}``: hash of one node's Mercure subscriptions (id ->
   JSON), expiring when the node stops its heartbeat; ``{prefix}subscription-nodes``:
   sorted set of nodes by the time their entries expire.
+- ``{prefix}rate:{who}``: one publisher's ``HUB_PUBLISH_RATE`` allowance (``sub:<subject>``
+  or ``addr:<address>``), a timestamp in ms (``lua/rate.lua``); it expires when full.
 """
 
 from __future__ import annotations
@@ -70,9 +75,17 @@ class Keys:
         """The Mercure pub/sub name of a channel (a Mercure topic)."""
         return self._mercure + channel
 
+    def worker(self, name: str, *parts: str) -> str:
+        """A key of a worker's own (``{prefix}worker:{name}:{part}:...``)."""
+        return ":".join((f"{self.prefix}worker", name, *parts))
+
     def subscriptions(self, node: str) -> str:
         """One node's Mercure subscriptions."""
         return f"{self.prefix}subscriptions:{node}"
+
+    def rate(self, who: str) -> str:
+        """One client's rate allowance (``who``: ``sub:<subject>`` or ``addr:<address>``)."""
+        return f"{self.prefix}rate:{who}"
 
     def channel_of_live(self, live_name: str) -> str:
         """The channel a ``live:`` pub/sub name belongs to."""

@@ -9,9 +9,8 @@ go out back to back and Redis answers a connection's commands in order, so concu
 publishes are pipelined without anyone batching them.
 
 A lane connects on first use, and again on the next call after its connection broke.
-It speaks to a plain TCP or Unix-socket Redis, or to the master a Sentinel pool names;
-for anything else (TLS, credential providers, the embedded backend)
-:meth:`Lane.for_client` answers ``None`` and the caller keeps using redis-py.
+It speaks to TCP or Unix-socket Redis, a Sentinel's master, or the cluster master of the
+hub's slot (asked at each connect); else :meth:`Lane.for_client` answers ``None``.
 """
 
 from __future__ import annotations
@@ -27,31 +26,41 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     BusyLoadingError,
+    ClusterDownError,
+    MovedError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from hub.store.cluster import SlotPool
+from hub.store.resp import Arg, pack
+
 __all__ = ["Batch", "InFlightLost", "Lane", "LaneTimeout", "Target", "pack"]
 
-Arg = bytes | str | int | float
 
 #: Seconds a command may wait for its reply when the client sets no socket timeout.
 DEFAULT_TIMEOUT = 10.0
 
-_TYPED = {
-    # Redis reading its data back after a restart: nothing ran, a retry will.
-    "LOADING": BusyLoadingError,
+_TYPED: dict[str, type[RedisError]] = {
+    "LOADING": BusyLoadingError,  # Redis reading its data back after a restart: retry
     "NOSCRIPT": NoScriptError,
     "READONLY": ReadOnlyError,
     "OOM": OutOfMemoryError,
+    "CLUSTERDOWN": ClusterDownError,
+    "TRYAGAIN": TryAgainError,
 }
+#: Answers after which this connection is the wrong one: a master demoted by a
+#: failover, a cluster slot that moved.
+_DROP = (ReadOnlyError, AskError, ClusterDownError, TryAgainError)
 
 
 class InFlightLost(RedisConnectionError):
@@ -62,18 +71,14 @@ class LaneTimeout(RedisTimeoutError):
     """No reply within the lane's timeout; the connection was dropped."""
 
 
-def pack(args: Sequence[Arg]) -> bytes:
-    """One command in the Redis protocol (RESP): an array of bulk strings. hiredis packs
-    it in C, in a quarter of the time the same loop took in Python."""
-    # (hiredis types its argument as a 1-tuple; it takes any length.)
-    packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
-    return packed
-
-
 def _typed(error: ResponseError) -> RedisError:
     message = str(error)
-    code = message.split(" ", 1)[0]
-    kind = _TYPED.get(code)
+    code, _, rest = message.partition(" ")
+    if code in ("MOVED", "ASK"):
+        # They parse "<slot> <host>:<port>" themselves.
+        moved: RedisError = (MovedError if code == "MOVED" else AskError)(rest)
+        return moved
+    kind: type[RedisError] | None = _TYPED.get(code)
     if kind is not None:
         return kind(message)
     if code in ("WRONGPASS", "NOAUTH", "NOPERM"):
@@ -120,31 +125,23 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         future = self._loop.create_future()
-        if self._closed():
-            # Closed by the other side before we wrote (a proxy in front of Redis, Redis
-            # at maxclients or shutting down): uvloop raises RuntimeError on the write,
-            # asyncio drops it silently. Nothing was sent, so say exactly that.
-            self.lost = True  # the next call connects again
-            future.set_exception(
-                RedisConnectionError("the connection to Redis closed before the command was sent")
-            )
-            return future
-        self._waiting.append(future)
-        self._write(command)
+        if not self._unsendable(future):
+            self._waiting.append(future)
+            self._write(command)
         return future
 
-    def _closed(self) -> bool:
-        transport = self.transport
-        return self.lost or transport is None or transport.is_closing()
+    def _unsendable(self, future: asyncio.Future[Any]) -> bool:
+        # Closed by the peer before we wrote: uvloop raises on a write, asyncio drops it.
+        if self.lost or self.transport is None or self.transport.is_closing():
+            self.lost = True  # nothing was sent: say so, and reconnect
+            future.set_exception(RedisConnectionError("connection closed before sending"))
+            return True
+        return False
 
     def send_many(self, commands: bytes, count: int) -> Batch:
         """Send ``count`` packed commands together; one waiter takes all replies."""
         batch = Batch(self._loop.create_future(), count)
-        if self._closed():
-            self.lost = True  # as in send: nothing was sent
-            batch.future.set_exception(
-                RedisConnectionError("the connection to Redis closed before the command was sent")
-            )
+        if self._unsendable(batch.future):
             return batch
         self._waiting.append(batch)
         self._write(commands)
@@ -256,7 +253,11 @@ class Target:
         if options.get("credential_provider") is not None:
             return None
         opener: Opener
-        if isinstance(pool, SentinelConnectionPool):
+        if isinstance(pool, SlotPool):
+            if pool.tls:
+                return None
+            opener = pool.open_to_owner
+        elif isinstance(pool, SentinelConnectionPool):
             sentinel_pool = pool
 
             async def to_master(loop: asyncio.AbstractEventLoop, factory: Any) -> Any:
@@ -347,8 +348,8 @@ class Lane:
         reply = await protocol.send(pack(args))
         if isinstance(reply, ResponseError):
             error = _typed(reply)
-            if isinstance(error, ReadOnlyError):
-                # A master demoted by a failover: the next call finds the new one.
+            if isinstance(error, _DROP):
+                # The next call connects again, and finds the new master.
                 protocol.close()
             raise error
         return reply

@@ -14,13 +14,14 @@ from redis.exceptions import NoScriptError, RedisError
 
 from hub.config import Settings
 from hub.errors import BadRequest, PayloadTooLarge
-from hub.store.backend import redact
+from hub.store.backend import Backend, redact
 from hub.store.batch import PublishItem, at_index, read_items
+from hub.store.cluster import SlotPool, sharded_script
 from hub.store.failures import batch_failure, publish_failure
 from hub.store.ids import check_chosen_id
 from hub.store.keys import Keys, check_channels, check_event_type
 from hub.store.lane import Lane
-from hub.store.urls import check_plain_url
+from hub.store.urls import CLUSTER_SCHEMES, check_plain_url
 
 __all__ = ["PUBLISH_SCRIPT", "Extra", "Publishable", "Publisher", "SyncPublisher", "encode_data"]
 
@@ -69,6 +70,13 @@ class Extra:
     #: False: announced to live subscribers but not kept in the hub-wide log, so it
     #: takes no room from the history that others resume from (subscription events).
     kept: bool = True
+    #: The publisher's verified token subject, kept with the event in each channel's
+    #: history (field ``s``): a worker reading requests can count them per subject.
+    subject: str | None = None
+
+
+def _cluster(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
 
 
 class _Prepared:
@@ -113,15 +121,17 @@ class _Prepared:
         args.extend(self.keys.live(c) for c in names)
         args.extend(self.keys.mercure(c) for c in names)
         args.extend(names)
+        if extra.subject:
+            args.append(extra.subject)
         return keys, args
 
-    def calls(self, events: Iterable[Publishable]) -> list[Call]:
+    def calls(self, events: Iterable[Publishable], subject: str | None = None) -> list[Call]:
         """Every event of a batch checked, before any is sent; the first bad one is
-        refused with its index."""
+        refused with its index. ``subject``: the publisher's, kept with each event."""
         calls = []
         for index, item in enumerate(read_items(events, self.settings.max_batch)):
             with at_index(index):
-                extra = Extra(private=True) if item.private else None
+                extra = Extra(private=item.private, subject=subject)
                 calls.append(self.call(item.channels, item.data, item.event, extra))
         return calls
 
@@ -149,7 +159,10 @@ class Publisher:
     ) -> None:
         self._client = client
         self._prepared = _Prepared(settings or Settings.from_env(), max_channels)
-        self._script = client.register_script(PUBLISH_SCRIPT)
+        # On a cluster (all keys in one slot) live messages go by sharded pub/sub.
+        cluster = isinstance(client.connection_pool, SlotPool)
+        self._source = sharded_script(PUBLISH_SCRIPT) if cluster else PUBLISH_SCRIPT
+        self._script = client.register_script(self._source)
         self._where = (
             redact(settings.redis_url) if settings and settings.redis_url else "the backend"
         )
@@ -159,9 +172,13 @@ class Publisher:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Publisher:
-        """A publisher with its own connection pool to the Redis at ``url``."""
-        check_plain_url(url)
+        """A publisher with its own connection pool to the Redis at ``url`` (a server, or
+        a Redis Cluster: ``redis+cluster://``)."""
         settings = (settings or Settings.from_env()).replace(redis_url=url)
+        if _cluster(url):
+            backend = Backend(url, key_prefix=settings.key_prefix)
+            return cls(backend.command_client(), settings)
+        check_plain_url(url)
         return cls(redis.asyncio.Redis.from_url(url), settings)
 
     async def publish(
@@ -184,13 +201,15 @@ class Publisher:
                 except NoScriptError:
                     # Not loaded on this server yet (a restart, a failover, SCRIPT FLUSH):
                     # nothing ran. Load it on the lane's own connection and run it.
-                    await self._lane.call("SCRIPT", "LOAD", PUBLISH_SCRIPT)
+                    await self._lane.call("SCRIPT", "LOAD", self._source)
                     result = await self._lane.call(*command)
         except RedisError as exc:
             raise publish_failure(exc, self._where) from exc
         return result.decode() if isinstance(result, bytes) else str(result)
 
-    async def publish_many(self, events: Iterable[Publishable]) -> list[str]:
+    async def publish_many(
+        self, events: Iterable[Publishable], *, subject: str | None = None
+    ) -> list[str]:
         """Publish several events in one round trip to Redis; return their ids, in order.
 
         Each event is a publish object as ``POST /publish`` takes it:
@@ -199,9 +218,10 @@ class Publisher:
         :class:`hub.errors.BadRequest` naming its index, and none is published. Each
         event is published atomically, in order, as by :meth:`publish`; the batch is not
         one transaction: should Redis fail midway, the error says which were published.
-        At most ``HUB_MAX_BATCH`` events a call.
+        At most ``HUB_MAX_BATCH`` events a call. ``subject``: the publisher's verified
+        token subject, kept with each event (as :attr:`Extra.subject`).
         """
-        calls = self._prepared.calls(events)
+        calls = self._prepared.calls(events, subject)
         if self._lane is None:
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
@@ -217,7 +237,7 @@ class Publisher:
         if missing and failure is None:
             # Not loaded on this server yet: those did not run. Load it and send them again.
             try:
-                await self._lane.call("SCRIPT", "LOAD", PUBLISH_SCRIPT)
+                await self._lane.call("SCRIPT", "LOAD", self._source)
             except RedisError as exc:
                 raise publish_failure(exc, self._where) from exc
             again, failure = await self._lane.call_many([commands[i] for i in missing])
@@ -239,22 +259,40 @@ class SyncPublisher:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | redis.RedisCluster,
         settings: Settings | None = None,
         *,
         max_channels: int = MAX_PUBLISH_CHANNELS,
     ) -> None:
         self._client = client
         self._prepared = _Prepared(settings or Settings.from_env(), max_channels)
-        self._script = client.register_script(PUBLISH_SCRIPT)
+        cluster = isinstance(client, redis.RedisCluster)
+        self._script = client.register_script(
+            sharded_script(PUBLISH_SCRIPT) if cluster else PUBLISH_SCRIPT
+        )
         self._where = (
             redact(settings.redis_url) if settings and settings.redis_url else "the backend"
         )
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> SyncPublisher:
-        check_plain_url(url)
         settings = (settings or Settings.from_env()).replace(redis_url=url)
+        if _cluster(url):
+            parsed = Backend(url, key_prefix=settings.key_prefix).cluster
+            assert parsed is not None
+            # redis-py's cluster client routes each call by its keys' (one) slot.
+            nodes = [
+                redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                for host, port in parsed.nodes
+            ]
+            cluster = redis.RedisCluster(
+                startup_nodes=nodes,
+                username=parsed.username,
+                password=parsed.password,
+                ssl=parsed.tls,
+            )
+            return cls(cluster, settings)
+        check_plain_url(url)
         return cls(redis.Redis.from_url(url), settings)
 
     def publish(
@@ -276,11 +314,21 @@ class SyncPublisher:
     def publish_many(self, events: Iterable[Publishable]) -> list[str]:
         """Publish several events in one round trip; see :meth:`Publisher.publish_many`."""
         calls = self._prepared.calls(events)
+        replies: list[Any] = []
         try:
-            with self._client.pipeline(transaction=False) as pipe:
+            if isinstance(self._client, redis.RedisCluster):
+                # redis-py's cluster pipeline refuses scripts: one call each, in order,
+                # each reply (or error) in its place as the pipeline would give them.
                 for keys, args in calls:
-                    self._script(keys=keys, args=args, client=pipe)
-                replies = pipe.execute(raise_on_error=False)
+                    try:
+                        replies.append(self._script(keys=keys, args=args))
+                    except RedisError as exc:
+                        replies.append(exc)
+            else:
+                with self._client.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        self._script(keys=keys, args=args, client=pipe)
+                    replies = pipe.execute(raise_on_error=False)
         except RedisError as exc:
             raise publish_failure(exc, self._where) from exc
         return _ids(replies, None, self._where, len(calls))

@@ -10,6 +10,11 @@ profiles of bench/ S1c, where every event goes to another channel.
 The embedded backend and TLS keep redis-py's ``PubSub``, driven by a reader task that
 calls the same callbacks.
 
+On a Redis Cluster (:mod:`hub.store.cluster`) both speak sharded pub/sub
+(``SSUBSCRIBE``) to the master of the hub's slot. When that slot moves, Redis ends the
+shard subscriptions by itself (an unasked ``sunsubscribe``): the connection counts as
+lost then, and the next one finds the slot's new owner.
+
 Either way the connection never reconnects by itself: when it breaks, :attr:`lost`
 completes with the reason and the live path starts a new session with recovery (a
 silent reconnect would hide what was published in between).
@@ -28,6 +33,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, ResponseError
 
 from hub.errors import BackendUnavailable
+from hub.store.cluster import SlotPool
 from hub.store.failures import FAILURES, translated
 from hub.store.lane import Target, pack
 
@@ -62,15 +68,16 @@ async def open_live(
     client: Redis, on_message: OnMessage, on_subscribed: OnSubscribed
 ) -> LiveConnection:
     """A pub/sub connection to ``client``'s server: read off the socket when we can."""
+    sharded = isinstance(client.connection_pool, SlotPool)
     target = Target.of(client, "live")
     if target is None:
-        polled = _PolledPubSub(client, on_message, on_subscribed)
+        polled = _PolledPubSub(client, on_message, on_subscribed, sharded)
         await polled.start()
         return polled
     protocol = await target.open()
     transport = protocol.transport
     assert transport is not None
-    raw = _RawPubSub(transport, on_message, on_subscribed)
+    raw = _RawPubSub(transport, on_message, on_subscribed, sharded)
     # The handshake is over and Redis sends nothing unasked before a SUBSCRIBE: from
     # here on every byte on this socket is the pub/sub reader's.
     transport.set_protocol(raw)
@@ -82,9 +89,18 @@ def _lost(why: str, exc: BaseException | None = None) -> BackendUnavailable:
     return BackendUnavailable(f"the live connection to Redis {why}{detail}; recovering")
 
 
+#: Reply kinds of plain and of sharded pub/sub.
+_MESSAGE = (b"message", b"smessage")
+_SUBSCRIBED = (b"subscribe", b"ssubscribe")
+
+
 class _RawPubSub(asyncio.Protocol):
     def __init__(
-        self, transport: asyncio.Transport, on_message: OnMessage, on_subscribed: OnSubscribed
+        self,
+        transport: asyncio.Transport,
+        on_message: OnMessage,
+        on_subscribed: OnSubscribed,
+        sharded: bool,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -94,6 +110,12 @@ class _RawPubSub(asyncio.Protocol):
         self._on_subscribed = on_subscribed
         self.lost: asyncio.Future[None] = loop.create_future()
         self.last_rx = loop.time()
+        self._commands = (
+            (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
+        )
+        #: Names we asked to leave (a sharded unsubscribe we did not ask for means the
+        #: slot moved).
+        self._leaving: set[bytes] = set()
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self._loop.time()
@@ -102,11 +124,14 @@ class _RawPubSub(asyncio.Protocol):
             while (reply := self._parser.gets()) is not False:
                 if type(reply) is list:
                     kind = reply[0]
-                    if kind == b"message":
+                    if kind in _MESSAGE:
                         self._on_message(reply[1], reply[2])
-                    elif kind == b"subscribe":
+                    elif kind in _SUBSCRIBED:
                         self._on_subscribed(reply[1])
-                    # unsubscribe confirmations and pongs: only signs of life
+                    elif kind == b"sunsubscribe" and reply[1] not in self._leaving:
+                        raise _lost("was dropped by the cluster (the hub's slot moved)")
+                    else:
+                        self._leaving.discard(reply[1])  # and pongs: only signs of life
                 elif isinstance(reply, ResponseError):
                     raise _lost("refused a command", reply)
         except Exception as exc:
@@ -124,10 +149,11 @@ class _RawPubSub(asyncio.Protocol):
         self._transport.abort()
 
     async def subscribe(self, names: Sequence[str | bytes]) -> None:
-        self._transport.write(pack(["SUBSCRIBE", *names]))
+        self._transport.write(pack([self._commands[0], *names]))
 
     async def unsubscribe(self, names: Sequence[str | bytes]) -> None:
-        self._transport.write(pack(["UNSUBSCRIBE", *names]))
+        self._leaving.update(n if isinstance(n, bytes) else n.encode() for n in names)
+        self._transport.write(pack([self._commands[1], *names]))
 
     async def ping(self) -> bool:
         self._transport.write(pack(["PING"]))
@@ -143,8 +169,12 @@ class _RawPubSub(asyncio.Protocol):
 class _PolledPubSub:
     """redis-py's PubSub with a reader task feeding the same callbacks."""
 
-    def __init__(self, client: Redis, on_message: OnMessage, on_subscribed: OnSubscribed) -> None:
+    def __init__(
+        self, client: Redis, on_message: OnMessage, on_subscribed: OnSubscribed, sharded: bool
+    ) -> None:
         self._ps: PubSub = client.pubsub(ignore_subscribe_messages=False)
+        self._sharded = sharded
+        self._leaving: set[bytes] = set()
         self._on_message = on_message
         self._on_subscribed = on_subscribed
         loop = asyncio.get_running_loop()
@@ -174,10 +204,12 @@ class _PolledPubSub:
                     continue
                 self.last_rx = self._loop.time()
                 kind = message["type"]
-                if kind == "message":
+                if kind in ("message", "smessage"):
                     self._on_message(message["channel"], message["data"])
-                elif kind == "subscribe":
+                elif kind in ("subscribe", "ssubscribe"):
                     self._on_subscribed(message["channel"])
+                elif kind == "sunsubscribe" and message["channel"] not in self._leaving:
+                    raise _lost("was dropped by the cluster (the hub's slot moved)")
         except Exception as exc:
             self._fail(exc)
 
@@ -187,11 +219,18 @@ class _PolledPubSub:
 
     async def subscribe(self, names: Sequence[str | bytes]) -> None:
         with translated("subscribing"):
-            await self._ps.subscribe(*names)
+            if self._sharded:
+                await self._ps.ssubscribe(*names)
+            else:
+                await self._ps.subscribe(*names)
 
     async def unsubscribe(self, names: Sequence[str | bytes]) -> None:
         with translated("unsubscribing"):
-            await self._ps.unsubscribe(*names)
+            if self._sharded:
+                self._leaving.update(n if isinstance(n, bytes) else n.encode() for n in names)
+                await self._ps.sunsubscribe(*names)
+            else:
+                await self._ps.unsubscribe(*names)
 
     async def ping(self) -> bool:
         if not self._ps.subscribed:

@@ -3,7 +3,8 @@
 ``lua/publish.lua`` writes them (the only other place that knows this layout):
 
 - a channel's history entry (``{prefix}stream:{channel}``): fields ``e`` (event type),
-  ``d`` (data), ``p`` (the id of the previous event on the channel, for gap checks);
+  ``d`` (data), ``p`` (the id of the previous event on the channel, for gap checks),
+  and ``s`` (the publisher's token subject) when authorization named one;
 - a live message (``{prefix}live:{channel}``): ``<id>\\n<prev>\\n<event>\\n<data>``;
 - a log entry (``{prefix}log``, every event in id order, for the Mercure door): fields
   ``c`` (channels, space-separated), ``e``, ``d``, ``m`` (a publisher-chosen id),

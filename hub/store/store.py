@@ -20,6 +20,7 @@ from hub.store.ids import EventId, format_id, parse_id, stream_id
 from hub.store.keys import Keys
 from hub.store.publisher import Publisher
 from hub.store.pubsub import LiveConnection, OnMessage, OnSubscribed, open_live
+from hub.store.rates import Rates
 from hub.store.records import Update
 from hub.store.subscriptions import SubscriptionRecords
 
@@ -33,8 +34,8 @@ class Follower:
     """A dedicated connection for live messages (one per live path: pub/sub connections
     carry nothing else). Opened again after each failure; closed with the node."""
 
-    def __init__(self, backend: Backend) -> None:
-        self._client = backend.live_client()
+    def __init__(self, backend: Backend, key_prefix: str | None = None) -> None:
+        self._client = backend.live_client(key_prefix)
 
     async def open(self, on_message: OnMessage, on_subscribed: OnSubscribed) -> LiveConnection:
         """A fresh live connection; its ``lost`` future says when it broke, and why."""
@@ -52,19 +53,22 @@ class Store:
         self.backend = backend
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._redis = backend.command_client()
+        self._redis = backend.command_client(settings.key_prefix)
         self.publisher = Publisher(self._redis, settings, max_channels=settings.max_channels)
         #: Clock reads shared by the streams that open together.
         self.clock = ClockReads(self._redis, self.keys)
+        #: Per-client allowances shared by every node (``HUB_PUBLISH_RATE``).
+        self.rates = Rates(self._redis, self.keys)
 
     async def aclose(self) -> None:
         self.clock.close()
+        await self.rates.aclose()
         await self.publisher.aclose(close_client=False)
         await self._redis.aclose(close_connection_pool=True)
 
     def follower(self) -> Follower:
         """A new live connection source (see :class:`Follower`)."""
-        return Follower(self.backend)
+        return Follower(self.backend, self.settings.key_prefix)
 
     async def ping(self) -> None:
         """Raise :class:`hub.errors.BackendUnavailable` unless Redis answers."""

@@ -78,6 +78,6 @@ def check_plain_url(url: str) -> None:
     if scheme not in PLAIN_SCHEMES:
         raise ConfigError(
             f"{_WHAT} {redact(url)!r}: a publisher outside the hub takes a redis://, "
-            f"rediss:// or unix:// URL, not {scheme}://; point it at the Redis server "
-            "itself, or publish over HTTP to a hub"
+            f"rediss://, unix:// or redis+cluster:// URL, not {scheme}://; point it at "
+            "the Redis server itself, or publish over HTTP to a hub"
         )

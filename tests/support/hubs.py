@@ -16,13 +16,19 @@ from hub.delivery.broker import Broker
 from hub.server import HubServer
 
 
+def _prefix() -> str:
+    # A hash tag of its own: on a cluster all of one test's keys share a slot, and
+    # different tests' keys land on different shards.
+    return f"test:{{{uuid.uuid4().hex[:10]}}}:"
+
+
 @dataclass
 class Backends:
     """Makes backends and settings that share one data set (embedded server or Redis prefix)."""
 
     kind: str
     url: str | None
-    prefix: str = field(default_factory=lambda: f"test:{uuid.uuid4().hex[:10]}:")
+    prefix: str = field(default_factory=_prefix)
     _embedded: Backend | None = None
 
     def backend(self, pool_size: int = 10) -> Backend:
@@ -30,7 +36,9 @@ class Backends:
             if self._embedded is None:
                 self._embedded = Backend(None)
             return self._embedded
-        return Backend(self.url, pool_size=pool_size, client_name=f"hub-{self.prefix}")
+        return Backend(
+            self.url, pool_size=pool_size, client_name=f"hub-{self.prefix}", key_prefix=self.prefix
+        )
 
     def settings(self, **changes: Any) -> Settings:
         return Settings(redis_url=self.url, key_prefix=self.prefix, **changes)
@@ -38,11 +46,24 @@ class Backends:
     def cleanup(self) -> None:
         if self.url is None:
             return
+        if self.kind == "cluster":
+            self._cleanup_cluster()
+            return
         client = redis.Redis.from_url(self.url)
         try:
             keys = list(client.scan_iter(match=f"{self.prefix}*", count=1000))
             if keys:
                 client.delete(*keys)
+        finally:
+            client.close()
+
+    def _cleanup_cluster(self) -> None:
+        host, _, port = self.url.removeprefix("redis+cluster://").split(",")[0].partition(":")
+        client = redis.RedisCluster(host=host, port=int(port))
+        try:
+            keys = list(client.scan_iter(match=f"{self.prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)  # one hash tag: one slot
         finally:
             client.close()
 

@@ -75,3 +75,69 @@ async def mercure_publish(
         )
     assert response.status_code == expect, response.text
     return response
+
+
+#: Mercure 1.0's authorization_details entry type.
+DETAIL = "https://mercure.rocks/authorization-detail"
+
+
+def access_token(
+    publish: Sequence[str] | None = None,
+    subscribe: Sequence[str] | None = None,
+    *,
+    patterns: Sequence[str] = (),
+    payload: Any = None,
+    key: str = KEY,
+    typ: str | None = "at+jwt",
+    expires_in: float | None = 3600,
+    details: list[dict[str, Any]] | None = None,
+) -> str:
+    """A Mercure 1.0 token (RFC 9068 ``at+jwt``, with ``aud`` and ``iss`` as the 1.0
+    conformance suite's): ``publish``/``subscribe`` exact selectors, ``patterns`` URL
+    Patterns granted to subscribe, or ``details`` as given."""
+    if details is None:
+        details = []
+        if publish is not None:
+            details.append(_detail("publish", [{"match": m} for m in publish]))
+        if subscribe is not None or patterns:
+            topics = [{"match": m} for m in subscribe or ()]
+            topics += [{"match": p, "match_type": "urlpattern"} for p in patterns]
+            entry = _detail("subscribe", topics)
+            if payload is not None:
+                entry["payload"] = payload
+            details.append(entry)
+    claims: dict[str, Any] = {
+        "aud": "https://localhost/.well-known/mercure",
+        "iss": "https://localhost",
+        "authorization_details": details,
+    }
+    if expires_in is not None:
+        claims["exp"] = int(time.time() + expires_in)
+    headers = {"typ": typ} if typ is not None else None
+    return jwt.encode(claims, key, algorithm="HS256", headers=headers)
+
+
+def _detail(action: str, topics: list[dict[str, str]]) -> dict[str, Any]:
+    return {"type": DETAIL, "actions": [action], "topics": topics}
+
+
+def mercure1_stream(
+    base_url: str,
+    match: Sequence[str] = (),
+    urlpattern: Sequence[str] = (),
+    *,
+    bearer: str | None = None,
+    cookie: str | None = None,
+    last_event_id: str | None = None,
+    query: dict[str, str] | None = None,
+) -> SSEStream:
+    """A Mercure 1.0 subscription: ``match=`` (exact) and ``match_urlpattern=``."""
+    stream = SSEStream(base_url, [], last_event_id=last_event_id)
+    params = [("match", m) for m in match] + [("match_urlpattern", p) for p in urlpattern]
+    params += list((query or {}).items())
+    stream.url = f"{base_url}/.well-known/mercure?{urlencode(params)}"
+    if bearer is not None:
+        stream.headers["Authorization"] = f"Bearer {bearer}"
+    if cookie is not None:
+        stream.headers["Cookie"] = f"__Secure-mercure_access_token={cookie}"
+    return stream

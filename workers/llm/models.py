@@ -16,7 +16,18 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from hub.store.backend import redact
 
-__all__ = ["DEMO_ANSWER", "Completion", "DemoModel", "Model", "ModelError", "OpenAIModel"]
+__all__ = [
+    "DEMO_ANSWER",
+    "OPENAI_URL",
+    "Completion",
+    "DemoModel",
+    "Model",
+    "ModelError",
+    "OpenAIModel",
+]
+
+#: Where answers come from when no base URL is given (empty counts as not given).
+OPENAI_URL = "https://api.openai.com/v1"
 
 
 @dataclass
@@ -69,7 +80,10 @@ class OpenAIModel:
         timeout: float = 60.0,
         max_retries: int = 2,
     ) -> None:
-        self.endpoint = redact(base_url or "https://api.openai.com/v1")
+        # Never None: the client would then read OPENAI_BASE_URL itself, and compose
+        # passes an unset variable as an empty string, which it takes for a URL.
+        base_url = base_url or OPENAI_URL
+        self.endpoint = redact(base_url)
         self.timeout = timeout
         self.max_tokens = max_tokens
         # Local servers (vLLM, Ollama, llama.cpp) ignore the key, but the client wants one.

@@ -11,7 +11,9 @@ import argparse
 import os
 
 from ..options import channel_name, non_negative_int, positive_float, positive_int
+from .answerer import DEFAULT_CONTEXT_BUDGET, DEFAULT_QUESTIONS_PER_MINUTE
 from .models import DemoModel, Model, OpenAIModel
+from .request import DEFAULT_MAX_PROMPT
 
 __all__ = ["add_arguments", "model_from"]
 
@@ -49,6 +51,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGTERM, let answers in flight finish this long, then hand them back "
         "(default: 20)",
+    )
+    requests.add_argument(
+        "--max-prompt",
+        type=positive_int,
+        default=DEFAULT_MAX_PROMPT,
+        metavar="CHARS",
+        help=f"longest prompt answered, in characters (default: {DEFAULT_MAX_PROMPT})",
+    )
+    requests.add_argument(
+        "--context-budget",
+        type=non_negative_int,
+        default=DEFAULT_CONTEXT_BUDGET,
+        metavar="CHARS",
+        help="earlier questions and answers of a conversation given to the model, in "
+        f"characters; the oldest drop first (default: {DEFAULT_CONTEXT_BUDGET})",
+    )
+    requests.add_argument(
+        "--questions-per-minute",
+        type=non_negative_int,
+        default=DEFAULT_QUESTIONS_PER_MINUTE,
+        metavar="N",
+        help="questions one token subject may ask per minute, when the hub checks "
+        f"tokens; beyond it an error event says so (0: no limit; default: "
+        f"{DEFAULT_QUESTIONS_PER_MINUTE})",
+    )
+    requests.add_argument(
+        "--turn-timeout",
+        type=positive_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="a question waiting for an earlier one of its conversation stops waiting "
+        "after this long without any event there; keep it above --claim-after and a "
+        "model's thinking time (default: 120)",
+    )
+    requests.add_argument(
+        "--metrics-port",
+        type=positive_int,
+        metavar="PORT",
+        help="serve the worker's Prometheus metrics on this port (default: none)",
     )
     model = parser.add_argument_group("model")
     model.add_argument(

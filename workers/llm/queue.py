@@ -5,7 +5,9 @@ lands in that channel's history stream, ``{prefix}stream:llm.requests``. Workers
 that stream through one Redis consumer group: Redis hands each entry to one consumer
 only, and remembers it as *pending* until that consumer acknowledges it (``XACK``).
 
-- A worker acknowledges a request after it published the reply's ``done`` or ``error``.
+- A worker acknowledges a request after it published the reply's ``done`` or ``error``
+  (a worker taking a request over looks for them in the conversation's history first:
+  :mod:`workers.llm.conversation`).
 - While it answers, it resets the request's idle time every ``claim_after / 3`` seconds,
   so nobody else takes a long answer over.
 - A request pending longer than ``claim_after`` without that (its worker was killed,
@@ -16,7 +18,6 @@ only, and remembers it as *pending* until that consumer acknowledges it (``XACK`
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, cast
@@ -25,8 +26,6 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from hub.store import Keys
-
-from .request import LLMRequest
 
 __all__ = ["Delivery", "RequestQueue"]
 
@@ -63,6 +62,8 @@ class Delivery:
     id: str
     data: bytes | None
     claimed: bool = False
+    #: Who asked: the token subject the hub kept with the request (authorization on).
+    subject: str | None = None
 
 
 class RequestQueue:
@@ -118,7 +119,7 @@ class RequestQueue:
         deliveries: list[Delivery] = []
         for _stream, entries in cast("list[list[Any]]", reply or []):
             for entry_id, fields in entries:
-                deliveries.append(Delivery(_text(entry_id), _data(fields)))
+                deliveries.append(Delivery(_text(entry_id), _data(fields), False, _who(fields)))
         return deliveries
 
     async def claim(self, count: int) -> list[Delivery]:
@@ -127,7 +128,7 @@ class RequestQueue:
             self.key, self.group, self.consumer, self.claim_after_ms, self._cursor, count=count
         )
         self._cursor = _text(reply[0])
-        deliveries = [Delivery(_text(i), _data(f), claimed=True) for i, f in reply[1]]
+        deliveries = [Delivery(_text(i), _data(f), True, _who(f)) for i, f in reply[1]]
         # Redis 7 lists entries trimmed from the stream apart (and forgets them); 6.2
         # returns them with no fields.
         for gone in reply[2] if len(reply) > 2 else []:
@@ -158,22 +159,6 @@ class RequestQueue:
     async def ack(self, request_id: str) -> None:
         await self.client.xack(self.key, self.group, request_id)
 
-    async def answered(self, request: LLMRequest) -> bool:
-        """Whether ``done`` or ``error`` for ``request`` is already in its reply channel's
-        history: a worker published it, then died before acknowledging the request."""
-        entries = await self.client.xrevrange(
-            self.keys.stream(request.reply_to), "+", f"({request.id}", count=200
-        )
-        for _entry_id, fields in cast("list[tuple[bytes, dict[bytes, bytes]]]", entries or []):
-            if fields.get(b"e") not in (b"done", b"error"):
-                continue
-            try:
-                if json.loads(fields.get(b"d", b"")).get("request_id") == request.id:
-                    return True
-            except (ValueError, AttributeError):
-                continue
-        return False
-
     async def retire(self) -> bool:
         """Leave the group if nothing is pending for this consumer; return whether it did."""
         pending = await self.client.xpending_range(
@@ -201,3 +186,8 @@ def _text(value: bytes | str) -> str:
 
 def _data(fields: dict[bytes, bytes] | None) -> bytes | None:
     return fields.get(b"d") if fields else None
+
+
+def _who(fields: dict[bytes, bytes] | None) -> str | None:
+    subject = fields.get(b"s") if fields else None
+    return subject.decode("utf-8", "replace") if subject else None

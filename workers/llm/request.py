@@ -1,8 +1,9 @@
 """The request format of the ``llm`` worker: what a question published to it looks like.
 
 A request is an event on the requests channel whose data is the JSON object
-``{"prompt": "...", "reply_to": "<channel>", "model": "...", "system": "..."}``
-(``model`` and ``system`` optional). :func:`parse_request` reads one, and says what to
+``{"prompt": "...", "reply_to": "<channel>", "model": "...", "system": "...",
+"stream": "sentence"}`` (``model``, ``system`` and ``stream`` optional; ``stream`` is
+``"sentence"``, the default, or ``"delta"``). :func:`parse_request` reads one, and says what to
 change in one it cannot answer.
 """
 
@@ -14,9 +15,13 @@ from dataclasses import dataclass
 from hub.errors import BadRequest
 from hub.store import check_channel
 
-__all__ = ["InvalidRequest", "LLMRequest", "parse_request"]
+__all__ = ["DEFAULT_MAX_PROMPT", "STREAM_MODES", "InvalidRequest", "LLMRequest", "parse_request"]
 
-_FIELDS = ("prompt", "reply_to", "model", "system")
+_FIELDS = ("prompt", "reply_to", "model", "system", "stream")
+#: How an answer may be streamed: whole sentences, or the raw text as it comes.
+STREAM_MODES = ("sentence", "delta")
+#: Longest prompt accepted by default, in characters (``--max-prompt``).
+DEFAULT_MAX_PROMPT = 8000
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,8 @@ class LLMRequest:
     reply_to: str
     model: str | None = None
     system: str | None = None
+    #: ``"sentence"`` or ``"delta"``.
+    stream: str = "sentence"
 
 
 class InvalidRequest(Exception):
@@ -38,8 +45,14 @@ class InvalidRequest(Exception):
         self.reply_to = reply_to
 
 
-def parse_request(request_id: str, data: bytes | str, requests_channel: str) -> LLMRequest:
-    """Read a request's data: JSON ``{"prompt", "reply_to", "model"?, "system"?}``.
+def parse_request(
+    request_id: str,
+    data: bytes | str,
+    requests_channel: str,
+    max_prompt: int = DEFAULT_MAX_PROMPT,
+) -> LLMRequest:
+    """Read a request's data: JSON ``{"prompt", "reply_to", "model"?, "system"?,
+    "stream"?}``; a prompt longer than ``max_prompt`` characters is refused.
 
     Raises :class:`InvalidRequest` with a message that says what to change.
     """
@@ -70,10 +83,20 @@ def parse_request(request_id: str, data: bytes | str, requests_channel: str) -> 
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequest("a request needs prompt: a non-empty string", reply_to)
+    if len(prompt) > max_prompt:
+        raise InvalidRequest(
+            f"the prompt is {len(prompt)} characters long; at most {max_prompt} are accepted",
+            reply_to,
+        )
+    stream = body.get("stream", "sentence")
+    if stream not in STREAM_MODES:
+        raise InvalidRequest(f"stream must be {' or '.join(map(repr, STREAM_MODES))}", reply_to)
     optional: dict[str, str | None] = {}
     for name in ("model", "system"):
         value = body.get(name)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise InvalidRequest(f"{name} must be a non-empty string when given", reply_to)
         optional[name] = value
-    return LLMRequest(request_id, prompt, reply_to, optional["model"], optional["system"])
+    return LLMRequest(
+        request_id, prompt, reply_to, optional["model"], optional["system"], str(stream)
+    )

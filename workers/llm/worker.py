@@ -25,7 +25,8 @@ from hub.store import Keys
 
 from ..base import Worker
 from . import options as llm_options
-from .answerer import Answerer
+from .answerer import Answerer, Policy
+from .metrics import LLMMetrics
 from .models import DemoModel, Model
 from .queue import Delivery, RequestQueue
 
@@ -92,13 +93,27 @@ class LLMWorker(Worker):
             self.claim_after,
         )
         self.model = model or llm_options.model_from(options)
+        # A hub running this worker in its process hands over its registry, so that its
+        # /metrics shows the worker's numbers; a worker process serves its own.
+        self.metrics = LLMMetrics.shared(getattr(options, "metrics_registry", None))
+        self.metrics_port: int | None = options.metrics_port
+        policy = Policy(
+            requests_channel=self.channel,
+            default_model=self.default_model,
+            system=self.system,
+            max_prompt=options.max_prompt,
+            context_budget=options.context_budget,
+            questions_per_minute=options.questions_per_minute,
+            turn_timeout=options.turn_timeout,
+        )
         self.answerer = Answerer(
             self,
             self.queue,
             self.model,
-            requests_channel=self.channel,
-            default_model=self.default_model,
-            system=self.system,
+            redis,
+            Keys(settings.key_prefix),
+            policy,
+            self.metrics,
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._listening = False
@@ -130,6 +145,11 @@ class LLMWorker(Worker):
             # One line per model request says nothing the "answered" line does not.
             for name in ("httpx", "httpx2"):
                 logging.getLogger(name).setLevel(logging.WARNING)
+        if self.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.metrics_port, registry=self.metrics.registry)
+            self.log(logging.INFO, "metrics served", port=self.metrics_port, path="/metrics")
         self._touching = asyncio.create_task(self._keep_claims())
 
     async def step(self, n: int) -> None:

@@ -129,12 +129,13 @@ class MercureDoor:
         expiry = None if ttl is None else loop.call_later(ttl, sub.close, "token expired")
         registry = self.registry if not sub.native else None
         registered = False
+        payload = sub.claims.payload if sub.claims is not None else None
 
         async def opening(confirmed: list[Channel]) -> AsyncGenerator[bytes, None]:
             nonlocal registered
             clock = await self.broker.clock(confirmed)
             if registry is not None:
-                registry.added(sub.uid, sub.topics)
+                registry.added(sub.uid, sub.topics, payload)
                 registered = True
             yield preamble(self.settings.retry_ms) + reset
             sub.last = after if after is not None else clock.head
@@ -146,7 +147,7 @@ class MercureDoor:
             if expiry is not None:
                 expiry.cancel()
             if registry is not None and registered:
-                registry.removed(sub.uid, sub.topics)
+                registry.removed(sub.uid, sub.topics, payload)
 
         served = sub.run(
             live,

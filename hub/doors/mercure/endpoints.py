@@ -1,6 +1,8 @@
-"""The Mercure endpoints: ``GET`` and ``POST /.well-known/mercure`` (the protocol as
-Mercure hub v0.24 speaks it), and native ``/events`` streams that may receive private
-updates. The door they open onto the broker is :mod:`hub.doors.mercure.door`."""
+"""The Mercure endpoints: ``GET`` and ``POST /.well-known/mercure``, in the protocol
+as Mercure hub v0.24 speaks it (``topic=``) and as Mercure 1.0 does (``match=``,
+``match_urlpattern=``), both at once unless ``HUB_MERCURE_PROTOCOLS`` narrows it; and
+native ``/events`` streams that may receive private updates. The door they open onto
+the broker is :mod:`hub.doors.mercure.door`."""
 
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ from hub.delivery.sse import signal_frame
 from hub.doors import Door
 from hub.doors.auth import Auth, Claims
 from hub.doors.body import read_body
+from hub.doors.grants import bearer_challenge
 from hub.doors.mercure.door import MercureDoor
 from hub.doors.mercure.fanout import MercureStream
 from hub.doors.mercure.subscriptions import CONTEXT, PATH
-from hub.doors.topics import check_template, compile_template, is_template
+from hub.doors.quota import spend_publish
+from hub.doors.topics import Selectors, check_template, compile_template, is_template
+from hub.doors.urlpatterns import check_pattern
 from hub.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from hub.store.ids import EventId, format_id
 from hub.store.keys import check_channel, check_event_type, refuse_reserved
@@ -49,6 +54,65 @@ def _selectors(raw: list[str], limit: int) -> list[str]:
     return list(dict.fromkeys(raw))
 
 
+#: Mercure 1.0's selector parameters: exact (two spellings) and URL Pattern.
+_EXACT = ("match", "match_exact")
+_URLPATTERN = "match_urlpattern"
+
+
+def _invalid_request(message: str) -> BadRequest:
+    return BadRequest(message, challenge=bearer_challenge("invalid_request", message))
+
+
+def _modern(request: Request, protocols: frozenset[str]) -> bool:
+    """Is this a Mercure 1.0 subscription (``match*=``) or a 0.24 one (``topic=``)?"""
+    names = {name for name in request.query_params if name.startswith("match")}
+    unknown = names - {*_EXACT, _URLPATTERN}
+    if unknown:
+        # Mercure 1.0 refuses any other name under the prefix, so typos fail loudly.
+        raise _invalid_request(
+            f"unknown selector parameter {sorted(unknown)[0][:40]!r}: use match= (exact "
+            "topic) or match_urlpattern= (URL Pattern)"
+        )
+    modern = bool(names)
+    if modern and "topic" in request.query_params:
+        raise _invalid_request(
+            "a subscription is Mercure 1.0 (match=, match_urlpattern=) or 0.24 (topic=), not both"
+        )
+    if modern and "1.0" not in protocols:
+        raise _invalid_request(
+            "this hub serves Mercure 0.24 only (HUB_MERCURE_PROTOCOLS): subscribe with topic="
+        )
+    if not modern and "0.24" not in protocols:
+        raise _invalid_request(
+            "this hub serves Mercure 1.0 only (HUB_MERCURE_PROTOCOLS): subscribe with "
+            "match=<topic> or match_urlpattern=<URL Pattern>, not topic="
+        )
+    return modern
+
+
+def _selectors_1(request: Request, limit: int) -> tuple[list[str], Selectors]:
+    exact = [v for name in _EXACT for v in request.query_params.getlist(name)]
+    patterns = request.query_params.getlist(_URLPATTERN)
+    if not exact and not patterns:
+        raise _invalid_request("name at least one topic: ?match=<topic> or ?match_urlpattern=")
+    if len(exact) + len(patterns) > limit:
+        raise _invalid_request(
+            f"{len(exact) + len(patterns)} topics requested, at most {limit} (HUB_MAX_CHANNELS)"
+        )
+    try:
+        # Sizes first, compiling after, as for templates.
+        for selector in exact:
+            if selector != "*":
+                check_channel(selector)
+        for pattern in patterns:
+            check_pattern(pattern)
+        selectors = Selectors(matches=exact, urlpatterns=patterns, strict=True)
+    except BadRequest as exc:
+        # Mercure 1.0 answers a malformed request with RFC 6750's invalid_request.
+        raise _invalid_request(str(exc)) from None
+    return list(dict.fromkeys(exact + patterns)), selectors
+
+
 async def mercure(request: Request) -> Response | EventStream:
     """``/.well-known/mercure``: one route, so that a 405 lists both methods."""
     if request.method == "POST":
@@ -59,9 +123,14 @@ async def mercure(request: Request) -> Response | EventStream:
 async def mercure_subscribe(request: Request) -> Response | EventStream:
     """``GET /.well-known/mercure?topic=...``: the Mercure subscription stream."""
     door: MercureDoor = request.app.state.mercure
+    modern = _modern(request, door.auth.protocols)
     # Authenticate before any work a selector could make expensive.
-    claims = door.auth.subscriber(request)
-    topics = _selectors(request.query_params.getlist("topic"), door.settings.max_channels)
+    claims = await door.auth.subscriber(request, mercure=True, modern=modern)
+    selectors: Selectors | None = None
+    if modern:
+        topics, selectors = _selectors_1(request, door.settings.max_channels)
+    else:
+        topics = _selectors(request.query_params.getlist("topic"), door.settings.max_channels)
     door.broker.admission.check()
     cursor = (
         request.headers.get("last-event-id")
@@ -79,9 +148,13 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
         # client knows it may have missed updates; it continues live from now. A known
         # one is echoed as the hub spells it, never as the client sent it.
         after, header = resolved if resolved is not None else (None, "earliest")
+    # Mercure 1.0 names the response header Mercure-Last-Event-ID (Last-Event-ID is a
+    # request header); 0.24 clients read Last-Event-ID. Both are sent to everyone.
+    last = header.encode("utf-8", "replace")
     response = EventStream(
         headers=[
-            (b"last-event-id", header.encode("utf-8", "replace")),
+            (b"last-event-id", last),
+            (b"mercure-last-event-id", last),
             (b"cache-control", _CACHE_CONTROL),
         ]
     )
@@ -92,6 +165,7 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
         native=False,
         limit=door.settings.client_buffer,
         on_cut_off=response.abort,
+        selectors=selectors,
     )
     response.body = door.stream(sub, after, response)
     return response
@@ -136,7 +210,8 @@ async def native_stream(
 async def mercure_publish(request: Request) -> Response:
     """``POST /.well-known/mercure``: publish an update (form-encoded, Mercure fields)."""
     door: MercureDoor = request.app.state.mercure
-    claims = door.auth.publisher(request)
+    claims = await door.auth.publisher(request, mercure=True)
+    await spend_publish(door.broker, request, claims)
     content_type = request.headers.get("content-type", "")
     if content_type and not content_type.startswith("application/x-www-form-urlencoded"):
         raise BadRequest("send the update as application/x-www-form-urlencoded form fields")
@@ -197,14 +272,15 @@ async def subscriptions_endpoint(request: Request) -> Response:
         raise NotFound("the subscriptions API is off; run the hub with HUB_SUBSCRIPTIONS=1")
     raw = request.scope.get("raw_path") or request.url.path.encode()
     path = raw.decode("latin-1").split("?", 1)[0]
-    claims = door.auth.subscriber(request)
+    claims = await door.auth.subscriber(request, mercure=True)
     if claims is None:
         raise Unauthorized("the subscriptions API needs a subscriber JWT")
     if claims.subscribe is None or not claims.subscribe.match(path):
-        raise Forbidden(
-            f"the token's mercure.subscribe selectors do not match {path[:120]!r}; add "
+        message = (
+            f"the token's subscribe selectors do not match {path[:120]!r}; add "
             f"a selector such as '{PATH}{{/topic}}{{/subscriber}}'"
         )
+        raise Forbidden(message, challenge=bearer_challenge("insufficient_scope", message))
     parts = [unquote(p) for p in path[len(PATH) :].split("/") if p]
     if len(parts) > 2:
         raise BadRequest(f"use {PATH}, {PATH}/{{topic}} or {PATH}/{{topic}}/{{subscriber}}")

@@ -4,7 +4,8 @@ Every publish (native or Mercure) also appends the event, with its Mercure field
 the hub-wide ``log`` stream and publishes it on ``mercure:{topic}`` for each of its
 topics and once on ``mercure-all`` (see ``hub/store/lua/publish.lua``). The door's
 live path subscribes to ``mercure:{topic}`` for the exact topics its streams name, and
-to ``mercure-all`` only while one of them uses a URI template or ``*``: a node without
+to ``mercure-all`` only while one of them uses a URI template, a URL Pattern or
+``*``: a node without
 pattern subscribers never receives the firehose. Replay and recovery read the log,
 which holds every event in id order whatever its topics.
 """
@@ -45,9 +46,12 @@ class MercureStream(Stream):
         native: bool,
         limit: int,
         on_cut_off: Callable[[str], None] | None,
+        selectors: Selectors | None = None,
     ) -> None:
-        # Native channels are exact names, braces and all: never templates.
-        selectors = Selectors(topics, exact=native)
+        # Native channels are exact names, braces and all: never templates. Mercure 1.0
+        # streams come with their selectors built (exact matches and URL Patterns).
+        if selectors is None:
+            selectors = Selectors(topics, exact=native)
         channels = sorted(selectors.exact)
         if selectors.patterns:
             channels.append(ALL)

@@ -49,14 +49,18 @@ def subscription_id(topic: str, subscriber: str) -> str:
     return f"{PATH}/{quote(topic, safe='')}/{quote(subscriber, safe='')}"
 
 
-def subscription(topic: str, subscriber: str, active: bool) -> dict[str, Any]:
-    return {
+def subscription(topic: str, subscriber: str, active: bool, payload: Any = None) -> dict[str, Any]:
+    entry = {
         "id": subscription_id(topic, subscriber),
         "type": "Subscription",
         "topic": topic,
         "subscriber": subscriber,
         "active": active,
     }
+    if payload is not None:
+        # The subscriber's token's mercure.payload (or its 1.0 twin), as Mercure shows it.
+        entry["payload"] = payload
+    return entry
 
 
 class Registry:
@@ -66,25 +70,27 @@ class Registry:
         self.node = uuid.uuid4().hex
         self._records = store.subscription_records(self.node, int(NODE_TTL * 1000))
         self._publisher = store.publisher
-        self._queue: asyncio.Queue[tuple[str, str, list[str]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, str, list[str], Any]] = asyncio.Queue()
 
-    def added(self, subscriber: str, topics: list[str]) -> None:
-        self._queue.put_nowait(("add", subscriber, topics))
+    def added(self, subscriber: str, topics: list[str], payload: Any = None) -> None:
+        self._queue.put_nowait(("add", subscriber, topics, payload))
 
-    def removed(self, subscriber: str, topics: list[str]) -> None:
-        self._queue.put_nowait(("remove", subscriber, topics))
+    def removed(self, subscriber: str, topics: list[str], payload: Any = None) -> None:
+        self._queue.put_nowait(("remove", subscriber, topics, payload))
 
     async def run(self) -> None:
         """Apply queued changes in order; heartbeat while there are none."""
         await self._records.write("alive", [])
         while True:
             try:
-                op, subscriber, topics = await asyncio.wait_for(self._queue.get(), HEARTBEAT_EVERY)
+                op, subscriber, topics, payload = await asyncio.wait_for(
+                    self._queue.get(), HEARTBEAT_EVERY
+                )
             except asyncio.TimeoutError:
                 await self._records.write("alive", [])
                 continue
             active = op == "add"
-            entries = [subscription(t, subscriber, active) for t in topics]
+            entries = [subscription(t, subscriber, active, payload) for t in topics]
             if active:
                 args = [x for e in entries for x in (e["id"], json.dumps(e))]
             else:

@@ -20,7 +20,8 @@
 -- [7] private ('1' or ''), [8] log size (0: the event is announced but not kept in the
 -- log, as subscription events are), [9] {prefix}mercure-all (pub/sub for nodes
 -- with URI-template subscribers), [10..9+N] {prefix}live:{channel},
--- [10+N..9+2N] {prefix}mercure:{channel}, [10+2N..9+3N] the channel names.
+-- [10+N..9+2N] {prefix}mercure:{channel}, [10+2N..9+3N] the channel names, and
+-- optionally [10+3N] the publisher's token subject (field 's' of each history entry).
 -- A private event goes to the log and the Mercure names only: the native live path
 -- and per-channel history never carry it (the native API serves it from the log).
 --
@@ -38,7 +39,7 @@ local n_chan
 local full = false
 if #KEYS >= 2 and #ARGV == #KEYS + 3 then
   n_chan = #KEYS - 1
-elseif #KEYS >= 4 and #ARGV == 9 + 3 * (#KEYS - 3) then
+elseif #KEYS >= 4 and (#ARGV == 9 + 3 * (#KEYS - 3) or #ARGV == 10 + 3 * (#KEYS - 3)) then
   n_chan = #KEYS - 3
   full = true
 else
@@ -75,6 +76,10 @@ local event, data = ARGV[1], ARGV[2]
 local size = ARGV[3]
 local age = tonumber(ARGV[4])
 local private = full and ARGV[7] == '1'
+local subject = nil
+if full and #ARGV == 10 + 3 * n_chan then
+  subject = ARGV[#ARGV]
+end
 local live_base = 4
 if full then
   live_base = 9
@@ -87,7 +92,11 @@ if not private then
     if last[1] then
       prev = last[1][1]
     end
-    redis.call('XADD', key, 'MAXLEN', size, id, 'e', event, 'd', data, 'p', prev)
+    if subject then
+      redis.call('XADD', key, 'MAXLEN', size, id, 'e', event, 'd', data, 'p', prev, 's', subject)
+    else
+      redis.call('XADD', key, 'MAXLEN', size, id, 'e', event, 'd', data, 'p', prev)
+    end
     if age > 0 then
       redis.call('XTRIM', key, 'MINID', string.format('%d-0', ms - age))
       redis.call('PEXPIRE', key, string.format('%d', age))
@@ -104,8 +113,10 @@ if full then
     names[i] = ARGV[9 + 2 * n_chan + i]
   end
   -- Forget publisher-chosen ids whose events are about to be trimmed from the log.
+  -- Only while some are mapped: Redis drops the hash when its last field goes, and
+  -- this look at the log's head was a fifth of the script's cost (bench/redis_cost.py).
   local excess = 0
-  if log_size > 0 then
+  if log_size > 0 and redis.call('EXISTS', ids) == 1 then
     excess = redis.call('XLEN', log) - log_size + 1
   end
   if excess > 0 then

@@ -1,0 +1,263 @@
+"""The hub on a Redis Cluster: its URLs, its one hash slot, and following that slot.
+
+The contract suite and the doors' tests run on the session's cluster too (modules with
+``RUNS_ON_CLUSTER``); here is what only a cluster has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from hub import Backend, BackendUnavailable, ConfigError, Publisher, SyncPublisher
+from hub.store import Store
+from hub.store.backend import locate
+from hub.store.cluster import ClusterURL, parse_cluster_url
+from support.hubs import Backends, StartHub
+from support.net import wait_ready
+from support.redis_cluster import RedisCluster
+from support.sse import Event, SSEStream
+
+pytestmark = pytest.mark.anyio
+
+
+def test_cluster_urls_name_seed_nodes_and_bad_ones_say_what_to_fix() -> None:
+    assert parse_cluster_url("redis+cluster://a:7000,[::1]:7001,b") == ClusterURL(
+        [("a", 7000), ("::1", 7001), ("b", 6379)]
+    )
+    assert parse_cluster_url("rediss+cluster://u:p%40ss@a:7000/0") == ClusterURL(
+        [("a", 7000)], tls=True, username="u", password="p@ss"
+    )
+    assert isinstance(locate("redis+cluster://a:7000"), ClusterURL)
+    assert locate("redis://a:7000/0") is None
+    for bad, says in [
+        ("redis+cluster://", "host:port"),
+        ("redis+cluster://a:x", "is not host:port"),
+        ("redis+cluster://a:7000/2", "database 0 only"),
+        ("redis+cluster://a:7000?ssl=1", "takes no options"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            parse_cluster_url(bad)
+    with pytest.raises(ConfigError) as caught:
+        parse_cluster_url("redis+cluster://user:secret@a:x")
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("prefix", ["hub:", "{}hub:", "hub{:"])
+def test_a_key_prefix_without_a_hash_tag_is_refused_on_a_cluster(prefix: str) -> None:
+    with pytest.raises(ConfigError, match=r"HUB_KEY_PREFIX=\{hub\}:"):
+        Backend("redis+cluster://127.0.0.1:1", key_prefix=prefix)
+    with pytest.raises(ConfigError, match=r"HUB_KEY_PREFIX=\{hub\}:"):
+        Backend("redis+cluster://127.0.0.1:1", key_prefix="{ok}:").command_client(prefix)
+
+
+def _owner(port: int, slot: int) -> tuple[int, str]:
+    """(port, node id) of the master that serves ``slot``, as the node on ``port`` says."""
+    for first, last, master, *_ in redis.Redis(port=port).execute_command("CLUSTER SLOTS"):
+        if first <= slot <= last:
+            return int(master[1]), master[2].decode()
+    raise AssertionError(f"nobody serves slot {slot}")
+
+
+def _replica_of(master_port: int) -> int:
+    """The port of the master's replica, as the master itself says (no gossip lag)."""
+    replication = redis.Redis(port=master_port).info("replication")
+    return int(replication["slave0"]["port"])
+
+
+def _migrate(cluster: RedisCluster, slot: int) -> tuple[int, int]:
+    """Move ``slot`` and its keys to another master, as ``redis-cli --cluster reshard``
+    does; return (old port, new port)."""
+    ranges = redis.Redis(port=cluster.ports[0]).execute_command("CLUSTER SLOTS")
+    masters = {master[2].decode(): int(master[1]) for _, _, master, *_ in ranges}
+    src_port, src_id = _owner(cluster.ports[0], slot)
+    dst_id = next(node for node in masters if node != src_id)
+    src, dst = redis.Redis(port=src_port), redis.Redis(port=masters[dst_id])
+    dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+    while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+        src.execute_command("MIGRATE", "127.0.0.1", masters[dst_id], "", 0, 5000, "KEYS", *keys)
+    for port in masters.values():
+        redis.Redis(port=port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+    return src_port, masters[dst_id]
+
+
+async def test_publishers_and_live_streams_follow_the_hubs_slot_to_another_master(
+    redis_cluster: RedisCluster, start_hub: StartHub
+) -> None:
+    backends = Backends("cluster", redis_cluster.url)
+    backend = backends.backend()
+    hub = await start_hub(backends.settings(), backend)
+    publisher = Publisher.from_url(redis_cluster.url, backends.settings())
+    acknowledged: list[str] = []
+
+    async def publish(data: str) -> None:
+        for _ in range(50):  # while the slot moves, a publish may be refused: retry
+            try:
+                acknowledged.append(await publisher.publish("moving", data))
+                return
+            except BackendUnavailable:
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"{data} was never acknowledged")
+
+    try:
+        async with SSEStream(hub.url, ["moving"]) as stream:
+            for i in range(5):
+                await publish(f"before {i}")
+            await stream.wait_for(5)
+            slot = redis.cluster.key_slot(backends.prefix.encode())
+            old, new = await asyncio.to_thread(_migrate, redis_cluster, slot)
+            assert old != new
+            for i in range(5):
+                await publish(f"after {i}")
+            # The live connection was dropped with the slot (sunsubscribe), found the new
+            # master, and recovered from the moved history: each event once, in order.
+            await stream.wait_for(10, timeout=20)
+            await asyncio.sleep(0.2)
+            events = [(e.id, e.data) for e in stream.events if not e.event.startswith("hub.")]
+            assert events == list(
+                zip(
+                    acknowledged,
+                    [f"{w} {i}" for w in ("before", "after") for i in range(5)],
+                    strict=True,
+                )
+            )
+            assert not [e for e in stream.events if e.event.startswith("hub.")]
+    finally:
+        await publisher.aclose()
+        backends.cleanup()
+
+
+async def test_the_blocking_publisher_and_the_store_meet_in_the_hubs_slot(
+    redis_cluster: RedisCluster,
+) -> None:
+    backends = Backends("cluster", redis_cluster.url)
+    sync = SyncPublisher.from_url(redis_cluster.url, backends.settings())
+    store = Store(backends.backend(), backends.settings())
+    try:
+        first = await asyncio.to_thread(sync.publish, ["a", "b"], "one")
+        second = await store.publisher.publish("b", "two")
+        # Batches too: a pipeline of script calls, each in the hub's slot.
+        batch = [{"channel": "a", "data": "three"}, {"channel": "b", "data": "four"}]
+        third, fourth = await asyncio.to_thread(sync.publish_many, batch)
+        fifth, sixth = await store.publisher.publish_many(
+            [{"channel": "a", "data": "five"}, {"channel": "b", "data": "six"}]
+        )
+        entries = [(e.raw_id.decode(), e.data) async for e in store.history(["a", "b"], (0, 0))]
+        assert entries == [
+            (first, b"one"),
+            (second, b"two"),
+            (third, b"three"),
+            (fourth, b"four"),
+            (fifth, b"five"),
+            (sixth, b"six"),
+        ]
+        assert (await store.read_clock()).head == tuple(map(int, sixth.split("-")))
+    finally:
+        sync.close()
+        await store.aclose()
+        backends.cleanup()
+
+
+def test_hub_publish_takes_a_cluster_url_and_says_when_the_prefix_has_no_hash_tag(
+    redis_cluster: RedisCluster,
+) -> None:
+    backends = Backends("cluster", redis_cluster.url)
+    command = [sys.executable, "-m", "hub", "publish", "--redis-url", redis_cluster.url]
+    environ = {**os.environ, "HUB_KEY_PREFIX": backends.prefix}
+    try:
+        done = subprocess.run(
+            [*command, "news", "hello"], env=environ, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        event_id = done.stdout.strip()
+        stream = f"{backends.prefix}stream:news"
+        owner = _owner(redis_cluster.ports[0], redis.cluster.key_slot(stream.encode()))[0]
+        [(raw_id, _)] = redis.Redis(port=owner).xrange(stream)
+        assert raw_id.decode() == event_id
+        environ["HUB_KEY_PREFIX"] = "plain:"
+        refused = subprocess.run(
+            [*command, "news", "hello"], env=environ, capture_output=True, text=True, timeout=30
+        )
+        assert refused.returncode != 0
+        assert "must hold a hash tag" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        backends.cleanup()
+
+
+def _events(events: list[Event]) -> list[tuple[str, str]]:
+    return [(e.id or "", e.data) for e in events if not e.event.startswith("hub.")]
+
+
+async def _publish_until_acknowledged(publisher: Publisher, channel: str, data: str) -> str:
+    for _ in range(300):
+        try:
+            return await publisher.publish(channel, data)
+        except BackendUnavailable:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the new master never took the publish")
+
+
+async def test_a_failover_is_followed_and_what_the_old_master_lost_gets_hub_reset(
+    redis_cluster: RedisCluster, start_hub: StartHub
+) -> None:
+    cluster = redis_cluster
+    backends = Backends("cluster", cluster.url)
+    hub = await start_hub(backends.settings(), backends.backend())
+    publisher = Publisher.from_url(cluster.url, backends.settings())
+    slot = redis.cluster.key_slot(backends.prefix.encode())
+    old_port, _ = _owner(cluster.ports[0], slot)
+    replica_port = _replica_of(old_port)
+    survivor = next(p for p in cluster.ports if p not in (old_port, replica_port))
+    try:
+        async with SSEStream(hub.url, ["lo"]) as watcher:
+            kept_id = await publisher.publish("lo", "replicated")
+            master = redis.Redis(port=old_port)
+            assert master.wait(1, 2000) == 1  # the replica has it
+            # Cut the replica off before the next write: that write exists on the
+            # master alone, which is then killed; the replica takes over without it.
+            cluster.processes[replica_port].send_signal(signal.SIGSTOP)
+            master.client_kill_filter(_type="replica")
+            lost_id = await publisher.publish("lo", "acknowledged, then lost")
+            await watcher.wait_for(2)
+            cluster.processes[old_port].send_signal(signal.SIGKILL)
+            cluster.processes[replica_port].send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 30
+            while _owner(survivor, slot)[0] != replica_port:
+                assert time.monotonic() < deadline, "the replica was not promoted"
+                await asyncio.sleep(0.2)
+            await wait_ready(hub.url, timeout=20)  # the hub found the new master
+
+            # Resuming from the lost event: its id is past everything the new master has.
+            async with SSEStream(hub.url, ["lo"], last_event_id=lost_id) as resumed:
+                reset = (await resumed.wait_for(1, timeout=15))[0]
+                assert reset.event == "hub.reset"
+                async with SSEStream(hub.url, ["lo"], last_event_id=kept_id) as unaware:
+                    after_id = await _publish_until_acknowledged(publisher, "lo", "after")
+                    await unaware.wait_for(1, timeout=15)
+                    await resumed.wait_for(2, timeout=15)
+                    await watcher.wait_for(3, timeout=15)
+                    stayed_open = not watcher.ended.is_set()
+    finally:
+        await publisher.aclose()
+        cluster.processes[replica_port].send_signal(signal.SIGCONT)  # if still stopped
+        # The killed master comes back as a replica: the session's cluster is whole again.
+        await asyncio.to_thread(cluster.restart, old_port)
+        backends.cleanup()
+    assert _events(unaware.events) == [(after_id, "after")]
+    assert _events(resumed.events) == [(after_id, "after")]
+    # The stream open all along got the lost event live, then the new master's.
+    assert _events(watcher.events) == [
+        (kept_id, "replicated"),
+        (lost_id, "acknowledged, then lost"),
+        (after_id, "after"),
+    ]
+    assert stayed_open, "the open stream had to reconnect"
