@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import signal
 import sys
@@ -56,7 +57,7 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
         ap.error("--url must be a loopback address (http://127.0.0.1:PORT)")
     if a.url is None and (missing := missing_tools()):
         ap.error(f"needs {' and '.join(missing)} on PATH (apt-get install {' '.join(missing)})")
-    seed = a.seed if a.seed is not None else int.from_bytes(__import__("os").urandom(4), "big")
+    seed = a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "big")
     return Options(
         duration=a.duration,
         nodes=a.nodes,
