@@ -1,6 +1,7 @@
 """``python -m bench``: the hub against nginx + Nchan, every scenario, one run, one table.
 
     python -m bench [--quick] [--only S1a,S3,...] [--out bench/results/latest.json]
+    python -m bench chaos --duration 60 [--nodes 3] [--seed N]   (docs/chaos.md)
 
 Starts what it needs on loopback (the hub as ``hub serve`` on a real Redis, nginx with
 Debian's libnginx-mod-nchan on the same Redis), runs each scenario against both, prints
@@ -237,13 +238,19 @@ def _raise_nofile() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["chaos"]:
+        # The fault campaign (bench/chaos/): its own options, see --help.
+        from .chaos.cli import main as chaos
+
+        return chaos(args[1:])
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     ap.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--no-nchan", action="store_true", help="measure the hub only")
-    a = ap.parse_args(argv)
+    a = ap.parse_args(args)
 
     only = [s.strip() for s in a.only.split(",") if s.strip()] or list(SCENARIOS)
     unknown = set(only) - set(SCENARIOS)

@@ -1,7 +1,8 @@
 """The chat page (``/chat``) in a real browser: Playwright driving Debian's chromium.
 
 The hub runs the llm worker inside (``--worker``, embedded backend), answering from a
-fake OpenAI-compatible server that streams slowly. Screenshots go to
+fake OpenAI-compatible server that streams slowly. The page follows its conversation
+through hub.js: tabs of one browser share one stream. Screenshots go to
 ``$HUB_SCREENSHOTS`` (or the test's tmp dir) to be looked at.
 """
 
@@ -14,9 +15,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from hub.store import Keys
+from support.browser import metric
 from support.fake_openai import FakeOpenAI, Script
 from support.hubs import Backends, RunningHub, StartHub
 
@@ -83,8 +85,9 @@ async def hub(backends: Backends, start_hub: StartHub, fake_openai: FakeOpenAI) 
     return running
 
 
-async def open_chat(browser: Browser, url: str, width: int, errors: list[str]) -> Page:
-    page = await browser.new_page(viewport={"width": width, "height": 800})
+async def open_chat(context: BrowserContext, url: str, width: int, errors: list[str]) -> Page:
+    page = await context.new_page()
+    await page.set_viewport_size({"width": width, "height": 800})
     page.set_default_timeout(15_000)
     page.on("pageerror", lambda exc: errors.append(f"script: {exc}"))
     page.on(
@@ -99,6 +102,7 @@ async def open_chat(browser: Browser, url: str, width: int, errors: list[str]) -
 
 
 async def ask(page: Page, prompt: str) -> None:
+    await page.bring_to_front()  # headless chromium draws only the front tab's frames
     await page.fill("#prompt", prompt)
     await page.click("#send")
 
@@ -115,9 +119,18 @@ async def sentences_seen(page: Page) -> int:
     )
 
 
+async def wait_streams(hub: RunningHub, count: int) -> None:
+    # A tab that joins catches up on a short stream of its own, which ends when it has.
+    deadline = time.monotonic() + 10
+    while await metric(hub.url, "hub_connections") != count:
+        assert time.monotonic() < deadline, f"the hub never had {count} stream(s)"
+        await asyncio.sleep(0.1)
+
+
 async def screenshot(page: Page, tmp_path: Path, name: str) -> None:
     folder = Path(os.environ.get("HUB_SCREENSHOTS") or tmp_path)
     os.makedirs(folder, exist_ok=True)  # a local directory, once
+    await page.bring_to_front()
     await page.screenshot(path=str(folder / f"{name}.png"), full_page=False)
 
 
@@ -125,16 +138,18 @@ async def test_chat_page_streams_markdown_survives_a_reload_and_stops(
     hub: RunningHub, fake_openai: FakeOpenAI, browser: Browser, tmp_path: Path
 ) -> None:
     errors: list[str] = []
-    desktop = await open_chat(browser, f"{hub.url}/chat", 1280, errors)
+    context = await browser.new_context()  # one browser: its tabs share one stream
+    desktop = await open_chat(context, f"{hub.url}/chat", 1280, errors)
     channel = await desktop.evaluate("window.hubChat.channel")
     assert f"c={channel}" in desktop.url  # the conversation is in the address
-    phone = await open_chat(browser, desktop.url, 390, errors)  # a second tab
+    phone = await open_chat(context, desktop.url, 390, errors)  # a second tab
 
     # Ask; reload the desktop tab mid-answer.
     await ask(desktop, "Show me Markdown.")
     await desktop.wait_for_function(
         "window.hubChat.events.filter(e => e.type == 'sentence').length >= 2"
     )
+    await desktop.bring_to_front()
     await desktop.reload()
     await desktop.wait_for_selector("#state[data-state=open]")
     await desktop.wait_for_selector(".turn[data-status=open] .answer p")  # the answer so far
@@ -142,6 +157,7 @@ async def test_chat_page_streams_markdown_survives_a_reload_and_stops(
     await screenshot(desktop, tmp_path, "chat-1280-streaming")
     await wait_done(desktop, 1)
     await wait_done(phone, 1)
+    await wait_streams(hub, 1)  # two tabs, one conversation: one stream
 
     # Exactly once: no event id twice, every sentence once, the answer rendered whole.
     ids = await desktop.evaluate("window.hubChat.events.map(e => e.id)")
@@ -169,6 +185,7 @@ async def test_chat_page_streams_markdown_survives_a_reload_and_stops(
     )
     await phone.click("#stop")
     await phone.wait_for_selector(".turn[data-status=stopped]")
+    await desktop.bring_to_front()
     await desktop.wait_for_selector(".turn[data-status=stopped]")
     assert await phone.inner_text(".turn[data-status=stopped] .meta") == "stopped"
     assert len(fake_openai.hangups) == 1
@@ -186,4 +203,18 @@ async def test_chat_page_streams_markdown_survives_a_reload_and_stops(
     assert await desktop.evaluate("window.pwned") is None
     await screenshot(desktop, tmp_path, "chat-1280-after")
     await screenshot(phone, tmp_path, "chat-390-after")
+
+    # A tab alone, reloaded, reads the whole transcript again from the hub's history.
+    turns = await desktop.evaluate("window.hubChat.events.map(e => e.id)")
+    await phone.close()
+    await desktop.reload()
+    await wait_done(desktop, 3)
+    assert await desktop.evaluate("window.hubChat.events.map(e => e.id)") == turns
+    assert await desktop.locator(".question").all_inner_texts() == [
+        "Show me Markdown.",
+        "Talk for long.",
+        "Try XSS.",
+    ]
+    await wait_streams(hub, 1)
+    await context.close()
     assert errors == []

@@ -247,6 +247,27 @@ async def test_resume_after_trimmed_history_sends_reset(
         assert (events[1].id, events[1].data) == (live, "after reset")
 
 
+async def test_a_trimmed_channel_resets_alone_and_the_others_resume_exactly(
+    backends: Backends, start_hub: StartHub
+) -> None:
+    # Found building the chaos checker: the replay stopped at the first trimmed channel;
+    # the reset, naming only that one, moved the cursor past the others' events too.
+    hub = await start_hub(backends.settings(history_size=3), backends.backend())
+    cursor = await publish(hub.url, "trimmed", "seen")
+    kept = [await publish(hub.url, "intact", "b1")]
+    for i in range(5):
+        await publish(hub.url, "trimmed", f"lost-{i}")
+    kept.append(await publish(hub.url, "intact", "b2"))
+    async with SSEStream(hub.url, ["trimmed", "intact"], last_event_id=cursor) as stream:
+        events = await stream.wait_for(3)
+        assert [(e.id, e.data) for e in events[:2]] == list(zip(kept, ["b1", "b2"], strict=True))
+        assert events[2].event == "hub.reset"
+        assert json.loads(events[2].data)["channels"] == ["trimmed"]
+        live = [await publish(hub.url, c, f"live {c}") for c in ("intact", "trimmed")]
+        events = await stream.wait_for(5)
+        assert [e.id for e in events[3:]] == live
+
+
 async def test_resume_within_trimmed_history_bound_is_exact(
     backends: Backends, start_hub: StartHub
 ) -> None:

@@ -317,3 +317,43 @@ async def test_live_connection_gone_silent_is_probed_and_its_events_recovered(
         await publisher.aclose()
         await relay.close()
     assert got == list(zip(ids, ["before", "unheard 0", "unheard 1", "unheard 2"], strict=True))
+
+
+async def test_recovery_closes_a_trimmed_channels_streams_before_the_others_move_them_on(
+    redis_url: str,
+) -> None:
+    # Found by the chaos run (seed 44, history 100): a node's live connection was down
+    # while one channel outran its history. Recovery delivered the other channels'
+    # events first, then closed the streams of the trimmed one for a resume; a client
+    # following both came back with a cursor past the hole and never got hub.reset
+    # (109 events of one channel lost for two clients, silently).
+    from hub.delivery.fanout import NativeFanout
+    from hub.delivery.live import LivePath
+    from hub.delivery.stats import Stats
+    from hub.delivery.stream import Stream
+    from hub.store import Store, parse_id
+
+    backends = Backends("redis", redis_url)
+    settings = backends.settings(history_size=3)
+    store = Store(backends.backend(), settings)
+    publisher = store.publisher
+    live = LivePath(store, settings, NativeFanout(store, settings, Stats()))
+    try:
+        both = Stream(["busy", "quiet"], 1 << 20)
+        # A node that saw "seen", then lost its live connection while "busy" got more
+        # events than its history keeps and "quiet" got one.
+        live._watermark = parse_id(await publisher.publish("busy", "seen"))
+        live.attach(both)
+        both.go_live()
+        for i in range(5):
+            await publisher.publish("busy", f"trimmed {i}")
+        await publisher.publish("quiet", "after the hole")
+        await live._recover(await store.read_clock())
+        assert both.closed == "gap"
+        # Nothing after the hole reached it: it resumes from before and gets hub.reset.
+        batch = await both.next_batch()
+        assert batch is None or b"after the hole" not in batch
+    finally:
+        await live.aclose()
+        await store.aclose()
+        backends.cleanup()

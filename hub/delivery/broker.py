@@ -312,9 +312,11 @@ class Broker:
         sub.last = after
         chunk: list[bytes] = []
         size = 0
+        # A channel whose history no longer reaches back is left out by the reader and
+        # named in the reset below; the others are replayed in full. (Stopping at the
+        # first gap skipped them too, under a reset that did not name them: a silent
+        # hole.)
         async for entry in reader:
-            if reader.gaps:
-                break
             if entry.id <= sub.last:
                 continue  # the same event from another of the client's channels
             frame = encode_frame(entry.raw_id, entry.event, entry.data)
@@ -339,13 +341,24 @@ class Broker:
                 f"{format_id(after)}: events after it were trimmed (HUB_HISTORY_SIZE / "
                 "HUB_HISTORY_TTL)",
                 channels=reader.gaps,
+                # The head read before the history: every later event reaches this
+                # stream live. A fresh read would also pass over events of the other
+                # channels published after their history was read.
+                head=head,
             )
 
     async def _reset(
-        self, sub: Stream, reason: str, message: str, channels: list[str] | None = None
+        self,
+        sub: Stream,
+        reason: str,
+        message: str,
+        channels: list[str] | None = None,
+        head: EventId | None = None,
     ) -> bytes:
-        """Tell the client its cursor cannot be honoured; it continues live from now."""
-        head = (await self._clock.read()).head
+        """Tell the client its cursor cannot be honoured; it continues live from now
+        (from ``head``, when given)."""
+        if head is None:
+            head = (await self._clock.read()).head
         sub.last = max(sub.last, head)
         sub.sent += 1
         self.stats.resets += 1

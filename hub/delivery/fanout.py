@@ -104,21 +104,30 @@ class NativeFanout:
             expired_before=(clock.now_ms - ttl_ms, 0) if ttl_ms else None,
             dedupe=False,
         )
-        recovered = 0
+        recovered = closed = 0
         async for entry in reader:
+            # Close the streams of a channel found trimmed before anything later reaches
+            # them: a client following it and another channel too would otherwise come
+            # back with a cursor past the hole, and get no hub.reset.
+            closed = self._close_gaps(by_name, reader.gaps, closed)
             frame = encode_frame(entry.raw_id, entry.event, entry.data)
             self._stats.delivered += len(by_name[entry.channel].subscribers)
             for sub in list(by_name[entry.channel].subscribers):
                 sub.deliver(entry.id, frame)
             live.advance(entry.id)
             recovered += 1
-        for name in reader.gaps:
-            # Trimmed before we could read it: these clients reconnect and get hub.reset.
-            for sub in list(by_name[name].subscribers):
-                sub.close("gap", final=retry_frame(self._settings.retry_ms))
+        self._close_gaps(by_name, reader.gaps, closed)
         if recovered or reader.gaps:
             logger.warning(
                 "recovered %d events published while the live connection was down%s",
                 recovered,
                 f"; history too short for {reader.gaps}" if reader.gaps else "",
             )
+
+    def _close_gaps(self, by_name: dict[str, Channel], gaps: list[str], done: int) -> int:
+        """Close the streams of channels ``gaps[done:]``, trimmed before we could read
+        them: these clients reconnect and get hub.reset. Returns how many are done."""
+        for name in gaps[done:]:
+            for sub in list(by_name[name].subscribers):
+                sub.close("gap", final=retry_frame(self._settings.retry_ms))
+        return len(gaps)

@@ -1,12 +1,13 @@
 // The chat page: a conversation with the llm worker over the hub, no build step.
 //
 // A conversation is a channel (in the address: /chat?c=<channel>). The page follows it
-// from the start of its history, so a reload (or a second tab) gets the transcript and
-// the answer so far exactly once, then the answer live. Asking publishes to
+// through hub.js from the start of its history, so a reload (or a second tab) gets the
+// transcript and the answer so far exactly once, then the answer live; the tabs of a
+// browser that show one conversation share one stream. Asking publishes to
 // llm.requests with reply_to = the channel; Stop publishes a "stop" event to the
 // channel. Model output is rendered as Markdown (marked) and sanitised (DOMPurify);
 // raw HTML in it is shown as text.
-"use strict";
+import { subscribe } from "./hub.js";
 
 (function () {
   var $ = function (id) { return document.getElementById(id); };
@@ -17,28 +18,27 @@
   var EVENT_TYPES = ["question", "sentence", "delta", "restart", "stop", "done", "error"];
 
   // Follow one conversation channel; onEvent(type, data, id) for each event, onState
-  // for the connection. Returns {close}. From the start of the retained history: the
-  // hub replays it once, then sends live events; EventSource's own reconnects send
-  // Last-Event-ID (which wins over the query string), so nothing arrives twice.
+  // for the stream. Returns {close}. From "earliest", not from the cursor hub.js saves
+  // per tab: the transcript lives only in this page's memory, so a reloaded page must
+  // read the whole retained history again. hub.js then resumes from the last event it
+  // read and drops ids it has seen, across reconnects and hand-overs between tabs:
+  // nothing arrives twice.
   function followConversation(channel, onEvent, onState) {
-    var url = "events?channel=" + encodeURIComponent(channel) + "&lastEventId=earliest";
-    if (token()) url += "&authorization=" + encodeURIComponent(token());
-    var source = new EventSource(url);
-    EVENT_TYPES.forEach(function (type) {
-      source.addEventListener(type, function (e) {
-        // EventSource fires "error" for its own connection trouble too, without data.
-        if (e.data === undefined) return;
-        onEvent(type, e.data, e.lastEventId);
-      });
+    return subscribe([channel], {
+      onEvent: function (e) {
+        if (EVENT_TYPES.indexOf(e.type) >= 0) onEvent(e.type, e.data, e.id);
+      },
+      // The hub could not resume from the cursor (Redis lost events): what is shown
+      // stays, the stream goes on live, and the badge says that something may be missing.
+      onReset: function (reason, channels, info) {
+        onState("reset", info.message || reason);
+      },
+      onState: function (state, info) { onState(state, info.error); },
+    }, {
+      lastEventId: "earliest",
+      // Called before each stream opens and after a 401: a changed token is picked up.
+      getToken: function () { return token() || null; },
     });
-    source.addEventListener("hub.reset", function (e) {
-      onState("reset", JSON.parse(e.data).message);
-    });
-    source.onopen = function () { onState("open"); };
-    source.onerror = function () {
-      onState(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
-    };
-    return { close: function () { source.close(); } };
   }
 
   function token() {
@@ -246,7 +246,10 @@
   function setState(state, detail) {
     chat.state = state;
     var badge = $("state");
-    badge.textContent = detail ? state + ": " + detail : state;
+    // Why it reconnects is in the tooltip; why it stopped or reset, in plain sight.
+    var shown = detail && (state === "closed" || state === "reset");
+    badge.textContent = shown ? state + ": " + detail : state;
+    badge.title = detail || "";
     badge.dataset.state = state;
   }
 

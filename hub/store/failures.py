@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from redis.exceptions import (
     AskError,
+    BusyLoadingError,
     ClusterDownError,
     NoScriptError,
     OutOfMemoryError,
@@ -37,9 +38,11 @@ FAILURES = (RedisError, OSError)
 
 def publish_failure(exc: RedisError, where: str) -> HubError:
     """The hub error for a publish script call that failed with ``exc``."""
-    if isinstance(exc, (ReadOnlyError, OutOfMemoryError)) or str(exc).startswith("NOREPLICAS"):
-        # A replica after a failover, a full Redis, or a master without enough replicas
-        # (min-replicas-to-write): passing states worth a retry.
+    passing = (ReadOnlyError, OutOfMemoryError, BusyLoadingError)
+    if isinstance(exc, passing) or str(exc).startswith("NOREPLICAS"):
+        # A replica after a failover, a full Redis, Redis loading its data after a
+        # restart, or a master without enough replicas (min-replicas-to-write): passing
+        # states worth a retry.
         return BackendUnavailable(f"Redis at {where} cannot take writes now ({exc}); retry")
     if isinstance(exc, (AskError, ClusterDownError, TryAgainError)):
         # The hub's slot moved or is moving (a cluster failover or migration; MOVED

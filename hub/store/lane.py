@@ -9,10 +9,8 @@ go out back to back and Redis answers a connection's commands in order, so concu
 publishes are pipelined without anyone batching them.
 
 A lane connects on first use, and again on the next call after its connection broke.
-It speaks to a plain TCP or Unix-socket Redis, to the master a Sentinel pool names, or
-to the cluster master that owns the hub's hash slot (asked again at each connect);
-for anything else (TLS, credential providers, the embedded backend)
-:meth:`Lane.for_client` answers ``None`` and the caller keeps using redis-py.
+It speaks to TCP or Unix-socket Redis, a Sentinel's master, or the cluster master of the
+hub's slot (asked at each connect); else :meth:`Lane.for_client` answers ``None``.
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import (
     AskError,
     AuthenticationError,
+    BusyLoadingError,
     ClusterDownError,
     MovedError,
     NoScriptError,
@@ -43,15 +42,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub.store.cluster import SlotPool
+from hub.store.resp import Arg, pack
 
 __all__ = ["Batch", "InFlightLost", "Lane", "LaneTimeout", "Target", "pack"]
 
-Arg = bytes | str | int | float
 
 #: Seconds a command may wait for its reply when the client sets no socket timeout.
 DEFAULT_TIMEOUT = 10.0
 
 _TYPED: dict[str, type[RedisError]] = {
+    "LOADING": BusyLoadingError,  # Redis reading its data back after a restart: retry
     "NOSCRIPT": NoScriptError,
     "READONLY": ReadOnlyError,
     "OOM": OutOfMemoryError,
@@ -69,14 +69,6 @@ class InFlightLost(RedisConnectionError):
 
 class LaneTimeout(RedisTimeoutError):
     """No reply within the lane's timeout; the connection was dropped."""
-
-
-def pack(args: Sequence[Arg]) -> bytes:
-    """One command in the Redis protocol (RESP): an array of bulk strings. hiredis packs
-    it in C, in a quarter of the time the same loop took in Python."""
-    # (hiredis types its argument as a 1-tuple; it takes any length.)
-    packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
-    return packed
 
 
 def _typed(error: ResponseError) -> RedisError:
@@ -133,13 +125,24 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         future = self._loop.create_future()
-        self._waiting.append(future)
-        self._write(command)
+        if not self._unsendable(future):
+            self._waiting.append(future)
+            self._write(command)
         return future
+
+    def _unsendable(self, future: asyncio.Future[Any]) -> bool:
+        # Closed by the peer before we wrote: uvloop raises on a write, asyncio drops it.
+        if self.lost or self.transport is None or self.transport.is_closing():
+            self.lost = True  # nothing was sent: say so, and reconnect
+            future.set_exception(RedisConnectionError("connection closed before sending"))
+            return True
+        return False
 
     def send_many(self, commands: bytes, count: int) -> Batch:
         """Send ``count`` packed commands together; one waiter takes all replies."""
         batch = Batch(self._loop.create_future(), count)
+        if self._unsendable(batch.future):
+            return batch
         self._waiting.append(batch)
         self._write(commands)
         return batch
