@@ -7,6 +7,7 @@ both the port and its bus port free.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -41,14 +42,23 @@ def _free_ports(count: int, first: int, last: int) -> list[int]:
     raise RuntimeError(f"no {count} free ports (and bus ports +10000) in {first}-{last}")
 
 
+def _port_range() -> tuple[int, int]:
+    """A range of its own for each pytest-xdist worker (``gw0``, ``gw1``...): two
+    workers scanning one range at once could both pick a port before either binds it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    first = 30001 + 500 * index
+    return first, first + 499
+
+
 class RedisCluster:
     """Six redis-servers made into one cluster (3 masters, 1 replica each)."""
 
-    def __init__(self, nodes: int = 6, ports: tuple[int, int] = (30001, 30012)) -> None:
+    def __init__(self, nodes: int = 6, ports: tuple[int, int] | None = None) -> None:
         for binary in ("redis-server", "redis-cli"):
             if shutil.which(binary) is None:
                 raise RuntimeError(f"{binary} is not installed: apt-get install redis-server")
-        self.ports = _free_ports(nodes, *ports)
+        self.ports = _free_ports(nodes, *(ports or _port_range()))
         self._dir = Path(tempfile.mkdtemp(prefix="hub-cluster-"))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
