@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import socket
 import time
 
 import httpx
 
+#: Ports for servers the tests start: below the kernel's ephemeral range (32768-60999
+#: here), so no outgoing connection takes one between its choice and the server's bind,
+#: and a block of its own for each pytest-xdist worker, so two workers never choose the
+#: same one. (Port 0's choice is random over the ephemeral range: with three workers, a
+#: hub once answered /readyz on another worker's port and was gone a moment later.)
+_BLOCK = 4000
+_next_port = itertools.count()
+
+
+def _first_port() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    return 12000 + _BLOCK * (index % 4)
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, not handed out before in this process
+    (until the block wraps)."""
+    first = _first_port()
+    for _ in range(_BLOCK):
+        port = first + next(_next_port) % _BLOCK
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or in TIME_WAIT
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + _BLOCK - 1}")
 
 
 async def wait_ready(url: str, timeout: float = 10) -> None:
