@@ -31,7 +31,7 @@ from hub.store.cluster import (
     check_hash_tag,
     parse_cluster_url,
 )
-from hub.store.urls import CLUSTER_SCHEMES, check_url, redact
+from hub.store.urls import CLUSTER_SCHEMES, check_url, host_port, redact
 
 __all__ = [
     "SENTINEL_SCHEME",
@@ -80,7 +80,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         credentials, hosts = hosts.rsplit("@", 1)
         user, _, secret = credentials.partition(":")
         username, password = unquote(user) or None, unquote(secret) or None
-    sentinels = [_host_port(part, url) for part in hosts.split(",") if part]
+    sentinels = [host_port(part, url, 26379) for part in hosts.split(",") if part]
     service, _, db = path.strip("/").partition("/")
     if not sentinels or not service:
         raise ConfigError(
@@ -113,17 +113,6 @@ def locate(url: str) -> SentinelURL | ClusterURL | None:
     if scheme in CLUSTER_SCHEMES:
         return parse_cluster_url(url)
     return None
-
-
-def _host_port(part: str, url: str) -> tuple[str, int]:
-    if part.startswith("["):
-        host, _, port = part[1:].partition("]")
-        port = port.removeprefix(":")
-    else:
-        host, _, port = part.partition(":")
-    if not host or not (port or "26379").isdigit():
-        raise ConfigError(f"{redact(url)}: {part!r} is not host:port")
-    return host, int(port or 26379)
 
 
 class _SentinelPool(SentinelConnectionPool):

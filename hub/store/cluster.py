@@ -30,7 +30,7 @@ from redis.exceptions import AskError, ClusterDownError, RedisError, TryAgainErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from hub.errors import ConfigError
-from hub.store.urls import CLUSTER_SCHEMES, redact
+from hub.store.urls import CLUSTER_SCHEMES, host_port, redact
 
 __all__ = [
     "ClusterURL",
@@ -69,23 +69,12 @@ def parse_cluster_url(url: str) -> ClusterURL:
         credentials, hosts = hosts.rsplit("@", 1)
         user, _, secret = credentials.partition(":")
         username, password = unquote(user) or None, unquote(secret) or None
-    nodes = [_host_port(part, url) for part in hosts.split(",") if part]
+    nodes = [host_port(part, url, 6379) for part in hosts.split(",") if part]
     if not nodes:
         raise ConfigError(f"{redact(url)}: expected {scheme}://host:port[,host:port...]")
     if path.strip("/") not in ("", "0"):
         raise ConfigError(f"{redact(url)}: a Redis Cluster has database 0 only")
     return ClusterURL(nodes, scheme == "rediss+cluster", username, password)
-
-
-def _host_port(part: str, url: str) -> tuple[str, int]:
-    if part.startswith("["):
-        host, _, port = part[1:].partition("]")
-        port = port.removeprefix(":")
-    else:
-        host, _, port = part.partition(":")
-    if not host or not (port or "6379").isdigit():
-        raise ConfigError(f"{redact(url)}: {part!r} is not host:port")
-    return host, int(port or 6379)
 
 
 def check_hash_tag(prefix: str) -> str:

@@ -15,7 +15,15 @@ from redis.asyncio.connection import parse_url
 
 from hub.errors import ConfigError
 
-__all__ = ["CLUSTER_SCHEMES", "PLAIN_SCHEMES", "SCHEMES", "check_plain_url", "check_url", "redact"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "PLAIN_SCHEMES",
+    "SCHEMES",
+    "check_plain_url",
+    "check_url",
+    "host_port",
+    "redact",
+]
 
 #: One server (or a Unix socket), as redis-py reads them.
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
@@ -81,3 +89,16 @@ def check_plain_url(url: str) -> None:
             f"rediss://, unix:// or redis+cluster:// URL, not {scheme}://; point it at "
             "the Redis server itself, or publish over HTTP to a hub"
         )
+
+
+def host_port(part: str, url: str, default: int) -> tuple[str, int]:
+    """One ``host[:port]`` (or ``[v6]:port``) of a URL that lists several servers, as
+    sentinel and cluster URLs do."""
+    if part.startswith("["):
+        host, _, port = part[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = part.partition(":")
+    if not host or not (port or str(default)).isdigit():
+        raise ConfigError(f"{redact(url)}: {part!r} is not host:port")
+    return host, int(port or default)
