@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,19 @@ from hub.errors import (
     RateLimited,
     TooManyConnections,
 )
-from hub.inprocess import InProcessWorkers, parse_worker_specs
 from hub.logs import redact_secrets
 from hub.metrics import Metrics
 from hub.openapi import openapi_endpoint
 from hub.store import Backend
 from hub.supervise import Supervised
 
-__all__ = ["DOORS", "create_app", "drain"]
+__all__ = ["DOORS", "Service", "create_app", "drain"]
+
+#: Something to run beside the app for as long as it runs: called with the app's
+#: backend, settings and metrics registry when the app starts, entered, and left when
+#: it stops. The app is given these from above (``hub serve --worker``), so that it
+#: imports nothing of what they run.
+Service = Callable[[Backend, Settings, Any], AbstractAsyncContextManager[object]]
 
 logger = logging.getLogger("hub")
 
@@ -75,16 +80,16 @@ def create_app(
     settings: Settings | None = None,
     *,
     backend: Backend | None = None,
-    workers: Sequence[str] = (),
+    services: Sequence[Service] = (),
 ) -> Starlette:
     """The hub as an ASGI app. Without a backend it connects to ``settings.redis_url``,
-    or runs on the embedded in-memory backend when that is ``None``. ``workers``: worker
-    names and options (``"llm --demo"``) to run in this process (:mod:`hub.inprocess`)."""
+    or runs on the embedded in-memory backend when that is ``None``. ``services``: what
+    else runs in this process while the app does, such as producer workers
+    (:func:`hub.inprocess.in_process_workers`)."""
     settings = settings or Settings.from_env()
     backend = backend or Backend(
         settings.redis_url, pool_size=settings.redis_pool_size, key_prefix=settings.key_prefix
     )
-    worker_specs = parse_worker_specs(workers)
     quiet_cut_off_streams()
     auth = Auth(settings)
 
@@ -115,10 +120,8 @@ def create_app(
                     setattr(app.state, door.name, state)
                 for name, value in door.provides.items():
                     setattr(app.state, name, value)
-            if worker_specs:
-                await stack.enter_async_context(
-                    InProcessWorkers(worker_specs, backend, settings, metrics.registry)
-                )
+            for service in services:
+                await stack.enter_async_context(service(backend, settings, metrics.registry))
             yield
 
     metrics = Metrics()

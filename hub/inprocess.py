@@ -20,7 +20,7 @@ import importlib
 import io
 import logging
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -31,7 +31,7 @@ from hub.errors import ConfigError
 from hub.store import Backend, Publisher
 from hub.supervise import Supervised
 
-__all__ = ["InProcessWorkers", "WorkerSpec", "parse_worker_specs"]
+__all__ = ["InProcessWorkers", "WorkerSpec", "in_process_workers", "parse_worker_specs"]
 
 logger = logging.getLogger("hub")
 
@@ -155,3 +155,10 @@ class InProcessWorkers:
                 self._none_running.set()
         # Done by itself (a --count reached) or stopped: nothing to restart.
         await asyncio.Event().wait()
+
+
+def in_process_workers(texts: Sequence[str]) -> list[Callable[..., InProcessWorkers]]:
+    """``create_app``'s ``services`` for ``hub serve --worker TEXT ...``: none without
+    workers. The names and options are checked here, before the app is made."""
+    specs = parse_worker_specs(texts)
+    return [functools.partial(InProcessWorkers, specs)] if specs else []

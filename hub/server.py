@@ -34,6 +34,7 @@ from hub.app import create_app, drain
 from hub.config import Settings
 from hub.doors.jwks import check_jwks_url
 from hub.errors import ConfigError
+from hub.inprocess import in_process_workers
 from hub.limits import raise_open_files_limit
 from hub.logs import configure_logging, redact_handlers
 from hub.metrics import MULTIPROC_ENV
@@ -100,7 +101,7 @@ def build_server(
     on_started: Callable[[], None] | None = None,
     workers: Sequence[str] = (),
 ) -> HubServer:
-    app = app or create_app(settings, workers=workers)
+    app = app or create_app(settings, services=in_process_workers(workers))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -124,11 +125,9 @@ def build_server(
 
 
 def serve(settings: Settings, workers: Sequence[str] = ()) -> int:
-    """Run the hub until SIGINT/SIGTERM; return the exit code.
-
-    One process, or ``settings.workers`` processes sharing the port under a supervisor.
-    ``workers``: producer workers to run inside the (one) process (:mod:`hub.inprocess`).
-    """
+    """Run the hub until SIGINT/SIGTERM; return the exit code. One process, or
+    ``settings.workers`` processes sharing the port under a supervisor. ``workers``:
+    producer workers to run inside the (one) process (:mod:`hub.inprocess`)."""
     if workers and settings.workers > 1:
         raise ConfigError(
             "--worker runs workers inside a single hub process: leave HUB_WORKERS at 1, "

@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from hub import Backend, Settings, create_app
+from hub.inprocess import in_process_workers
 from hub.protocol import hub_protocol
 from support.hubs import Backends, InLoopServer, RunningHub, StartHub
 from support.net import free_port, wait_ready
@@ -111,7 +112,7 @@ async def start_hub() -> AsyncIterator[StartHub]:
         workers: tuple[str, ...] = (),
     ) -> RunningHub:
         settings = settings.replace(port=free_port(), log_level="warning")
-        app = create_app(settings, backend=backend, workers=workers)
+        app = create_app(settings, backend=backend, services=in_process_workers(workers))
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
