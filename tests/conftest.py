@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import uvicorn
+from playwright.async_api import Browser
 
 from hub import Backend, Settings, create_app
 from hub.inprocess import in_process_workers
 from hub.protocol import hub_protocol
+from support.browser import chromium
 from support.hubs import Backends, InLoopServer, RunningHub, StartHub
 from support.net import free_port, wait_ready
 from support.processes import HubProcesses
@@ -152,3 +154,10 @@ async def hubs(redis_url: str) -> AsyncIterator[HubProcesses]:
         yield made
     finally:
         await made.cleanup()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Debian chromium (``/usr/bin/chromium``) for one test."""
+    async with chromium() as launched:
+        yield launched

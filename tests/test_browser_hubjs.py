@@ -5,7 +5,6 @@ tokens before theirs expire. Playwright drives Debian's chromium, headless."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from playwright.async_api import Browser, Request
 from support.browser import (
     HttpPublisher,
     PageErrors,
-    chromium,
     demo_tab,
     holder,
     metric,
@@ -46,12 +44,6 @@ SUBSCRIBE = """async ([channels, door]) => {
         },
     });
 }"""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
 
 
 async def test_eight_tabs_share_one_stream_and_each_sees_every_event_once_as_tabs_close(

@@ -5,13 +5,11 @@ URI-template cases as the Mercure spec has them. Playwright drives Debian's chro
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from support.hubs import Backends, RunningHub, StartHub
 from support.mercure import KEY, access_token, token
@@ -40,20 +38,6 @@ window.publish = async (fields, bearer) => {
   return [response.status, await response.text()];
 };
 """
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - once, before the browser starts
-        pytest.fail("chromium is not installed: apt-get install chromium")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @pytest.fixture
