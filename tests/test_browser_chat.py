@@ -24,7 +24,6 @@ from support.hubs import Backends, RunningHub, StartHub
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("backends", ["embedded"], indirect=True)]
 
-CHROMIUM = Path("/usr/bin/chromium")
 
 ANSWER = [
     "Here is", " how.", " Run this:\n\n", "```python\n", "x = 1.5", "  # Done. Yes!\n",

@@ -24,8 +24,6 @@ from support.workers import WorkerProcess
 
 pytestmark = pytest.mark.anyio
 
-CHROMIUM = Path("/usr/bin/chromium")
-
 
 #: Script errors and console errors of every page a test opened.
 _page_errors: list[str] = []

@@ -16,7 +16,6 @@ from support.mercure import KEY, access_token, token
 
 pytestmark = pytest.mark.anyio
 
-CHROMIUM = "/usr/bin/chromium"
 
 _SCRIPT = """
 window.got = {};
