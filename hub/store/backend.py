@@ -20,7 +20,7 @@ import fakeredis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from hub.errors import ConfigError
 from hub.store.cluster import (
