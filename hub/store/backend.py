@@ -18,9 +18,9 @@ from urllib.parse import parse_qs, unquote
 
 import fakeredis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.asyncio.retry import Retry
 
 from hub.errors import ConfigError
 from hub.store.cluster import (
