@@ -267,7 +267,7 @@ class Backend:
         connections go to the new master (old ones fail, and callers see that)."""
         assert self.sentinel is not None
         parsed = self.sentinel
-        manager = Sentinel(  # type: ignore[no-untyped-call]
+        manager = Sentinel(
             parsed.sentinels,
             sentinel_kwargs={
                 "socket_timeout": min(self._timeout, SENTINEL_TIMEOUT),

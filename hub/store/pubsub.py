@@ -247,7 +247,7 @@ class _PolledPubSub:
         self._fail(_lost("was closed"))
         _retrieve(self.lost)
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-            await asyncio.wait_for(self._ps.aclose(), 2.0)  # type: ignore[no-untyped-call]
+            await asyncio.wait_for(self._ps.aclose(), 2.0)
 
 
 def _as_lost(exc: BaseException) -> BaseException:
