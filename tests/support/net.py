@@ -15,14 +15,22 @@ import httpx
 #: and a block of its own for each pytest-xdist worker, so two workers never choose the
 #: same one. (Port 0's choice is random over the ephemeral range: with three workers, a
 #: hub once answered /readyz on another worker's port and was gone a moment later.)
-_BLOCK = 4000
+#: ``HUB_TEST_SLOT`` (0, 1 or 2) moves a whole run to blocks of its own, so that two
+#: runs on one machine (two checkouts) never choose the same ports either.
+_BLOCK = 2000
 _next_port = itertools.count()
+
+
+def run_slot() -> int:
+    """Which of three port ranges this run uses (``HUB_TEST_SLOT``, default 0)."""
+    slot = os.environ.get("HUB_TEST_SLOT", "0")
+    return int(slot) % 3 if slot.isdigit() else 0
 
 
 def _first_port() -> int:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
-    return 12000 + _BLOCK * (index % 4)
+    return 12000 + _BLOCK * (index % 3 + 3 * run_slot())
 
 
 def free_port() -> int:

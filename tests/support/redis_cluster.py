@@ -17,6 +17,8 @@ from pathlib import Path
 
 import redis
 
+from support.net import run_slot
+
 __all__ = ["RedisCluster"]
 
 
@@ -47,8 +49,8 @@ def _port_range() -> tuple[int, int]:
     workers scanning one range at once could both pick a port before either binds it."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
-    first = 30001 + 500 * index
-    return first, first + 499
+    first = 30001 + 300 * (index % 3 + 3 * run_slot())
+    return first, first + 299
 
 
 class RedisCluster:
