@@ -17,20 +17,15 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import fakeredis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from hub.errors import ConfigError
-from hub.store.cluster import (
-    BlockingSlotPool,
-    ClusterURL,
-    SlotMap,
-    SlotPool,
-    check_hash_tag,
-    parse_cluster_url,
-)
+from hub.store.cluster import ClusterURL, parse_cluster_url
+from hub.store.keys import check_prefix
 from hub.store.urls import CLUSTER_SCHEMES, check_url, host_port, redact
 
 __all__ = [
@@ -153,9 +148,7 @@ class Backend:
         key_prefix: str = "hub:",
     ) -> None:
         self.url = url
-        #: The key prefix of clients made without one (on a cluster its hash tag says
-        #: which master they talk to).
-        self.key_prefix = key_prefix
+        self.key_prefix = check_prefix(key_prefix)
         self._client_name = client_name
         self._timeout = timeout
         self._server: Any = None if url else fakeredis.FakeServer()
@@ -166,8 +159,6 @@ class Backend:
         self.sentinel = where if isinstance(where, SentinelURL) else None
         #: ...and for a ``redis+cluster://`` one.
         self.cluster = where if isinstance(where, ClusterURL) else None
-        if self.cluster is not None:
-            check_hash_tag(key_prefix)
 
     @property
     def embedded(self) -> bool:
@@ -178,10 +169,11 @@ class Backend:
         return "embedded in-memory backend" if self.url is None else redact(self.url)
 
     def command_client(self, key_prefix: str | None = None) -> Redis:
-        """A pooled client for commands; its connection count is bounded by ``pool_size``.
-
-        ``key_prefix`` is that of the keys it will touch: on a cluster, its hash tag
-        says which master the connections go to."""
+        """A pooled client for commands; its connection count is bounded by ``pool_size``
+        (on a cluster, redis-py's cluster client, per master). ``key_prefix`` is accepted
+        for callers of earlier versions and checked (it must not hold a brace)."""
+        if key_prefix is not None:
+            check_prefix(key_prefix)
         if self._server is not None:
             # No socket_timeout (fakeredis sets 5 s): nothing in memory can stall, and with
             # one redis-py writes each command under asyncio.wait_for, which on Python
@@ -204,14 +196,7 @@ class Backend:
                 client_name=f"{self._client_name}:cmd",
             )
         if self.cluster is not None:
-            return self._slot_client(
-                BlockingSlotPool,
-                key_prefix,
-                max_connections=self._pool_size,
-                timeout=self._timeout,
-                socket_timeout=self._timeout,
-                client_name=f"{self._client_name}:cmd",
-            )
+            return self.cluster_client(raw_xrange=False)  # type: ignore[return-value]
         pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=self._pool_size,
@@ -223,8 +208,31 @@ class Backend:
         )
         return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
+    def cluster_client(self, *, raw_xrange: bool) -> RedisCluster:
+        """redis-py's cluster client for this cluster: it keeps the slot map and follows
+        MOVED and ASK. ``raw_xrange``: XRANGE replies stay raw lists (history reads)."""
+        assert self.cluster is not None
+        parsed = self.cluster
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
+            username=parsed.username,
+            password=parsed.password,
+            ssl=parsed.tls,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            max_connections=self._pool_size,
+            client_name=f"{self._client_name}:cmd",
+            # redis-py's own retries stay on here: after a connection error they are what
+            # reads the slot map again (a failover). Nothing here publishes: publishes
+            # go down the hub's lanes (ClusterLanes), which never send a call twice.
+        )
+        if raw_xrange:
+            client.set_response_callback("XRANGE", lambda response, **_options: response)
+        return client
+
     def live_client(self, key_prefix: str | None = None) -> Redis:
-        """A client for the one pub/sub connection that carries the live path."""
+        """A client for the pub/sub connection that carries the live path (one Redis;
+        on a cluster the live path connects to each master itself, hub/store/shards.py)."""
         if self._server is not None:
             return fakeredis.FakeAsyncRedis(server=self._server, socket_timeout=None)
         assert self.url is not None
@@ -236,31 +244,12 @@ class Backend:
                 socket_connect_timeout=self._timeout,
                 client_name=f"{self._client_name}:live",
             )
-        if self.cluster is not None:
-            return self._slot_client(SlotPool, key_prefix, client_name=f"{self._client_name}:live")
         return Redis.from_url(
             self.url,
             socket_connect_timeout=self._timeout,
             client_name=f"{self._client_name}:live",
             retry=_no_retry(),
         )
-
-    def _slot_client(
-        self, pool_class: type[SlotPool], key_prefix: str | None, **options: Any
-    ) -> Redis:
-        """A client of the master that owns the slot of ``key_prefix``'s hash tag."""
-        assert self.cluster is not None
-        parsed = self.cluster
-        pool = pool_class(
-            SlotMap(parsed, key_prefix or self.key_prefix, self._timeout),
-            parsed.tls,
-            username=parsed.username,
-            password=parsed.password,
-            socket_connect_timeout=self._timeout,
-            retry=_no_retry(),
-            **options,
-        )
-        return Redis.from_pool(pool)
 
     def _master_client(self, pool_class: type[SentinelConnectionPool], **options: Any) -> Redis:
         """A client of the master the sentinels name; after a failover its new

@@ -23,6 +23,9 @@ from redis.exceptions import (
     TryAgainError,
 )
 from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
@@ -110,8 +113,14 @@ def _ranges(indexes: list[int]) -> str:
 
 def read_failure(exc: BaseException, doing: str) -> BackendUnavailable:
     """The hub error for a read or bookkeeping call that failed with ``exc``."""
+    what = str(exc).rstrip(".").removeprefix("cannot connect to Redis: ") or type(exc).__name__
+    if isinstance(exc, (RedisConnectionError, ConnectionRefusedError)):
+        return BackendUnavailable(
+            f"cannot connect to Redis while {doing}: {what}. Check that Redis is running "
+            "and HUB_REDIS_URL points at it; clients retry by themselves"
+        )
     return BackendUnavailable(
-        f"Redis failed while {doing}: {exc or type(exc).__name__}. Check that Redis is "
+        f"Redis failed while {doing}: {what}. Check that Redis is "
         "running and HUB_REDIS_URL points at it; clients retry by themselves"
     )
 

@@ -1,153 +1,89 @@
-"""Reading channel history out of Redis Streams, merged across channels, checked for gaps.
+"""Reading channel history out of Redis Streams: merged across channels in key order,
+each event once, and checked for holes.
 
-Each stream entry records ``p``, the id of the previous event on its channel. A reader
-that starts after id ``X`` and finds a first entry whose ``p`` is later than ``X`` knows
-the events in between were trimmed away: it reports a gap instead of silently skipping
-them. The same check runs at each page boundary, which catches trimming that happens
-while a long history is being read.
+A channel's history can have a hole after a client's cursor in three ways, and each
+leaves a mark that a reader checks (``strict``) before it trusts what it reads:
+
+- trimmed to ``HUB_HISTORY_SIZE`` or ``HUB_HISTORY_TTL``: the publish script notes the
+  newest trimmed event in the partition's ``trimmed`` hash;
+- lost in a failover: a node that had seen events Redis no longer has notes their range
+  in the partition's ``lost`` hash (:func:`record_loss`);
+- expired whole (``HUB_HISTORY_TTL`` with no publish for that long): the stream is gone
+  and the cursor is older than the expiry horizon.
+
+The ``trimmed`` mark is read again with every page after the first, which catches
+trimming while a long history is being read.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any
 from weakref import WeakKeyDictionary
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
-from hub.errors import BackendUnavailable
 from hub.store.failures import translated
-from hub.store.ids import EventId, format_id, parse_id, stream_id
-from hub.store.keys import Keys
-from hub.store.records import entry_fields
+from hub.store.ids import Key, channel_hash, format_key, parse_id
+from hub.store.keys import Keys, partition_of
+from hub.store.records import Event, entry_event
 
-__all__ = ["Clock", "ClockReads", "Entry", "HistoryReader", "read_clock", "record_loss"]
+__all__ = ["HistoryReader", "hole_key", "lost_upto", "record_loss"]
 
-#: The Lua source that records a loss range in the clock hash (``hub/store/lua/lost.lua``).
+#: The Lua source that records a loss range (``hub/store/lua/lost.lua``).
 LOST_SCRIPT = (resources.files("hub.store") / "lua" / "lost.lua").read_text(encoding="utf-8")
 
-
-class Clock(NamedTuple):
-    """The publish clock as read from Redis."""
-
-    #: The last id handed out, ``(0, 0)`` before the first publish.
-    head: EventId
-    #: When this Redis started keeping hub history (ms), ``None`` before the first publish.
-    since: int | None
-    #: The Redis server's time, in ms.
-    now_ms: int
-    #: Ids ``(after, upto]`` a node saw live that this Redis no longer has (a failover
-    #: lost them), or ``None``.
-    lost: tuple[EventId, EventId] | None = None
+Client = Redis | RedisCluster
 
 
-async def read_clock(redis: Redis, keys: Keys) -> Clock:
-    """Read the publish clock and the server's time in one round trip."""
-    with translated("reading the publish clock"):
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.clock, "ms", "n", "since", "lost_after", "lost_upto")
-            pipe.time()
-            (ms, n, since, lost_after, lost_upto), (secs, micros) = await pipe.execute()
-    head = (int(ms), int(n)) if ms is not None else (0, 0)
-    lost = None
-    if lost_after is not None and lost_upto is not None:
-        lost = (parse_id(lost_after), parse_id(lost_upto))
-    return Clock(
-        head, int(since) if since is not None else None, secs * 1000 + micros // 1000, lost
-    )
+def hole_key(value: bytes | None) -> Key | None:
+    """The key of the newest trimmed event, from a ``trimmed`` hash value
+    (``<entry id> <its first channel>``)."""
+    if not value:
+        return None
+    raw, _, first = value.partition(b" ")
+    ms, _, seq = raw.partition(b"-")
+    return int(ms), int(seq), channel_hash(first.decode())
 
 
-class ClockReads:
-    """:func:`read_clock` shared by the streams that open together.
-
-    Every stream opening reads the clock once its subscription is confirmed; one read
-    each was 40% of the hub's CPU under connection churn (py-spy, bench S6). A read
-    here serves every caller that was waiting when its request was sent, and only
-    those: a caller that arrives while a read is in flight waits for the next one. So
-    each caller still gets the clock as Redis had it after the call began, which is
-    what makes an id read after confirming a subscription safe to start a stream from.
-    """
-
-    def __init__(self, redis: Redis, keys: Keys) -> None:
-        self._redis = redis
-        self._keys = keys
-        self._waiting: list[asyncio.Future[Clock]] = []
-        self._task: asyncio.Task[None] | None = None
-        #: The last clock read, and the loop time its request was sent.
-        self.latest: tuple[float, Clock] | None = None
-
-    async def read(self) -> Clock:
-        """The clock, read by a request sent after this call began."""
-        loop = asyncio.get_running_loop()
-        # One future per caller: a caller that is cancelled cancels only its own.
-        waiter: asyncio.Future[Clock] = loop.create_future()
-        self._waiting.append(waiter)
-        if self._task is None:
-            self._task = loop.create_task(self._run())
-        return await waiter
-
-    def close(self) -> None:
-        """Stop reading (shutdown); callers still waiting get :class:`BackendUnavailable`."""
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _run(self) -> None:
-        batch: list[asyncio.Future[Clock]] = []
-        loop = asyncio.get_running_loop()
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                sent_at = loop.time()
-                try:
-                    clock = await read_clock(self._redis, self._keys)
-                except Exception as exc:
-                    for waiter in batch:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                else:
-                    self.latest = (sent_at, clock)
-                    for waiter in batch:
-                        if not waiter.done():
-                            waiter.set_result(clock)
-                batch = []
-        finally:
-            self._task = None
-            for waiter in batch + self._waiting:
-                if not waiter.done():
-                    waiter.set_exception(BackendUnavailable("the hub is shutting down"))
-            self._waiting = []
+def lost_upto(value: bytes | None) -> Key | None:
+    """The newest key of a recorded loss, from a ``lost`` hash value (``<after> <upto>``)."""
+    if not value:
+        return None
+    return parse_id(value.partition(b" ")[2])
 
 
-async def record_loss(redis: Redis, keys: Keys, after: EventId, upto: EventId) -> None:
-    """Note in Redis that events ``(after, upto]`` are gone (see ``lua/lost.lua``)."""
+async def record_loss(redis: Client, keys: Keys, channel: str, after: Key, upto: Key) -> None:
+    """Note that ``channel``'s events in ``(after, upto]`` are gone (a failover lost
+    them), and move its stream's last id to ``upto``'s, so that no later event reuses an
+    id a client may already hold (see ``lua/lost.lua``)."""
+    p = partition_of(channel)
     with translated("recording lost events"):
-        await redis.eval(LOST_SCRIPT, 1, keys.clock, format_id(after), format_id(upto))
+        await redis.eval(
+            LOST_SCRIPT,
+            2,
+            keys.lost(p),
+            keys.stream(channel),
+            channel,
+            format_key(after),
+            format_key(upto),
+        )
 
 
-class Entry(NamedTuple):
-    # A tuple, not a frozen dataclass: one is made per replayed event, and a frozen
-    # dataclass's __init__ showed in replay profiles.
-    id: EventId
-    raw_id: bytes
-    event: bytes
-    data: bytes
-    channel: str
+_raw_views: WeakKeyDictionary[Any, Client] = WeakKeyDictionary()
 
 
-_raw_views: WeakKeyDictionary[Any, Redis] = WeakKeyDictionary()
-
-
-def _raw_xrange(redis: Redis) -> Redis:
-    """A client on the same connection pool whose XRANGE replies stay raw lists.
+def _raw_xrange(redis: Client) -> Client:
+    """A client sharing ``redis``'s connections whose XRANGE replies stay raw lists.
 
     redis-py turns each entry's fields into a dict (``pairs_to_dict``): a third of the
-    hub's CPU when replaying a long history. The view is per pool and shares its
-    connections; the caller's own client keeps its callbacks.
-    """
+    hub's CPU when replaying a long history. The view shares the connections; the
+    caller's own client keeps its callbacks."""
+    if isinstance(redis, RedisCluster):
+        return redis  # its own client (Backend.reader_client) has raw XRANGE already
     pool = redis.connection_pool
     view = _raw_views.get(pool)
     if view is None:
@@ -161,31 +97,45 @@ def _as_is(response: Any, **_options: Any) -> Any:
     return response
 
 
-class HistoryReader:
-    """Iterates the events of ``channels`` after ``after``, in id order, each id once.
+def _start(after: Key) -> bytes:
+    """Where XRANGE starts for events after ``after``: at its entry id (events of other
+    channels may share it and come after it), or at the start for the very beginning."""
+    return b"-" if after[0] == 0 else f"{after[0]}-{after[1]}".encode()
 
-    ``strict`` (every resume from a client's cursor) checks that history still reaches
-    back to ``after``; channels where it does not are listed in :attr:`gaps` and left
-    out. With ``dedupe=False`` an event stored on several of the channels comes once per
-    channel (the node's recovery needs to know every channel it belongs to).
-    ``expired_before`` is the oldest id age-based trimming may have kept: a channel
-    whose retained history starts from scratch after a cursor older than that may have
-    lost events to expiry, and is reported as a gap too.
+
+class HistoryReader:
+    """Iterates the events of ``channels`` after ``after``, in key order, each once.
+
+    ``strict`` (every resume from a client's cursor) checks that each channel's history
+    still reaches back to ``after``: a channel whose does not is listed in :attr:`gaps`
+    (trimmed or expired) or :attr:`lost` (a failover lost events) and left out.
+    ``follows``: the stream's channels (or topic selectors), which decide which part of
+    an event stored in several partitions it gets (:meth:`Event.wanted_by`); by default,
+    ``channels``. ``expired_before``: the expiry horizon in ms (``HUB_HISTORY_TTL``).
+    ``until``: read no event from this key on (a replay of several channels, whose
+    later events the live path delivers: see :meth:`hub.delivery.broker.Replay.run`).
+    With ``dedupe=False`` an event stored on several of the channels comes once per
+    channel, and every part of one stored in several partitions comes (a node's recovery
+    needs every channel and part: each stream it delivers to decides for itself).
     """
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         keys: Keys,
         channels: list[str],
-        after: EventId,
+        after: Key,
         *,
         strict: bool = True,
-        expired_before: EventId | None = None,
+        expired_before: int | None = None,
+        follows: Callable[[str], bool] | None = None,
         page: int = 1000,
         dedupe: bool = True,
+        afters: dict[str, Key] | None = None,
+        until: Key | None = None,
     ) -> None:
         self.gaps: list[str] = []
+        self.lost: list[str] = []
         self._redis = redis
         self._raw = _raw_xrange(redis)
         self._keys = keys
@@ -194,83 +144,91 @@ class HistoryReader:
         self._expired_before = expired_before
         self._page = page
         self._dedupe = dedupe
-        start = b"(" + format_id(after).encode() if after > (0, 0) else b"-"
-        self._next: dict[str, bytes] = dict.fromkeys(channels, start)
-        self._last: dict[str, bytes | None] = dict.fromkeys(channels)
-        self._buffers: dict[str, deque[Entry]] = {c: deque() for c in channels}
+        self._until = until
+        wanted = set(channels)
+        self._follows = follows or wanted.__contains__
+        #: Where each channel's reading starts, when not at ``after`` (a node's recovery).
+        self._afters = afters or {}
+        self._next: dict[str, bytes] = {c: _start(self._afters.get(c, after)) for c in channels}
+        self._last: dict[str, Key | None] = dict.fromkeys(channels)
+        self._buffers: dict[str, deque[Event]] = {c: deque() for c in channels}
         self._done: set[str] = set()
 
-    async def __aiter__(self) -> AsyncIterator[Entry]:
-        await self._fill(list(self._buffers))
-        if len(self._buffers) == 1:
-            # One channel (the common resume): its stream is already in id order and
-            # starts after the cursor, so there is nothing to merge or skip.
-            [(channel, buffer)] = self._buffers.items()
-            while buffer:
-                while buffer:
-                    yield buffer.popleft()
-                if channel not in self._done:
-                    await self._fill([channel])
-            return
-        heap = [(buf[0].id, i, ch) for i, (ch, buf) in enumerate(self._buffers.items()) if buf]
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        await self._fill(list(self._buffers), first=True)
+        heap = [(buf[0].key, i, ch) for i, (ch, buf) in enumerate(self._buffers.items()) if buf]
         heapq.heapify(heap)
-        yielded: EventId = self._after
+        yielded: Key = self._after
         while heap:
             _, i, channel = heapq.heappop(heap)
             buffer = self._buffers[channel]
-            entry = buffer.popleft()
-            if entry.id > yielded or not self._dedupe:
-                yielded = entry.id
-                yield entry
+            event = buffer.popleft()
+            if not self._dedupe or event.key > yielded:
+                yielded = max(yielded, event.key)
+                yield event
             if not buffer and channel not in self._done:
-                await self._fill([channel])
+                await self._fill([channel], first=False)
             if buffer:
-                heapq.heappush(heap, (buffer[0].id, i, channel))
+                heapq.heappush(heap, (buffer[0].key, i, channel))
 
-    async def _fill(self, channels: list[str]) -> None:
+    async def _fill(self, channels: list[str], *, first: bool) -> None:
+        keys = self._keys
         with translated("reading history"):
             async with self._raw.pipeline(transaction=False) as pipe:
                 for channel in channels:
-                    pipe.xrange(self._keys.stream(channel), self._next[channel], b"+", self._page)
-                pages = await pipe.execute()
+                    pipe.xrange(keys.stream(channel), self._next[channel], b"+", self._page)
+                if self._strict:
+                    for channel in channels:
+                        p = partition_of(channel)
+                        pipe.hget(keys.trimmed(p), channel)
+                        if first:
+                            pipe.hget(keys.lost(p), channel)
+                replies = await pipe.execute()
+        pages = replies[: len(channels)]
+        marks = iter(replies[len(channels) :])
         for channel, page in zip(channels, pages, strict=True):
+            if self._strict:
+                trimmed = hole_key(next(marks))
+                lost = lost_upto(next(marks)) if first else None
+                after = self._afters.get(channel, self._after)
+                if lost is not None and after < lost:
+                    self._hole(channel, self.lost)
+                    continue
+                if trimmed is not None and trimmed > (self._last[channel] or after):
+                    self._hole(channel, self.gaps)
+                    continue
             if len(page) < self._page:
                 self._done.add(channel)
             if not page:
-                if self._last[channel] is None and await self._maybe_expired(channel):
-                    self._gap(channel)
-                continue
-            first_prev = entry_fields(page[0][1])[2]
-            if not self._continuous(channel, first_prev):
-                self._gap(channel)
+                if first and self._last[channel] is None and await self._maybe_expired(channel):
+                    self._hole(channel, self.gaps)
                 continue
             buffer = self._buffers[channel]
+            after = self._last[channel] or self._afters.get(channel, self._after)
+            follows = self._follows
+            until = self._until
             for raw_id, flat in page:
-                event, data, _prev = entry_fields(flat)
-                buffer.append(Entry(stream_id(raw_id), raw_id, event, data, channel))
+                event = entry_event(raw_id, flat, channel)
+                if until is not None and event.key >= until:
+                    self._done.add(channel)  # from here on the live path has them
+                    break
+                if event.key > after and (not self._dedupe or event.wanted_by(follows)):
+                    buffer.append(event)
             last = page[-1][0]
-            self._last[channel] = last
+            self._last[channel] = entry_event(last, page[-1][1], channel).key
             self._next[channel] = b"(" + last
 
-    def _continuous(self, channel: str, prev: bytes) -> bool:
-        last = self._last[channel]
-        if last is not None:
-            return prev == last  # page boundary: nothing trimmed while we were reading
-        if not self._strict:
-            return True
-        if prev:
-            return parse_id(prev) <= self._after
-        # First event of the channel's retained history: continuous unless the whole
-        # stream expired (age limit) since the cursor was handed out.
-        return self._expired_before is None or self._after >= self._expired_before
-
     async def _maybe_expired(self, channel: str) -> bool:
-        if not self._strict or self._expired_before is None or self._after >= self._expired_before:
+        """A channel with nothing after the cursor may have lost everything to expiry:
+        when its stream is gone and the cursor is older than the expiry horizon."""
+        horizon = self._expired_before
+        after = self._afters.get(channel, self._after)
+        if not self._strict or horizon is None or after[0] >= horizon:
             return False
         with translated("reading history"):
             return not await self._redis.exists(self._keys.stream(channel))
 
-    def _gap(self, channel: str) -> None:
-        self.gaps.append(channel)
+    def _hole(self, channel: str, into: list[str]) -> None:
+        into.append(channel)
         self._buffers[channel].clear()
         self._done.add(channel)

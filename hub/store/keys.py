@@ -1,29 +1,34 @@
 """Channel names, and every Redis key and pub/sub channel name the hub uses.
 
-The key schema (documented in the README for publishers in other languages):
+The hub's keys fall into 64 partitions, each under a hash tag of its own, so that on a
+Redis Cluster they spread over the shards (the tags hash into evenly spaced ranges of
+slots) while everything one publish writes lives in one slot. A channel's partition is
+its hash slot (Redis Cluster's: a ``{tag}`` in the channel name counts, so
+``{room42}:chat`` and ``{room42}:typing`` share one) divided by 256.
 
-- ``{prefix}clock``: hash ``ms``, ``n`` (the last id handed out), ``since`` (when this
-  Redis started keeping hub history, in ms: a cursor older than that predates it).
-- ``{prefix}stream:{channel}``: the channel's history, a Redis Stream whose entry ids are
-  the event ids; fields ``e`` (event type), ``d`` (data), ``p`` (the previous event id on
-  this channel, empty for the first), and ``s`` (the publisher's token subject) on events
-  published through ``/publish`` with authorization on.
-- ``{prefix}live:{channel}``: pub/sub channel that carries each new event to hub nodes.
-- ``{prefix}log``: every event of every channel, in id order (capped at
-  ``HUB_LOG_SIZE``): what Mercure subscribers replay, since a URI-template selector
-  cannot name its channels in advance. Fields ``c`` (channels, space-separated), ``e``,
-  ``d``, ``m`` (the Mercure id its publisher chose, or empty), ``r`` (retry), ``x``
-  (``1`` for a private event).
-- ``{prefix}mercure-ids``: hash from publisher-chosen Mercure ids to event ids.
-- ``{prefix}mercure:{channel}``: pub/sub carrying each event, with its Mercure fields,
-  to nodes with Mercure subscribers of that exact topic.
-- ``{prefix}mercure-all``: pub/sub carrying every event to nodes that have URI-template
-  (or ``*``) subscribers, and only to those.
+The key schema (documented for publishers in other languages in docs/python.md):
+
+- ``{prefix}{<tag>}:s:{channel}``: the channel's history, a Redis Stream; fields ``e``
+  (event type), ``d`` (data), and, only where they apply: ``c`` (every channel of an
+  event published to several, space-separated, in order), ``o`` (for an event whose
+  channels span partitions: ``<part> <token>``), ``m`` (the Mercure id its publisher
+  chose), ``r`` (retry), ``x`` (``1``: private), ``s`` (the publisher's token subject).
+- ``{prefix}{<tag>}:l:{channel}``: pub/sub name that carries each new event to nodes.
+- ``{prefix}{<tag>}:all``: on a Redis Cluster, every event of the partition, for nodes
+  with Mercure subscribers of URI templates, URL Patterns or ``*``. (On one Redis those
+  nodes PSUBSCRIBE to the live names instead: a publish costs nothing extra.)
+- ``{prefix}{<tag>}:index``: sorted set of the partition's channels, scored with a time
+  (ms) after their newest event: which channels a Mercure pattern subscriber replays.
+- ``{prefix}{<tag>}:trimmed``: hash channel -> id of the newest event trimmed from its
+  history, so that a resume from before it gets ``hub.reset``.
+- ``{prefix}{<tag>}:lost``: hash channel -> ``<after> <upto>``: ids a failover lost.
+- ``{prefix}{<tag>}:meta``: hash ``since`` (ms: when this Redis was first seen holding
+  the partition's history; a cursor older than that predates it).
+- ``{prefix}{<tag>}:ids``: hash from publisher-chosen Mercure ids to event ids.
+- ``{prefix}{subs}:node:{node}`` and ``{prefix}{subs}:nodes``: the Mercure
+  subscriptions registry (one node's subscriptions, id -> JSON; nodes by expiry).
 - ``{prefix}worker:{name}:...``: a worker's own keys (the ``llm`` worker's per-subject
   question counts: ``{prefix}worker:llm:asked:{subject}:{minute}``).
-- ``{prefix}subscriptions:{node}``: hash of one node's Mercure subscriptions (id ->
-  JSON), expiring when the node stops its heartbeat; ``{prefix}subscription-nodes``:
-  sorted set of nodes by the time their entries expire.
 - ``{prefix}rate:{who}``: one publisher's ``HUB_PUBLISH_RATE`` allowance (``sub:<subject>``
   or ``addr:<address>``), a timestamp in ms (``lua/rate.lua``); it expires when full.
 """
@@ -32,15 +37,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from hub.errors import BadRequest, Forbidden
+from redis.crc import key_slot
+
+from hub.errors import BadRequest, ConfigError, Forbidden
 
 __all__ = [
     "MAX_CHANNEL_BYTES",
+    "PARTITIONS",
+    "PARTITION_TAGS",
     "RESERVED_TOPICS",
     "Keys",
     "check_channel",
     "check_channels",
     "check_event_type",
+    "check_prefix",
+    "partition_of",
     "refuse_reserved",
 ]
 
@@ -50,30 +61,79 @@ MAX_EVENT_TYPE_BYTES = 128
 #: publishes to them, whichever door it uses.
 RESERVED_TOPICS = "/.well-known/mercure"
 
+#: Partitions of the hub's keys; a cluster spreads a hub over at most this many shards.
+PARTITIONS = 64
+#: Partition ``p``'s hash tag: the shortest string whose slot is in ``[256p, 256p + 256)``
+#: (tests/test_keys_layout.py checks them).
+PARTITION_TAGS = (
+    "bh", "bd", "by", "bq", "aa", "ai", "3", "ax", "c2", "ds", "b9", "b1", "b", "j", "s", "a8",
+    "bi", "ba", "bx", "bp", "ad", "ah", "2", "ay", "c3", "dr", "b8", "b0", "c", "k", "r", "z",
+    "bj", "bb", "ca", "bs", "ac", "ak", "1", "9", "c0", "c8", "dh", "b3", "d", "h", "q", "y",
+    "bk", "bc", "bz", "br", "ab", "aj", "0", "8", "c1", "c9", "di", "b2", "a", "i", "p", "x",
+)  # fmt: skip
+
+
+def partition_of(channel: str) -> int:
+    """The partition a channel's keys live in: its hash slot (a ``{tag}`` in the name
+    counts, as in Redis Cluster) divided by 256."""
+    return key_slot(channel.encode("utf-8", "surrogatepass")) >> 8
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if keys can start with it; a hash tag in it would put every key
+    of the hub in one slot of a cluster, so it is refused with a message saying so."""
+    if "{" in prefix or "}" in prefix:
+        raise ConfigError(
+            f"the key prefix {prefix!r} holds a brace: the hub gives its keys hash tags of "
+            "its own (64 partitions, spread over a cluster's shards), and a tag in the "
+            "prefix would put them all in one slot. Set HUB_KEY_PREFIX=hub: (or another "
+            "prefix without braces)"
+        )
+    return prefix
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
 
 class Keys:
     """Builds key names under one configurable prefix."""
 
     def __init__(self, prefix: str = "hub:") -> None:
-        self.prefix = prefix
-        self.clock = f"{prefix}clock"
-        self._stream = f"{prefix}stream:"
-        self._live = f"{prefix}live:"
-        self.log = f"{prefix}log"
-        self.mercure_ids = f"{prefix}mercure-ids"
-        self.mercure_all = f"{prefix}mercure-all"
-        self._mercure = f"{prefix}mercure:"
-        self.subscription_nodes = f"{prefix}subscription-nodes"
+        self.prefix = check_prefix(prefix)
+        self._tagged = [f"{prefix}{{{tag}}}:" for tag in PARTITION_TAGS]
+        self.subscription_nodes = f"{prefix}{{subs}}:nodes"
+        #: PSUBSCRIBE pattern matching every channel's live name (one Redis, not a cluster).
+        self.live_pattern = f"{_glob_escape(prefix)}{{*}}:l:*"
+
+    def partition(self, p: int) -> str:
+        """The common start of partition ``p``'s keys: ``{prefix}{<tag>}:``."""
+        return self._tagged[p]
 
     def stream(self, channel: str) -> str:
-        return self._stream + channel
+        return f"{self._tagged[partition_of(channel)]}s:{channel}"
 
     def live(self, channel: str) -> str:
-        return self._live + channel
+        return f"{self._tagged[partition_of(channel)]}l:{channel}"
 
-    def mercure(self, channel: str) -> str:
-        """The Mercure pub/sub name of a channel (a Mercure topic)."""
-        return self._mercure + channel
+    def firehose(self, p: int) -> str:
+        """Partition ``p``'s pub/sub name for every event (on a cluster)."""
+        return self._tagged[p] + "all"
+
+    def index(self, p: int) -> str:
+        return self._tagged[p] + "index"
+
+    def trimmed(self, p: int) -> str:
+        return self._tagged[p] + "trimmed"
+
+    def lost(self, p: int) -> str:
+        return self._tagged[p] + "lost"
+
+    def meta(self, p: int) -> str:
+        return self._tagged[p] + "meta"
+
+    def chosen_ids(self, p: int) -> str:
+        return self._tagged[p] + "ids"
 
     def worker(self, name: str, *parts: str) -> str:
         """A key of a worker's own (``{prefix}worker:{name}:{part}:...``)."""
@@ -81,15 +141,16 @@ class Keys:
 
     def subscriptions(self, node: str) -> str:
         """One node's Mercure subscriptions."""
-        return f"{self.prefix}subscriptions:{node}"
+        return f"{self.prefix}{{subs}}:node:{node}"
 
     def rate(self, who: str) -> str:
         """One client's rate allowance (``who``: ``sub:<subject>`` or ``addr:<address>``)."""
         return f"{self.prefix}rate:{who}"
 
-    def channel_of_live(self, live_name: str) -> str:
-        """The channel a ``live:`` pub/sub name belongs to."""
-        return live_name[len(self._live) :]
+    def channel_of_live(self, live_name: bytes) -> str:
+        """The channel a live pub/sub name belongs to (``...{tag}:l:<channel>``)."""
+        start = live_name.index(b"}:l:", len(self.prefix)) + 4
+        return live_name[start:].decode("utf-8", "surrogatepass")
 
 
 def check_channel(channel: object) -> str:

@@ -9,8 +9,9 @@ go out back to back and Redis answers a connection's commands in order, so concu
 publishes are pipelined without anyone batching them.
 
 A lane connects on first use, and again on the next call after its connection broke.
-It speaks to TCP or Unix-socket Redis, a Sentinel's master, or the cluster master of the
-hub's slot (asked at each connect); else :meth:`Lane.for_client` answers ``None``.
+It speaks to TCP or Unix-socket Redis, or a Sentinel's master (asked at each connect);
+else :meth:`Lane.for_client` answers ``None``. On a cluster there is one lane per
+master (hub/store/cluster.py).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from hub.store.cluster import SlotPool
 from hub.store.resp import Arg, pack
 
 __all__ = ["Batch", "InFlightLost", "Lane", "LaneTimeout", "Target", "pack"]
@@ -59,8 +59,9 @@ _TYPED: dict[str, type[RedisError]] = {
     "TRYAGAIN": TryAgainError,
 }
 #: Answers after which this connection is the wrong one: a master demoted by a
-#: failover, a cluster slot that moved.
-_DROP = (ReadOnlyError, AskError, ClusterDownError, TryAgainError)
+#: failover, a cluster node that lost its view of the cluster. (A MOVED or ASK is about
+#: one key's slot: the caller sends the call where it belongs.)
+_DROP = (ReadOnlyError, ClusterDownError)
 
 
 class InFlightLost(RedisConnectionError):
@@ -253,11 +254,7 @@ class Target:
         if options.get("credential_provider") is not None:
             return None
         opener: Opener
-        if isinstance(pool, SlotPool):
-            if pool.tls:
-                return None
-            opener = pool.open_to_owner
-        elif isinstance(pool, SentinelConnectionPool):
+        if isinstance(pool, SentinelConnectionPool):
             sentinel_pool = pool
 
             async def to_master(loop: asyncio.AbstractEventLoop, factory: Any) -> Any:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -13,134 +11,52 @@ import redis.asyncio
 from redis.exceptions import NoScriptError, RedisError
 
 from hub.config import Settings
-from hub.errors import BadRequest, PayloadTooLarge
 from hub.store.backend import Backend, redact
-from hub.store.batch import PublishItem, at_index, read_items
-from hub.store.cluster import SlotPool, sharded_script
+from hub.store.calls import Call, Calls, Extra, Publishable, encode_data
+from hub.store.cluster import ClusterLanes, is_cluster_client
 from hub.store.failures import batch_failure, publish_failure
-from hub.store.ids import check_chosen_id
-from hub.store.keys import Keys, check_channels, check_event_type
 from hub.store.lane import Lane
 from hub.store.urls import CLUSTER_SCHEMES, check_plain_url
 
 __all__ = ["PUBLISH_SCRIPT", "Extra", "Publishable", "Publisher", "SyncPublisher", "encode_data"]
 
-#: One event of :meth:`Publisher.publish_many`: a publish object as the HTTP API takes
-#: it (``{"channel": "news", "data": ..., "event": "update"}``), or one already read.
-Publishable = Mapping[str, Any] | PublishItem
-Call = tuple[list[str], list[bytes | str | int]]
-
 #: The Lua source of the publish script (``hub/store/lua/publish.lua``).
 PUBLISH_SCRIPT = (resources.files("hub.store") / "lua" / "publish.lua").read_text(encoding="utf-8")
+#: On a Redis Cluster live messages go by sharded pub/sub, within the slot's shard.
+SHARDED_SCRIPT = PUBLISH_SCRIPT.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
 
 #: Channels one publish may name; the hub's HTTP API applies its own HUB_MAX_CHANNELS.
 MAX_PUBLISH_CHANNELS = 1000
 
 
-def encode_data(data: Any) -> bytes:
-    """A ``str`` is sent as it is, ``bytes`` too; any other value as compact JSON."""
-    if isinstance(data, bytes):
-        return data
-    try:
-        if isinstance(data, str):
-            return data.encode("utf-8")
-        # NaN and Infinity are not JSON: a browser's JSON.parse would reject the event.
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(
-            "data contains a lone surrogate (not valid Unicode text); fix its encoding"
-        ) from None
-    except (TypeError, ValueError) as exc:
-        raise BadRequest(f"data must be a string or a JSON value: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class Extra:
-    """What a publish may carry beyond channels, data and type (the Mercure door's
-    fields; a native publish may be private too)."""
-
-    #: Delivered only to subscribers whose subscribe claims match one of its channels.
-    private: bool = False
-    #: The publisher's own id for the event (Mercure ``id``): sent to Mercure
-    #: subscribers as the SSE ``id:`` and accepted back as their ``Last-Event-ID``.
-    mercure_id: str | None = None
-    #: Reconnect delay in ms sent along with the event to Mercure subscribers.
-    retry: int | None = None
-    #: False: announced to live subscribers but not kept in the hub-wide log, so it
-    #: takes no room from the history that others resume from (subscription events).
-    kept: bool = True
-    #: The publisher's verified token subject, kept with the event in each channel's
-    #: history (field ``s``): a worker reading requests can count them per subject.
-    subject: str | None = None
-
-
-def _cluster(url: str) -> bool:
+def _cluster_url(url: str) -> bool:
     return url.partition("://")[0].lower() in CLUSTER_SCHEMES
 
 
-class _Prepared:
-    """Validated script keys and arguments for one publish; shared by both publishers."""
-
-    def __init__(self, settings: Settings, max_channels: int) -> None:
-        self.settings = settings
-        self.keys = Keys(settings.key_prefix)
-        self.max_channels = max_channels
-
-    def call(
-        self,
-        channels: str | Sequence[str],
-        data: Any,
-        event: str | None,
-        extra: Extra | None = None,
-    ) -> tuple[list[str], list[bytes | str | int]]:
-        names = check_channels(
-            [channels] if isinstance(channels, str) else channels, self.max_channels
-        )
-        event_type = check_event_type(event)
-        payload = encode_data(data)
-        if len(payload) > self.settings.max_payload:
-            raise PayloadTooLarge(
-                f"data is {len(payload)} bytes; the limit is {self.settings.max_payload} "
-                "(HUB_MAX_PAYLOAD)"
-            )
-        extra = extra or Extra()
-        if extra.mercure_id:
-            check_chosen_id(extra.mercure_id)
-        keys = [self.keys.clock, *(self.keys.stream(c) for c in names)]
-        keys += [self.keys.log, self.keys.mercure_ids]
-        ttl_ms = int(self.settings.history_ttl * 1000)
-        args: list[bytes | str | int] = [event_type, payload, self.settings.history_size, ttl_ms]
-        args += [
-            extra.mercure_id or "",
-            "" if extra.retry is None else extra.retry,
-            "1" if extra.private else "",
-            self.settings.log_size if extra.kept else 0,
-            self.keys.mercure_all,
-        ]
-        args.extend(self.keys.live(c) for c in names)
-        args.extend(self.keys.mercure(c) for c in names)
-        args.extend(names)
-        if extra.subject:
-            args.append(extra.subject)
-        return keys, args
-
-    def calls(self, events: Iterable[Publishable], subject: str | None = None) -> list[Call]:
-        """Every event of a batch checked, before any is sent; the first bad one is
-        refused with its index. ``subject``: the publisher's, kept with each event."""
-        calls = []
-        for index, item in enumerate(read_items(events, self.settings.max_batch)):
-            with at_index(index):
-                extra = Extra(private=item.private, subject=subject)
-                calls.append(self.call(item.channels, item.data, item.event, extra))
-        return calls
+def _event_id(reply: Any, call: Call) -> str:
+    raw = reply if isinstance(reply, bytes) else str(reply).encode()
+    return (raw + call.suffix).decode()
 
 
-def _ids(replies: Sequence[Any], failure: RedisError | None, where: str, total: int) -> list[str]:
-    """The ids of a batch's events, or the error that says which were published."""
-    if failure is None and not any(r is None or isinstance(r, Exception) for r in replies):
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
-    raise batch_failure(replies, failure, where, total)
+def _results(
+    events: Sequence[list[Call]], replies: Sequence[Any], failure: RedisError | None, where: str
+) -> list[str]:
+    """The ids of a batch's events (each the id of its first part), or the error that
+    says which events were published."""
+    per_event: list[Any] = []
+    position = 0
+    for calls in events:
+        mine = list(replies[position : position + len(calls)])
+        position += len(calls)
+        if len(mine) < len(calls) or any(r is None for r in mine):
+            per_event.append(None)  # no reply for some part: it may or may not have run
+        elif any(isinstance(r, Exception) for r in mine):
+            per_event.append(next(r for r in mine if isinstance(r, Exception)))
+        else:
+            per_event.append(_event_id(mine[0], calls[0]))
+    if failure is None and all(isinstance(r, str) for r in per_event):
+        return per_event
+    raise batch_failure(per_event, failure, where, len(events))
 
 
 class Publisher:
@@ -152,30 +68,35 @@ class Publisher:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: redis.asyncio.Redis | redis.asyncio.RedisCluster,
         settings: Settings | None = None,
         *,
         max_channels: int = MAX_PUBLISH_CHANNELS,
     ) -> None:
         self._client = client
-        self._prepared = _Prepared(settings or Settings.from_env(), max_channels)
-        # On a cluster (all keys in one slot) live messages go by sharded pub/sub.
-        cluster = isinstance(client.connection_pool, SlotPool)
-        self._source = sharded_script(PUBLISH_SCRIPT) if cluster else PUBLISH_SCRIPT
+        cluster = is_cluster_client(client)
+        self._calls = Calls(settings or Settings.from_env(), max_channels, cluster=cluster)
+        self._source = SHARDED_SCRIPT if cluster else PUBLISH_SCRIPT
         self._script = client.register_script(self._source)
         self._where = (
             redact(settings.redis_url) if settings and settings.redis_url else "the backend"
         )
-        # The script goes down a lane of its own when the server allows (hub/store/lane.py):
-        # less than half the CPU per publish of a pooled redis-py call.
-        self._lane = Lane.for_client(client)
+        # The script goes down a lane of its own (on a cluster, one per shard) when the
+        # server allows (hub/store/lane.py): less than half the CPU per publish of a
+        # pooled redis-py call.
+        self._lanes: ClusterLanes | None = None
+        self._lane: Lane | None = None
+        if isinstance(client, redis.asyncio.RedisCluster):
+            self._lanes = ClusterLanes.for_client(client, role="pub")
+        else:
+            self._lane = Lane.for_client(client)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Publisher:
-        """A publisher with its own connection pool to the Redis at ``url`` (a server, or
+        """A publisher with its own connections to the Redis at ``url`` (a server, or
         a Redis Cluster: ``redis+cluster://``)."""
         settings = (settings or Settings.from_env()).replace(redis_url=url)
-        if _cluster(url):
+        if _cluster_url(url):
             backend = Backend(url, key_prefix=settings.key_prefix)
             return cls(backend.command_client(), settings)
         check_plain_url(url)
@@ -189,23 +110,21 @@ class Publisher:
         event: str | None = None,
         extra: Extra | None = None,
     ) -> str:
-        """Publish ``data`` to one channel or several (as one event); return the event id."""
-        keys, args = self._prepared.call(channels, data, event, extra)
-        try:
-            if self._lane is None:
-                result = await self._script(keys=keys, args=args)
-            else:
-                command = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
-                try:
-                    result = await self._lane.call(*command)
-                except NoScriptError:
-                    # Not loaded on this server yet (a restart, a failover, SCRIPT FLUSH):
-                    # nothing ran. Load it on the lane's own connection and run it.
-                    await self._lane.call("SCRIPT", "LOAD", self._source)
-                    result = await self._lane.call(*command)
-        except RedisError as exc:
-            raise publish_failure(exc, self._where) from exc
-        return result.decode() if isinstance(result, bytes) else str(result)
+        """Publish ``data`` to one channel or several (as one event); return the event id.
+
+        Channels in different partitions (docs/production.md) are published to in one
+        round trip, each partition atomically; should Redis fail in between, the error
+        says so."""
+        calls = self._calls.event(channels, data, event, extra)
+        if len(calls) == 1:
+            call = calls[0]
+            try:
+                reply = await self._run(call)
+            except RedisError as exc:
+                raise publish_failure(exc, self._where) from exc
+            return _event_id(reply, call)
+        replies, failure = await self._run_many(calls)
+        return _results([calls], replies, failure, self._where)[0]
 
     async def publish_many(
         self, events: Iterable[Publishable], *, subject: str | None = None
@@ -221,17 +140,56 @@ class Publisher:
         At most ``HUB_MAX_BATCH`` events a call. ``subject``: the publisher's verified
         token subject, kept with each event (as :attr:`Extra.subject`).
         """
-        calls = self._prepared.calls(events, subject)
+        events_calls = self._calls.batch(events, subject)
+        flat = [call for calls in events_calls for call in calls]
+        replies, failure = await self._run_many(flat)
+        return _results(events_calls, replies, failure, self._where)
+
+    def _command(self, call: Call) -> tuple[Any, ...]:
+        return ("EVALSHA", self._script.sha, len(call.keys), *call.keys, *call.args)
+
+    async def _run(self, call: Call) -> Any:
+        """One call: its reply, or a redis-py error."""
+        if self._lane is None and self._lanes is None:
+            return await self._script(keys=call.keys, args=call.args)
+        if self._lanes is not None:
+            # Through the cluster's router: it follows MOVED and ASK, and loads the script.
+            [reply], failure = await self._lanes.run_many(
+                [(call.keys[0], self._command(call))], self._source
+            )
+            if isinstance(reply, RedisError):
+                raise reply
+            if failure is not None or reply is None:
+                raise failure or RedisError("no reply")
+            return reply
+        command = self._command(call)
+        lane = self._lane
+        assert lane is not None
+        try:
+            return await lane.call(*command)
+        except NoScriptError:
+            # Not loaded on this server yet (a restart, a failover, SCRIPT FLUSH): nothing
+            # ran. Load it on the lane's own connection and run it.
+            await lane.call("SCRIPT", "LOAD", self._source)
+            return await lane.call(*command)
+
+    async def _run_many(self, calls: list[Call]) -> tuple[list[Any], RedisError | None]:
+        """Several calls in one round trip (per shard): their replies in order (errors in
+        their place, ``None`` where none came), and why the rest did not come."""
+        if self._lanes is not None:
+            return await self._lanes.run_many(
+                [(call.keys[0], self._command(call)) for call in calls], self._source
+            )
         if self._lane is None:
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        await self._script(keys=keys, args=args, client=pipe)
+                    for call in calls:
+                        await self._script(keys=call.keys, args=call.args, client=pipe)  # type: ignore[arg-type]
                     replies = await pipe.execute(raise_on_error=False)
             except RedisError as exc:
-                raise publish_failure(exc, self._where) from exc
-            return _ids(replies, None, self._where, len(calls))
-        commands = [("EVALSHA", self._script.sha, len(k), *k, *a) for k, a in calls]
+                return [], exc
+            return list(replies), None
+        commands = [self._command(call) for call in calls]
         replies, failure = await self._lane.call_many(commands)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing and failure is None:
@@ -239,17 +197,19 @@ class Publisher:
             try:
                 await self._lane.call("SCRIPT", "LOAD", self._source)
             except RedisError as exc:
-                raise publish_failure(exc, self._where) from exc
+                return replies, exc
             again, failure = await self._lane.call_many([commands[i] for i in missing])
             for n, i in enumerate(missing):
                 # None: sent again, but the connection broke before its reply came.
                 replies[i] = again[n] if n < len(again) else None
-        return _ids(replies, failure, self._where, len(calls))
+        return replies, failure
 
     async def aclose(self, *, close_client: bool = True) -> None:
-        """Close the publisher's own connection, and the client unless told not to."""
+        """Close the publisher's own connections, and the client unless told not to."""
         if self._lane is not None:
             await self._lane.aclose()
+        if self._lanes is not None:
+            await self._lanes.aclose()
         if close_client:
             await self._client.aclose()
 
@@ -265,11 +225,9 @@ class SyncPublisher:
         max_channels: int = MAX_PUBLISH_CHANNELS,
     ) -> None:
         self._client = client
-        self._prepared = _Prepared(settings or Settings.from_env(), max_channels)
         cluster = isinstance(client, redis.RedisCluster)
-        self._script = client.register_script(
-            sharded_script(PUBLISH_SCRIPT) if cluster else PUBLISH_SCRIPT
-        )
+        self._calls = Calls(settings or Settings.from_env(), max_channels, cluster=cluster)
+        self._script = client.register_script(SHARDED_SCRIPT if cluster else PUBLISH_SCRIPT)
         self._where = (
             redact(settings.redis_url) if settings and settings.redis_url else "the backend"
         )
@@ -277,7 +235,7 @@ class SyncPublisher:
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> SyncPublisher:
         settings = (settings or Settings.from_env()).replace(redis_url=url)
-        if _cluster(url):
+        if _cluster_url(url):
             parsed = Backend(url, key_prefix=settings.key_prefix).cluster
             assert parsed is not None
             # redis-py's cluster client routes each call by its keys' (one) slot.
@@ -304,34 +262,35 @@ class SyncPublisher:
         extra: Extra | None = None,
     ) -> str:
         """Publish ``data`` to one channel or several (as one event); return the event id."""
-        keys, args = self._prepared.call(channels, data, event, extra)
-        try:
-            result = self._script(keys=keys, args=args)
-        except RedisError as exc:
-            raise publish_failure(exc, self._where) from exc
-        return result.decode() if isinstance(result, bytes) else str(result)
+        calls = self._calls.event(channels, data, event, extra)
+        return self._publish([calls])[0]
 
     def publish_many(self, events: Iterable[Publishable]) -> list[str]:
         """Publish several events in one round trip; see :meth:`Publisher.publish_many`."""
-        calls = self._prepared.calls(events)
+        return self._publish(self._calls.batch(events))
+
+    def _publish(self, events: list[list[Call]]) -> list[str]:
+        flat = [call for calls in events for call in calls]
         replies: list[Any] = []
         try:
-            if isinstance(self._client, redis.RedisCluster):
+            if isinstance(self._client, redis.RedisCluster) or len(flat) == 1:
                 # redis-py's cluster pipeline refuses scripts: one call each, in order,
                 # each reply (or error) in its place as the pipeline would give them.
-                for keys, args in calls:
+                for call in flat:
                     try:
-                        replies.append(self._script(keys=keys, args=args))
+                        replies.append(self._script(keys=call.keys, args=call.args))
                     except RedisError as exc:
+                        if len(flat) == 1:
+                            raise
                         replies.append(exc)
             else:
                 with self._client.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        self._script(keys=keys, args=args, client=pipe)
+                    for call in flat:
+                        self._script(keys=call.keys, args=call.args, client=pipe)
                     replies = pipe.execute(raise_on_error=False)
         except RedisError as exc:
             raise publish_failure(exc, self._where) from exc
-        return _ids(replies, None, self._where, len(calls))
+        return _results(events, replies, None, self._where)
 
     def close(self) -> None:
         self._client.close()

@@ -1,19 +1,21 @@
-"""The live path's pub/sub connection, in two implementations with one shape.
+"""The live path's pub/sub connection to one Redis (one shard of a cluster), in two
+implementations with one shape.
 
-On a plain TCP or Unix-socket Redis (and a Sentinel-named master) the connection is
-read straight off the socket: each pub/sub message is parsed by hiredis and handed to
-the live path in the transport's own callback, with no task woken per message. With
-redis-py's ``PubSub`` a message cost a ``get_message`` call (a timeout scope, a health
-check, a dict) and a wake-up of the reader task: about half of the live path's CPU in
-profiles of bench/ S1c, where every event goes to another channel.
+On a plain TCP or Unix-socket Redis (a Sentinel-named master, a cluster's master) the
+connection speaks RESP3 and is read straight off the socket: each message is parsed by
+hiredis and handed to the live path in the transport's own callback, with no task woken
+per message. RESP3 also lets the connection carry a command while subscribed: a probe
+(:meth:`LiveConnection.probe`) sends ``TIME``, whose reply comes after every message
+published before Redis ran it. That reply is how a node learns "every event this Redis
+stamped before millisecond T has reached me" (hub/delivery/order.py).
 
 The embedded backend and TLS keep redis-py's ``PubSub``, driven by a reader task that
-calls the same callbacks.
+calls the same callbacks; its probe is ``TIME`` on a command connection followed by a
+``PING`` on the pub/sub one, whose pong comes after the messages published before it.
 
-On a Redis Cluster (:mod:`hub.store.cluster`) both speak sharded pub/sub
-(``SSUBSCRIBE``) to the master of the hub's slot. When that slot moves, Redis ends the
-shard subscriptions by itself (an unasked ``sunsubscribe``): the connection counts as
-lost then, and the next one finds the slot's new owner.
+On a Redis Cluster the connection speaks sharded pub/sub (``SSUBSCRIBE``). When a slot
+moves, Redis ends its shard subscriptions by itself (an unasked ``sunsubscribe``): the
+connection counts as lost then, and the next one goes to the slot's new owner.
 
 Either way the connection never reconnects by itself: when it breaks, :attr:`lost`
 completes with the reason and the live path starts a new session with recovery (a
@@ -23,6 +25,7 @@ silent reconnect would hide what was published in between).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -33,15 +36,16 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, ResponseError
 
 from hub.errors import BackendUnavailable
-from hub.store.cluster import SlotPool
 from hub.store.failures import FAILURES, translated
-from hub.store.lane import Target, pack
+from hub.store.lane import Target
+from hub.store.resp import pack
 
-__all__ = ["LiveConnection", "open_live"]
+__all__ = ["LiveConnection", "OnMessage", "OnSubscribed", "open_live"]
 
-#: Called with (pub/sub name, payload) for every message, in the order Redis sent them.
-OnMessage = Callable[[bytes, bytes], None]
-#: Called with the pub/sub name when Redis confirms a SUBSCRIBE.
+#: Called with (pub/sub name, payload, wide) for every message, in the order Redis sent
+#: them; ``wide``: it came through a pattern subscription (the name is the channel's).
+OnMessage = Callable[[bytes, bytes, bool], None]
+#: Called with the pub/sub name (or pattern) when Redis confirms a subscription.
 OnSubscribed = Callable[[bytes], None]
 
 
@@ -57,19 +61,28 @@ class LiveConnection(Protocol):
 
     async def unsubscribe(self, names: Sequence[str | bytes]) -> None: ...
 
-    async def ping(self) -> bool:
-        """Ask for a sign of life; False when this connection cannot be probed now."""
+    async def psubscribe(self, patterns: Sequence[str | bytes]) -> None: ...
+
+    async def punsubscribe(self, patterns: Sequence[str | bytes]) -> None: ...
+
+    def probe(self) -> asyncio.Future[int]:
+        """Redis' time in ms, known once every message Redis sent before reading it has
+        arrived here (the future fails if the connection is lost first)."""
         ...
 
     async def aclose(self) -> None: ...
 
 
 async def open_live(
-    client: Redis, on_message: OnMessage, on_subscribed: OnSubscribed
+    client: Redis,
+    target: Target | None,
+    on_message: OnMessage,
+    on_subscribed: OnSubscribed,
+    *,
+    sharded: bool,
 ) -> LiveConnection:
-    """A pub/sub connection to ``client``'s server: read off the socket when we can."""
-    sharded = isinstance(client.connection_pool, SlotPool)
-    target = Target.of(client, "live")
+    """A pub/sub connection to ``target`` (raw, RESP3), or through ``client``'s PubSub
+    when there is no target (the embedded backend, TLS)."""
     if target is None:
         polled = _PolledPubSub(client, on_message, on_subscribed, sharded)
         await polled.start()
@@ -81,6 +94,7 @@ async def open_live(
     # The handshake is over and Redis sends nothing unasked before a SUBSCRIBE: from
     # here on every byte on this socket is the pub/sub reader's.
     transport.set_protocol(raw)
+    raw.start()
     return raw
 
 
@@ -89,9 +103,9 @@ def _lost(why: str, exc: BaseException | None = None) -> BackendUnavailable:
     return BackendUnavailable(f"the live connection to Redis {why}{detail}; recovering")
 
 
-#: Reply kinds of plain and of sharded pub/sub.
+#: Push kinds of plain and of sharded pub/sub.
 _MESSAGE = (b"message", b"smessage")
-_SUBSCRIBED = (b"subscribe", b"ssubscribe")
+_SUBSCRIBED = (b"subscribe", b"ssubscribe", b"psubscribe")
 
 
 class _RawPubSub(asyncio.Protocol):
@@ -116,24 +130,37 @@ class _RawPubSub(asyncio.Protocol):
         #: Names we asked to leave (a sharded unsubscribe we did not ask for means the
         #: slot moved).
         self._leaving: set[bytes] = set()
+        #: What each reply that is not a push answers, in order (None: ignore it).
+        self._replies: collections.deque[asyncio.Future[int] | None] = collections.deque()
+
+    def start(self) -> None:
+        self._replies.append(None)
+        self._transport.write(pack(["HELLO", "3"]))
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self._loop.time()
         self._parser.feed(data)
         try:
             while (reply := self._parser.gets()) is not False:
-                if type(reply) is list:
+                if type(reply) is hiredis.PushNotification:
                     kind = reply[0]
                     if kind in _MESSAGE:
-                        self._on_message(reply[1], reply[2])
+                        self._on_message(reply[1], reply[2], False)
+                    elif kind == b"pmessage":
+                        self._on_message(reply[2], reply[3], True)
                     elif kind in _SUBSCRIBED:
                         self._on_subscribed(reply[1])
                     elif kind == b"sunsubscribe" and reply[1] not in self._leaving:
-                        raise _lost("was dropped by the cluster (the hub's slot moved)")
+                        raise _lost("was dropped by the cluster (a slot moved)")
                     else:
-                        self._leaving.discard(reply[1])  # and pongs: only signs of life
+                        self._leaving.discard(reply[1])
                 elif isinstance(reply, ResponseError):
                     raise _lost("refused a command", reply)
+                else:
+                    waiter = self._replies.popleft() if self._replies else None
+                    if waiter is not None and not waiter.done():
+                        secs, micros = reply
+                        waiter.set_result(int(secs) * 1000 + int(micros) // 1000)
         except Exception as exc:
             # Whatever failed (the live path's own code included), the stream of messages
             # cannot be trusted to continue in order: end the session; the supervisor
@@ -146,6 +173,10 @@ class _RawPubSub(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         if not self.lost.done():
             self.lost.set_exception(_as_lost(exc))
+        while self._replies:
+            waiter = self._replies.popleft()
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(_as_lost(exc))
         self._transport.abort()
 
     async def subscribe(self, names: Sequence[str | bytes]) -> None:
@@ -155,14 +186,24 @@ class _RawPubSub(asyncio.Protocol):
         self._leaving.update(n if isinstance(n, bytes) else n.encode() for n in names)
         self._transport.write(pack([self._commands[1], *names]))
 
-    async def ping(self) -> bool:
-        self._transport.write(pack(["PING"]))
-        return True
+    async def psubscribe(self, patterns: Sequence[str | bytes]) -> None:
+        self._transport.write(pack([b"PSUBSCRIBE", *patterns]))
+
+    async def punsubscribe(self, patterns: Sequence[str | bytes]) -> None:
+        self._transport.write(pack([b"PUNSUBSCRIBE", *patterns]))
+
+    def probe(self) -> asyncio.Future[int]:
+        waiter: asyncio.Future[int] = self._loop.create_future()
+        if self.lost.done():
+            waiter.set_exception(_lost("is gone"))
+            return waiter
+        self._replies.append(waiter)
+        self._transport.write(pack(["TIME"]))
+        return waiter
 
     async def aclose(self) -> None:
         self._transport.abort()
-        if not self.lost.done():
-            self.lost.set_exception(_lost("was closed"))
+        self._fail(_lost("was closed"))
         _retrieve(self.lost)
 
 
@@ -172,6 +213,7 @@ class _PolledPubSub:
     def __init__(
         self, client: Redis, on_message: OnMessage, on_subscribed: OnSubscribed, sharded: bool
     ) -> None:
+        self._client = client
         self._ps: PubSub = client.pubsub(ignore_subscribe_messages=False)
         self._sharded = sharded
         self._leaving: set[bytes] = set()
@@ -182,6 +224,8 @@ class _PolledPubSub:
         self.lost: asyncio.Future[None] = loop.create_future()
         self.last_rx = loop.time()
         self._task: asyncio.Task[None] | None = None
+        #: Probes whose PING was sent, oldest first, with the time read before it.
+        self._pongs: collections.deque[tuple[asyncio.Future[int], int]] = collections.deque()
 
     async def start(self) -> None:
         ps = self._ps
@@ -205,17 +249,27 @@ class _PolledPubSub:
                 self.last_rx = self._loop.time()
                 kind = message["type"]
                 if kind in ("message", "smessage"):
-                    self._on_message(message["channel"], message["data"])
-                elif kind in ("subscribe", "ssubscribe"):
+                    self._on_message(message["channel"], message["data"], False)
+                elif kind == "pmessage":
+                    self._on_message(message["channel"], message["data"], True)
+                elif kind in ("subscribe", "ssubscribe", "psubscribe"):
                     self._on_subscribed(message["channel"])
+                elif kind == "pong" and self._pongs:
+                    waiter, ms = self._pongs.popleft()
+                    if not waiter.done():
+                        waiter.set_result(ms)
                 elif kind == "sunsubscribe" and message["channel"] not in self._leaving:
-                    raise _lost("was dropped by the cluster (the hub's slot moved)")
+                    raise _lost("was dropped by the cluster (a slot moved)")
         except Exception as exc:
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         if not self.lost.done():
             self.lost.set_exception(_as_lost(exc))
+        while self._pongs:
+            waiter, _ = self._pongs.popleft()
+            if not waiter.done():
+                waiter.set_exception(_as_lost(exc))
 
     async def subscribe(self, names: Sequence[str | bytes]) -> None:
         with translated("subscribing"):
@@ -232,12 +286,34 @@ class _PolledPubSub:
             else:
                 await self._ps.unsubscribe(*names)
 
-    async def ping(self) -> bool:
-        if not self._ps.subscribed:
-            return False
-        with translated("probing the live connection"):
-            await self._ps.ping()
-        return True
+    async def psubscribe(self, patterns: Sequence[str | bytes]) -> None:
+        with translated("subscribing"):
+            await self._ps.psubscribe(*patterns)
+
+    async def punsubscribe(self, patterns: Sequence[str | bytes]) -> None:
+        with translated("unsubscribing"):
+            await self._ps.punsubscribe(*patterns)
+
+    def probe(self) -> asyncio.Future[int]:
+        waiter: asyncio.Future[int] = self._loop.create_future()
+        self._loop.create_task(self._probe(waiter))
+        return waiter
+
+    async def _probe(self, waiter: asyncio.Future[int]) -> None:
+        try:
+            if self.lost.done():
+                raise _lost("is gone")
+            with translated("probing the live connection"):
+                secs, micros = await self._client.time()
+                if not self._ps.subscribed:
+                    # Nothing subscribed: no message can be in flight to us.
+                    waiter.set_result(int(secs) * 1000 + int(micros) // 1000)
+                    return
+                self._pongs.append((waiter, int(secs) * 1000 + int(micros) // 1000))
+                await self._ps.ping()
+        except Exception as exc:
+            if not waiter.done():
+                waiter.set_exception(_as_lost(exc))
 
     async def aclose(self) -> None:
         if self._task is not None:

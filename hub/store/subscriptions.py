@@ -12,7 +12,7 @@ import json
 from importlib import resources
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from hub.store.failures import translated
 from hub.store.keys import Keys
@@ -25,7 +25,7 @@ SCRIPT = (resources.files("hub.store") / "lua" / "subscriptions.lua").read_text(
 class SubscriptionRecords:
     """One node's subscription records, and everyone's for reading."""
 
-    def __init__(self, redis: Redis, keys: Keys, node: str, ttl_ms: int) -> None:
+    def __init__(self, redis: Redis | RedisCluster, keys: Keys, node: str, ttl_ms: int) -> None:
         self.node = node
         self._redis = redis
         self._keys = keys

@@ -1,158 +1,200 @@
--- Publish one event to one or more channels, atomically: hand out the next hub-wide
--- id, append the event to each channel's history stream, trim that history, and
--- announce the event on each channel's live pub/sub name. Because it is one script,
--- a node that confirmed its SUBSCRIBE before reading history can never miss an event
--- between the two.
+-- Publish one event to one or more channels, atomically: append it to each channel's
+-- history stream and announce it on each channel's live pub/sub name. Because it is one
+-- script, a node that confirmed its SUBSCRIBE before reading history can never miss an
+-- event between the two. On a Redis Cluster a call names the channels of ONE partition
+-- (one hash slot), and an event of several partitions is one call per partition; on a
+-- Redis that is not a cluster (where slots mean nothing) it is one call for all.
 --
--- Two call forms. The short one (native publishers in any language):
+-- Nothing here is shared with publishes to other partitions: no clock, no log. An event
+-- of one channel takes its id from XADD * (the server's clock, after the stream's last
+-- id); an event of several channels takes the first id after now and after each of their
+-- last ids, and is stored under that same id in each (hub/store/ids.py says how ids of
+-- different channels are ordered).
 --
--- KEYS[1]     {prefix}clock            hash: ms, n (last id), since (history start, ms)
--- KEYS[2..]   {prefix}stream:{channel} one per channel
--- ARGV[1]     event type ("message" unless the publisher chose one)
--- ARGV[2]     data (any bytes)
--- ARGV[3]     history size: entries kept per channel
--- ARGV[4]     history age in ms: entries older are trimmed (0: no age limit)
--- ARGV[5..]   {prefix}live:{channel}, one per stream key, in the same order
+-- KEYS[1..n]      {prefix}{<tag>}:s:{channel}, one per channel
+-- KEYS[n+1..2n]   {prefix}{<tag>}:trimmed of each channel's partition (hash: channel ->
+--                 newest trimmed id)
+-- KEYS[2n+1..3n]  {prefix}{<tag>}:index of each (sorted set: channel -> a time after its
+--                 newest event)
+-- KEYS[3n+1..4n]  {prefix}{<tag>}:ids of each (hash: chosen Mercure id -> event id)
+-- ARGV[1]     the live message after its id: "<flags>\n<event>\n<channels>\n<origin>\n
+--             <mercure id>\n<retry>\n<data>" (hub/store/records.py)
+-- ARGV[2]     event type
+-- ARGV[3]     data
+-- ARGV[4..3+n] {prefix}{<tag>}:l:{channel}, in the order of KEYS
+-- then, only when they apply, option names and values:
+--   c      the event's channels, space-separated (history field c)
+--   o      "<part> <token>" of an event whose channels span partitions (field o)
+--   m, k   a publisher-chosen Mercure id (field m; refused with an error starting
+--          HUBCONFLICT while the partition maps it to another event), and the key
+--          suffix (".<h>") of its event id, for the ids hash
+--   r, x, s  retry, private ("1"), the publisher's token subject (fields r, x, s)
+--   ttl    ms: history expires after this long without a publish
+--   names  the channels, space-separated (with trim and idx)
+--   trim   N: trim each history to its newest N events now, noting the newest trimmed
+--          id in the trimmed hash (publishers ask every so many publishes, not each)
+--   idx    W (ms): score each channel in the index at the event's time + W
+--   fire   a pub/sub name that gets every event (a cluster's {prefix}{<tag>}:all)
+--   kept   "0": announce the event live but keep it in no history (the Mercure
+--          subscription events: one channel per subscription would pile up keys); its
+--          id comes from the server's clock
 --
--- The full one (the hub's own publishers) also feeds the Mercure door: N channels,
--- KEYS = clock, N streams, {prefix}log, {prefix}mercure-ids; ARGV = the four above,
--- then [5] Mercure id chosen by the publisher ('' for none), [6] retry ('' for none),
--- [7] private ('1' or ''), [8] log size (0: the event is announced but not kept in the
--- log, as subscription events are), [9] {prefix}mercure-all (pub/sub for nodes
--- with URI-template subscribers), [10..9+N] {prefix}live:{channel},
--- [10+N..9+2N] {prefix}mercure:{channel}, [10+2N..9+3N] the channel names, and
--- optionally [10+3N] the publisher's token subject (field 's' of each history entry).
--- A private event goes to the log and the Mercure names only: the native live path
--- and per-channel history never carry it (the native API serves it from the log).
---
--- A chosen Mercure id still held by an event in the log is refused with an error reply
--- starting "HUBCONFLICT", before anything is written: otherwise one topic's publisher
--- could move another topic's subscribers' cursors.
---
--- Returns the event id "<ms>-<n>".
---
--- Live message format: "<id>\n<prev id on this channel or empty>\n<event>\n<data>".
--- Mercure message format: "<id>\n<mercure id>\n<event>\n<retry>\n<private>\n<channels,
--- space-separated>\n<data>" (channel names never contain whitespace).
+-- Returns the entry id "<ms>-<seq>".
 
-local n_chan
-local full = false
-if #KEYS >= 2 and #ARGV == #KEYS + 3 then
-  n_chan = #KEYS - 1
-elseif #KEYS >= 4 and (#ARGV == 9 + 3 * (#KEYS - 3) or #ARGV == 10 + 3 * (#KEYS - 3)) then
-  n_chan = #KEYS - 3
-  full = true
-else
-  return redis.error_reply('ERR hub publish: expected clock + N stream keys and 4 + N args')
+local n = #KEYS / 4
+local tail, event, data = ARGV[1], ARGV[2], ARGV[3]
+
+if n == 1 and #ARGV == 4 then
+  -- The common case: one channel, no options. As few calls as the job allows.
+  local id = redis.call('XADD', KEYS[1], '*', 'e', event, 'd', data)
+  redis.call('PUBLISH', ARGV[4], id .. '\n' .. tail)
+  return id
+end
+if n < 1 or n % 1 ~= 0 or #ARGV < 3 + n or (#ARGV - 3 - n) % 2 ~= 0 then
+  return redis.error_reply('ERR hub publish: expected 4 keys per channel, and 3 + N args + options')
 end
 
-if full and ARGV[5] ~= '' then
-  local log, ids = KEYS[n_chan + 2], KEYS[n_chan + 3]
-  local taken = redis.call('HGET', ids, ARGV[5])
-  if taken and #redis.call('XRANGE', log, taken, taken) > 0 then
-    return redis.error_reply('HUBCONFLICT the id is already used by event ' .. taken)
+local opt = {}
+for i = 4 + n, #ARGV, 2 do
+  opt[ARGV[i]] = ARGV[i + 1]
+end
+if opt.m then
+  for i = 1, n do
+    local held = redis.call('HGET', KEYS[3 * n + i], opt.m)
+    if held then
+      return redis.error_reply('HUBCONFLICT the id is already used by event ' .. held)
+    end
   end
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local clock = redis.call('HMGET', KEYS[1], 'ms', 'n')
-local ms = tonumber(clock[1])
-local n = 0
-if ms == nil then
-  redis.call('HSET', KEYS[1], 'since', string.format('%d', now))
-  ms = now
-elseif now > ms then
-  ms = now
-else
-  -- Same millisecond, or the clock went backwards (failover to a host with another
-  -- clock): keep ids increasing.
-  n = tonumber(clock[2]) + 1
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
 end
-redis.call('HSET', KEYS[1], 'ms', string.format('%d', ms), 'n', string.format('%d', n))
-local id = string.format('%d-%d', ms, n)
 
-local event, data = ARGV[1], ARGV[2]
-local size = ARGV[3]
-local age = tonumber(ARGV[4])
-local private = full and ARGV[7] == '1'
-local subject = nil
-if full and #ARGV == 10 + 3 * n_chan then
-  subject = ARGV[#ARGV]
+local fields = {'e', event, 'd', data}
+for _, name in ipairs({'c', 'o', 'm', 'r', 'x', 's'}) do
+  if opt[name] then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = opt[name]
+  end
 end
-local live_base = 4
-if full then
-  live_base = 9
-end
-if not private then
-  for i = 1, n_chan do
-    local key = KEYS[i + 1]
-    local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-    local prev = ''
+
+local id
+if opt.kept == '0' then
+  local t = redis.call('TIME')
+  id = string.format('%d-%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(t[2]) % 1000)
+elseif n == 1 then
+  id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+else
+  -- One id for every channel: after now, and after each stream's last entry.
+  local t = redis.call('TIME')
+  local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 0
+  for i = 1, n do
+    local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
     if last[1] then
-      prev = last[1][1]
+      local lms, lseq = parse(last[1][1])
+      if lms > ms or (lms == ms and lseq >= seq) then
+        ms, seq = lms, lseq + 1
+      end
     end
-    if subject then
-      redis.call('XADD', key, 'MAXLEN', size, id, 'e', event, 'd', data, 'p', prev, 's', subject)
-    else
-      redis.call('XADD', key, 'MAXLEN', size, id, 'e', event, 'd', data, 'p', prev)
-    end
-    if age > 0 then
-      redis.call('XTRIM', key, 'MINID', string.format('%d-0', ms - age))
-      redis.call('PEXPIRE', key, string.format('%d', age))
-    end
-    redis.call('PUBLISH', ARGV[live_base + i], id .. '\n' .. prev .. '\n' .. event .. '\n' .. data)
+  end
+  id = string.format('%d-%d', ms, seq)
+  for i = 1, n do
+    redis.call('XADD', KEYS[i], id, unpack(fields))
   end
 end
 
-if full then
-  local log, ids = KEYS[n_chan + 2], KEYS[n_chan + 3]
-  local mid, retry, log_size = ARGV[5], ARGV[6], tonumber(ARGV[8])
-  local names = {}
-  for i = 1, n_chan do
-    names[i] = ARGV[9 + 2 * n_chan + i]
+local message = id .. '\n' .. tail
+for i = 1, n do
+  redis.call('PUBLISH', ARGV[3 + i], message)
+end
+if opt.fire then
+  redis.call('PUBLISH', opt.fire, message)
+end
+
+if opt.kept == '0' then
+  return id
+end
+
+local ttl = tonumber(opt.ttl or '0')
+if ttl > 0 then
+  for i = 1, n do
+    redis.call('PEXPIRE', KEYS[i], ttl)
   end
-  -- Forget publisher-chosen ids whose events are about to be trimmed from the log.
-  -- Only while some are mapped: Redis drops the hash when its last field goes, and
-  -- this look at the log's head was a fifth of the script's cost (bench/redis_cost.py).
-  local excess = 0
-  if log_size > 0 and redis.call('EXISTS', ids) == 1 then
-    excess = redis.call('XLEN', log) - log_size + 1
+end
+if opt.m then
+  for i = 1, n do
+    redis.call('HSET', KEYS[3 * n + i], opt.m, id .. opt.k)
+    if ttl > 0 then
+      redis.call('PEXPIRE', KEYS[3 * n + i], ttl)
+    end
   end
-  if excess > 0 then
-    for _, entry in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', excess)) do
-      local fields = entry[2]
-      for j = 1, #fields, 2 do
-        if fields[j] == 'm' and fields[j + 1] ~= '' then
-          if redis.call('HGET', ids, fields[j + 1]) == entry[1] then
-            redis.call('HDEL', ids, fields[j + 1])
+end
+
+local names = {}
+if opt.names then
+  for name in string.gmatch(opt.names, '%S+') do
+    names[#names + 1] = name
+  end
+end
+
+if opt.idx then
+  local score = parse(id) + tonumber(opt.idx)
+  for i = 1, #names do
+    redis.call('ZADD', KEYS[2 * n + i], 'GT', score, names[i])
+  end
+end
+
+if opt.trim then
+  local keep = tonumber(opt.trim)
+  local now_ms = nil
+  if ttl > 0 then
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  for i = 1, n do
+    local key, trimmed, ids = KEYS[i], KEYS[n + i], KEYS[3 * n + i]
+    local mapped = redis.call('EXISTS', ids) == 1
+    local len = redis.call('XLEN', key)
+    local old = {}
+    if len > keep then
+      old = redis.call('XRANGE', key, '-', '+', 'COUNT', len - keep)
+    end
+    if now_ms then
+      -- Age as well as count: whichever trims more (both are prefixes of the stream).
+      local stale = redis.call('XRANGE', key, '-', string.format('(%d-0', now_ms - ttl), 'COUNT', len)
+      if #stale > #old then
+        old = stale
+      end
+    end
+    if #old > 0 then
+      local last = old[#old]
+      local lms, lseq = parse(last[1])
+      redis.call('XTRIM', key, 'MINID', string.format('%d-%d', lms, lseq + 1))
+      -- The trimmed event's first channel gives the rest of its id (its key's h).
+      local first = names[i]
+      for j = 1, #last[2], 2 do
+        if last[2][j] == 'c' then
+          first = string.match(last[2][j + 1], '^%S+')
+        end
+      end
+      redis.call('HSET', trimmed, names[i], last[1] .. ' ' .. first)
+      if mapped then
+        -- Chosen ids of trimmed events are free again.
+        for _, entry in ipairs(old) do
+          local f = entry[2]
+          for j = 1, #f, 2 do
+            if f[j] == 'm' then
+              local held = redis.call('HGET', ids, f[j + 1])
+              if held and string.sub(held, 1, #entry[1] + 1) == entry[1] .. '.' then
+                redis.call('HDEL', ids, f[j + 1])
+              end
+            end
           end
         end
       end
     end
   end
-  local flag = ''
-  if private then
-    flag = '1'
-  end
-  local channels = table.concat(names, ' ')
-  if log_size > 0 then
-    redis.call('XADD', log, 'MAXLEN', log_size, id, 'c', channels, 'e', event, 'd', data,
-      'm', mid, 'r', retry, 'x', flag)
-    if mid ~= '' then
-      redis.call('HSET', ids, mid, id)
-    end
-  end
-  if age > 0 and log_size > 0 then
-    redis.call('XTRIM', log, 'MINID', string.format('%d-0', ms - age))
-    redis.call('PEXPIRE', log, string.format('%d', age))
-    redis.call('PEXPIRE', ids, string.format('%d', age))
-  end
-  local message = id .. '\n' .. mid .. '\n' .. event .. '\n' .. retry .. '\n' .. flag .. '\n'
-    .. channels .. '\n' .. data
-  for i = 1, n_chan do
-    redis.call('PUBLISH', ARGV[9 + n_chan + i], message)
-  end
-  redis.call('PUBLISH', ARGV[9], message)
 end
 return id
