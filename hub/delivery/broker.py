@@ -1,21 +1,23 @@
 """The broker: what a client's stream is made of, and where it comes from.
 
 How an event travels: the publish script appends it to each channel's history stream
-and publishes it on each channel's ``live:`` pub/sub name, atomically; the live path
-(:mod:`hub.delivery.live`) queues it, encoded once, for every subscriber on this process.
+and publishes it on each channel's live name, atomically per partition; the live path
+(:mod:`hub.delivery.live`) queues it, encoded once, for every stream on this process.
 
-How a client gets exactly what it missed: its channels are confirmed subscribed
-BEFORE its history is read; live events that arrive meanwhile are held and merged after
-the history by id. Subscribers skip ids at or below the last one they got, so an event
-that reaches a client twice (several channels, replay/live overlap, recovery) is sent
-once. A cursor that cannot be honoured exactly gets ``hub.reset`` and live events.
+How a client gets exactly what it missed: its channels are confirmed subscribed BEFORE
+its history is read; live events that arrive meanwhile are held and merged with the
+history by key (hub/store/ids.py). Streams skip keys at or below the last one they got,
+so an event that reaches a client twice (several channels, replay/live overlap,
+recovery) is sent once. A cursor that cannot be honoured exactly gets ``hub.reset``
+naming the channels concerned, and everything else it is owed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -23,26 +25,29 @@ from typing import Any
 from hub.config import Settings
 from hub.delivery.admission import Admission
 from hub.delivery.channel import Channel
-from hub.delivery.fanout import Fanout, NativeFanout
 from hub.delivery.live import LivePath
-from hub.delivery.sse import HEARTBEAT, encode_frame, preamble, signal_frame
+from hub.delivery.sse import HEARTBEAT, preamble, signal_frame
 from hub.delivery.stats import Stats
 from hub.delivery.stream import Stream, StreamControl
 from hub.errors import BackendUnavailable
-from hub.store import Backend, Clock, EventId, Publisher, Store, format_id, parse_id
+from hub.store import ZERO, Backend, Event, Key, Publisher, Store, cut, format_id, parse_id
+from hub.store.keys import partition_of
+from hub.store.store import partitions_of
 from hub.supervise import Supervised
 
-__all__ = ["Broker"]
+__all__ = ["Broker", "Replay"]
 
 logger = logging.getLogger("hub")
 
 #: Replay frames are written in chunks of about this many bytes.
 REPLAY_CHUNK = 64 * 1024
-#: Seconds a clock read stays good for starting cursor-less streams from (see _join_id).
-CLOCK_REUSE = 0.1
 #: Bytes in a direct writer's backlog above which the sweeper counts the client as not
 #: reading (uvicorn's flow control pauses a response at 64 KiB too).
 STUCK_BACKLOG = 64 * 1024
+#: Seconds between checks that every partition has its start of history noted.
+SINCE_EVERY = 5.0
+#: Milliseconds a cursor may be ahead of Redis' clock (hosts' clocks differ a little).
+FUTURE_SLACK_MS = 60_000
 #: What a live path's reader may fail with that it logs briefly and restarts after.
 _PASSING = (BackendUnavailable, OSError)
 
@@ -50,9 +55,9 @@ _PASSING = (BackendUnavailable, OSError)
 class Broker:
     """Connects clients' streams to Redis. Use as ``async with Broker(...) as broker``.
 
-    It runs the native live path, and any a door adds (:meth:`add_path`); every stream
-    on any of them is admitted (:attr:`admission`), swept (heartbeats, stuck writes)
-    and closed at shutdown here.
+    It runs the process's live path; every stream on it, native or a door's, is
+    admitted (:attr:`admission`), swept (heartbeats, stuck writes) and closed at
+    shutdown here.
     """
 
     def __init__(self, backend: Backend, settings: Settings) -> None:
@@ -60,17 +65,21 @@ class Broker:
         self.store = Store(backend, settings)
         self.publisher: Publisher = self.store.publisher
         self._stats = Stats()
-        #: Clock reads shared by the streams that open together.
-        self._clock = self.store.clock
-        self._live = LivePath(self.store, settings, NativeFanout(self.store, settings, self._stats))
-        self._paths: list[LivePath] = [self._live]
-        self._reader = Supervised("hub live reader", self._live.run, quiet=_PASSING)
+        #: The live path every stream of this process runs on.
+        self.live_path = LivePath(self.store, settings, self._stats)
+        self._reader = Supervised("hub live path", self.live_path.run, quiet=_PASSING)
         self._sweeper = Supervised("hub stream sweeper", self._sweep)
+        self._marker = Supervised("hub history marks", self._mark_since, quiet=_PASSING)
         self._stack = AsyncExitStack()
-        #: The one connection limit, over every stream of every live path.
+        #: The one connection limit, over every stream.
         self.admission = Admission(settings, self.open_streams)
 
     async def __aenter__(self) -> Broker:
+        # Before the first stream: a resume right after start must find the marks. With
+        # Redis not there yet, the marker keeps trying.
+        with contextlib.suppress(BackendUnavailable, asyncio.TimeoutError):
+            await asyncio.wait_for(self._mark_once(), 5.0)
+        await self._marker.__aenter__()
         await self._reader.__aenter__()
         await self._sweeper.__aenter__()
         return self
@@ -82,35 +91,26 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         self.close_all("shutdown")
-        self.store.clock.close()
         await self._stack.__aexit__(exc_type, exc, tb)
         await self._sweeper.__aexit__(exc_type, exc, tb)
         await self._reader.__aexit__(exc_type, exc, tb)
-        for path in self._paths:
-            await path.aclose()
+        await self._marker.__aexit__(exc_type, exc, tb)
+        await self.live_path.aclose()
         await self.store.aclose()
-
-    async def add_path(self, fanout: Fanout, name: str) -> LivePath:
-        """Start another live path (a door's own messages): its reader runs supervised
-        until the broker stops, and its streams are admitted, swept and closed here."""
-        path = LivePath(self.store, self.settings, fanout)
-        self._paths.append(path)
-        await self._stack.enter_async_context(Supervised(name, path.run, quiet=_PASSING))
-        return path
 
     @property
     def live(self) -> bool:
-        """True while the live connection is up and subscribed."""
-        return self._live.live
+        """True while the live connections are up and subscribed."""
+        return self.live_path.live
 
     @property
     def connections(self) -> int:
-        """Open ``/events`` streams on the native live path of this process."""
-        return len(self._live.subscribers)
+        """Open ``/events`` streams of this process (native ones)."""
+        return sum(1 for sub in self.live_path.subscribers if sub.plain)
 
     def open_streams(self) -> int:
         """Open streams of every kind on this process (what admission counts)."""
-        return sum(len(path.subscribers) for path in self._paths)
+        return len(self.live_path.subscribers)
 
     @property
     def stats(self) -> Stats:
@@ -119,18 +119,18 @@ class Broker:
 
     @property
     def subscriptions(self) -> int:
-        """Channel subscriptions of the open streams (one stream on 3 channels: 3)."""
-        return sum(len(sub.channels) for sub in self._live.subscribers)
+        """Channel subscriptions of the open native streams (one stream on 3 channels: 3)."""
+        return sum(len(sub.channels) for sub in self.live_path.subscribers if sub.plain)
 
     @property
     def redis_reconnects(self) -> int:
-        """Times the live Redis connection was lost and set up again."""
-        return self._reader.restarts
+        """Times a live connection to Redis was lost and set up again."""
+        return self._stats.reconnects + self._reader.restarts
 
     def close_all(self, reason: str, final: Callable[[], bytes] | None = None) -> int:
         """End every open stream after its queued frames, then ``final()`` (shutdown);
         return how many there were."""
-        streams = [sub for path in self._paths for sub in path.subscribers]
+        streams = list(self.live_path.subscribers)
         for sub in streams:
             sub.close(reason, final=final() if final else b"")
         return len(streams)
@@ -138,6 +138,16 @@ class Broker:
     async def ping(self) -> None:
         """Raise :class:`BackendUnavailable` unless Redis answers."""
         await self.store.ping()
+
+    async def _mark_since(self) -> None:
+        """Note when this Redis was first seen holding each partition's history (a Redis
+        that lost its data gets a new start, and cursors from before it a reset)."""
+        while True:
+            await self._mark_once()
+            await asyncio.sleep(SINCE_EVERY)
+
+    async def _mark_once(self) -> None:
+        await self.store.mark_since(await self.store.now_ms())
 
     # -- one client's stream ------------------------------------------------------------
 
@@ -151,10 +161,11 @@ class Broker:
 
         ``cursor`` is a ``Last-Event-ID``, ``"earliest"`` for all retained history, or
         ``None`` for live events only. A cursor that cannot be honoured exactly gives a
-        ``hub.reset`` frame first, then live events. The stream opens with a comment and
-        a ``retry:`` hint once Redis has confirmed the subscription: every event
-        published after a client has read it is delivered to that client. If Redis
-        fails, the stream ends with a comment saying why and a ``retry:`` hint.
+        ``hub.reset`` frame, then what else it is owed and live events. The stream opens
+        with a comment, a ``retry:`` hint and an id to resume from, once Redis has
+        confirmed the subscription: every event published after a client has read it is
+        delivered to that client. If Redis fails, the stream ends with a comment saying
+        why and a ``retry:`` hint.
 
         ``response.abort(reason)`` is called when the client must be dropped at once
         (its queue overflowed, or a write blocked too long), and an abort from the
@@ -168,64 +179,37 @@ class Broker:
         async def join(confirmed: list[Channel]) -> bytes:
             # Live only: the comment with the id the stream starts from, and the live
             # events that arrived meanwhile, as one chunk.
-            head = self._join_id(confirmed, loop.time())
-            if head is None:
-                head = (await self.clock(confirmed)).head
-            else:
-                for channel in confirmed:
-                    channel.floor = max(channel.floor, head)
-            sub.last = head
-            return preamble(retry_ms, format_id(head)) + sub.go_live()
+            sub.last = await self.start(sub, confirmed)
+            return preamble(retry_ms, format_id(sub.last)) + sub.go_live()
 
         async def resume(confirmed: list[Channel]) -> AsyncGenerator[bytes, None]:
             assert cursor is not None
-            clock = await self.clock(confirmed)
             yield preamble(retry_ms)
-            async for chunk in self._replay(sub, cursor, clock):
+            async for chunk in Replay(self, sub, confirmed).run(cursor):
                 yield chunk
 
         opening = join if cursor is None else resume
         return sub.run(
-            self._live, response, opening, stats=self.stats, retry_ms=self.settings.retry_ms
+            self.live_path, response, opening, stats=self.stats, retry_ms=self.settings.retry_ms
         )
 
-    async def clock(self, confirmed: Sequence[Channel] = ()) -> Clock:
-        """The clock, read by a request sent after this call began (shared by the
-        streams that open together, see :class:`hub.store.history.ClockReads`); the
-        ``confirmed`` channels' floors are raised to its head (events up to it were
-        never this node's to deliver live on them)."""
-        clock = await self._clock.read()
-        for channel in confirmed:
-            channel.floor = max(channel.floor, clock.head)
-        return clock
+    async def start(self, sub: Stream, confirmed: list[Channel]) -> Key:
+        """Where a stream without a cursor starts: every later event of its channels
+        reaches it live, and every event published once it has its preamble is later.
 
-    def _join_id(self, channels: list[Channel], now: float) -> EventId | None:
-        """Where a cursor-less stream on confirmed ``channels`` starts, without a round
-        trip to Redis; ``None`` when a fresh clock read is needed.
-
-        The stream gets every event with a larger id, and none other; that loses
-        nothing if every such event on its channels reaches it live. One sent to Redis
-        before a channel's subscription took effect has an id at most the head of a
-        clock read sent after that subscription was confirmed; one this node received
-        before now, at most the watermark (the live connection delivers in id order).
-        Any other arrives from now on, and the stream is attached, so it reaches it.
-        (Events received between the attach and now, at most the watermark, were
-        published before the stream's opening was sent: not owed to it.) A read counts
-        only while the live session that confirmed the channels is up, and for
-        CLOCK_REUSE seconds. Under churn this was a clock read per CLOCK_REUSE instead
-        of one per handful of streams, which cost 14% of the CPU.
-        """
-        latest, watermark = self._clock.latest, self._live.watermark
-        if latest is None or watermark is None or not self._live.live:
-            return None
-        sent_at, clock = latest
-        if now - sent_at > CLOCK_REUSE:
-            return None
-        for channel in channels:
-            # Loop time has a coarse tick: an equal time may be either order.
-            if channel.confirmed_at >= sent_at:
-                return None
-        return max(clock.head, watermark)
+        On one channel that is how far this node has seen the channel. On several it is
+        a millisecond that every shard of them has passed, read after the subscriptions
+        were confirmed (a probe, hub/delivery/order.py)."""
+        if not sub.ordered:
+            seen = confirmed[0].seen
+            assert seen is not None
+            return seen
+        shards = _shards(confirmed)
+        live = self.live_path
+        times = [await live.probe(shard) for shard in shards]
+        ms = max([*times, *(c.seen[0] for c in confirmed if c.seen is not None)])
+        await live.order.passed(ms, shards)
+        return cut(ms + 1)
 
     async def _sweep(self) -> None:
         """For every open stream: a heartbeat when it has been idle for ``HUB_HEARTBEAT``,
@@ -237,7 +221,7 @@ class Broker:
         while True:
             await asyncio.sleep(period)
             now = loop.time()
-            for sub in [sub for path in self._paths for sub in path.subscribers]:
+            for sub in list(self.live_path.subscribers):
                 if sub.direct:
                     self._sweep_direct(sub, now)
                 elif sub.writing_since is not None:
@@ -264,104 +248,138 @@ class Broker:
             sub.heartbeat(HEARTBEAT)
             sub.last_out = now
 
-    async def _replay(self, sub: Stream, cursor: str, clock: Clock) -> AsyncIterator[bytes]:
-        head, since, now_ms, _lost = clock
+
+def _shards(channels: list[Channel]) -> list[str]:
+    return sorted({c.shard for c in channels if c.shard is not None})
+
+
+class Replay:
+    """One stream's catch-up after its cursor: history merged with the live events
+    that arrive meanwhile, and ``hub.reset`` for the channels it cannot serve exactly."""
+
+    def __init__(self, broker: Broker, sub: Stream, confirmed: list[Channel]) -> None:
+        self.broker = broker
+        self.sub = sub
+        self.confirmed = confirmed
+
+    async def run(self, cursor: str) -> AsyncIterator[bytes]:
+        broker, sub = self.broker, self.sub
+        store, settings = broker.store, broker.settings
         strict = True
         if cursor == "earliest":
-            after, strict = (0, 0), False
+            after, strict = ZERO, False
         else:
             try:
                 after = parse_id(cursor)
             except ValueError:
-                yield await self._reset(sub, "invalid", f"{cursor[:60]!r} is not a hub event id")
+                yield await self.reset("invalid", f"{cursor[:60]!r} is not a hub event id")
                 return
-            if after == (0, 0):
+            if after == ZERO:
                 strict = False
-            elif after > head:
-                yield await self._reset(
-                    sub,
-                    "unknown",
-                    f"{cursor} is not in this hub's history (it is newer than "
-                    "the last event: from another hub, or from before Redis lost its data)",
-                )
-                return
-            elif since is not None and after[0] < since:
-                yield await self._reset(
-                    sub,
-                    "history_lost",
-                    f"{cursor} predates this Redis's history (it started "
-                    "again empty); events after it may be lost",
-                )
-                return
-            elif clock.lost is not None and after < clock.lost[1]:
-                yield await self._reset(
-                    sub,
-                    "history_lost",
-                    f"Redis lost events up to {format_id(clock.lost[1])} (a failover to a "
-                    f"replica that had not received them); events after {cursor} may be lost",
-                )
-                return
-        ttl_ms = int(self.settings.history_ttl * 1000)
-        self.stats.replays += 1
-        reader = self.store.history(
-            sub.channels,
+        now_ms = await store.now_ms()
+        if strict and after[0] > now_ms + FUTURE_SLACK_MS:
+            yield await self.reset(
+                "unknown",
+                f"{cursor} is not in this hub's history (it is from the future: from "
+                "another hub, or made up)",
+            )
+            return
+        channels = list(sub.channels)
+        predating: list[str] = []
+        if strict:
+            since = await store.since(partitions_of(channels))
+            predating = [c for c in channels if _predates(after, since, c)]
+            channels = [c for c in channels if c not in predating]
+        ttl_ms = int(settings.history_ttl * 1000)
+        broker.stats.replays += 1
+        sub.last = after
+        reader = store.history(
+            channels,
             after,
             strict=strict,
-            expired_before=(now_ms - ttl_ms, 0) if ttl_ms else None,
+            expired_before=now_ms - ttl_ms if ttl_ms else None,
+            follows=sub.follows,
+            until=await self.bound(),
         )
-        sub.last = after
+        async for chunk in self.merged(reader):
+            yield chunk
+        lost = predating + reader.lost
+        gaps = reader.gaps
+        if lost:
+            yield await self.reset(
+                "history_lost",
+                f"Redis lost events of {_names(lost)} after {cursor} (it started again "
+                "empty, or a failover lost them); events after it may be missing",
+                channels=lost + gaps,
+            )
+        elif gaps:
+            yield await self.reset(
+                "expired",
+                f"history of {_names(gaps)} no longer reaches back to {cursor}: events "
+                "after it were trimmed (HUB_HISTORY_SIZE / HUB_HISTORY_TTL)",
+                channels=gaps,
+            )
+
+    async def bound(self) -> Key | None:
+        """Where the history of a stream on several channels stops and its live events
+        take over (``None``, one channel: no need).
+
+        Its channels' histories are read one after the other, and an event published
+        in between is in one read and not the other, and comes live later than the
+        history after it: merged by key it would be skipped. So every shard is asked for
+        its time first, and the replay waits until each has passed the latest: every
+        event before is in the histories read after, and has reached this node and been
+        held back for the stream; every event after comes live."""
+        if not self.sub.ordered:
+            return None
+        return await self.broker.start(self.sub, self.confirmed)
+
+    async def merged(self, reader: AsyncIterable[Event]) -> AsyncIterator[bytes]:
+        """The history's frames, with the live frames held back meanwhile interleaved
+        by key, in chunks of about REPLAY_CHUNK bytes."""
+        sub, stats = self.sub, self.broker.stats
         chunk: list[bytes] = []
         size = 0
-        # A channel whose history no longer reaches back is left out by the reader and
-        # named in the reset below; the others are replayed in full. (Stopping at the
-        # first gap skipped them too, under a reset that did not name them: a silent
-        # hole.)
-        async for entry in reader:
-            if entry.id <= sub.last:
+        async for event in reader:
+            key = event.key
+            chunk.extend(sub.interleave(key))
+            if key <= sub.last:
                 continue  # the same event from another of the client's channels
-            frame = encode_frame(entry.raw_id, entry.event, entry.data)
+            frame = sub.frame_for(event)
+            if frame is None:
+                continue
             chunk.append(frame)
             size += len(frame)
-            sub.last = entry.id
+            sub.last = key
             if size >= REPLAY_CHUNK:
                 sub.sent += len(chunk)
-                self.stats.replayed += len(chunk)
+                stats.replayed += len(chunk)
                 yield b"".join(chunk)
                 chunk, size = [], 0
         if chunk:
             sub.sent += len(chunk)
-            self.stats.replayed += len(chunk)
+            stats.replayed += len(chunk)
             yield b"".join(chunk)
-        if reader.gaps:
-            names = ", ".join(repr(c) for c in reader.gaps[:5])
-            yield await self._reset(
-                sub,
-                "expired",
-                f"history of {names} no longer reaches back to "
-                f"{format_id(after)}: events after it were trimmed (HUB_HISTORY_SIZE / "
-                "HUB_HISTORY_TTL)",
-                channels=reader.gaps,
-                # The head read before the history: every later event reaches this
-                # stream live. A fresh read would also pass over events of the other
-                # channels published after their history was read.
-                head=head,
-            )
 
-    async def _reset(
-        self,
-        sub: Stream,
-        reason: str,
-        message: str,
-        channels: list[str] | None = None,
-        head: EventId | None = None,
-    ) -> bytes:
-        """Tell the client its cursor cannot be honoured; it continues live from now
-        (from ``head``, when given)."""
-        if head is None:
-            head = (await self._clock.read()).head
-        sub.last = max(sub.last, head)
+    async def reset(self, reason: str, message: str, channels: list[str] | None = None) -> bytes:
+        """Tell the client its cursor cannot be honoured for ``channels``; it continues
+        with everything else, and live, from a position every shard has passed."""
+        sub = self.sub
+        start = await self.broker.start(sub, self.confirmed)
+        sub.last = max(sub.last, start)
         sub.sent += 1
-        self.stats.resets += 1
+        self.broker.stats.resets += 1
         payload: dict[str, Any] = {"reason": reason, "message": message}
         payload["channels"] = channels if channels is not None else sub.channels
         return signal_frame("hub.reset", payload, event_id=format_id(sub.last))
+
+
+def _predates(after: Key, since: dict[int, int | None], channel: str) -> bool:
+    began = since.get(partition_of(channel))
+    # No start noted: this Redis holds nothing of the partition (it lost its data just
+    # now); a node notes one within seconds.
+    return began is None or after[0] < began
+
+
+def _names(channels: list[str]) -> str:
+    return ", ".join(repr(c) for c in channels[:5]) + (" ..." if len(channels) > 5 else "")

@@ -12,9 +12,12 @@ from typing import Any
 
 from sse_starlette import ServerSentEvent
 
+from hub.store.records import Event
+
 __all__ = [
     "HEARTBEAT",
     "encode_frame",
+    "native_frame",
     "preamble",
     "retry_frame",
     "signal_frame",
@@ -34,6 +37,14 @@ def encode_frame(event_id: bytes, event: bytes, data: bytes) -> bytes:
     # gets its own data: field and none is cut short.
     lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
     return head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+
+
+def native_frame(event: Event) -> bytes:
+    """An event's ``/events`` frame, built once per event and kept on it."""
+    frame = event.frame
+    if frame is None:
+        frame = event.frame = encode_frame(event.id_text, event.event, event.data)
+    return frame
 
 
 def signal_frame(event: str, payload: dict[str, Any], event_id: str | None = None) -> bytes:

@@ -35,6 +35,7 @@ class Stats:
         "opened",
         "published",
         "rate_limited",
+        "reconnects",
         "replayed",
         "replays",
         "resets",
@@ -55,6 +56,8 @@ class Stats:
         self.replayed = 0
         #: ``hub.reset`` signals sent.
         self.resets = 0
+        #: Times a live connection to Redis (to any shard) was lost and set up again.
+        self.reconnects = 0
         #: Seconds from publish (the id's Redis time) to this process, once per event;
         #: replaced by :class:`Metrics` with a histogram's ``observe``.
         self.observe_lag: Callable[[float], None] = _no_observation

@@ -8,19 +8,22 @@ to (:mod:`hub.delivery.response`) only carries bytes and reports the client leav
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Protocol
 
-from hub.delivery.sse import retry_frame
+from hub.delivery.sse import native_frame, retry_frame
 from hub.delivery.stats import TOKEN_EXPIRED, Stats
 from hub.delivery.writer import DirectWriter
 from hub.errors import BackendUnavailable
 from hub.logs import log_stream_closed
-from hub.store.ids import EventId
+from hub.store.ids import ZERO, EventId
+from hub.store.records import Event
 
 __all__ = ["Opening", "Stream", "StreamControl"]
+
 
 logger = logging.getLogger("hub")
 
@@ -90,6 +93,7 @@ class Stream:
 
     __slots__ = (
         "_direct",
+        "_follow",
         "_frames",
         "_held",
         "_limit",
@@ -101,6 +105,8 @@ class Stream:
         "last",
         "last_out",
         "on_cut_off",
+        "ordered",
+        "plain",
         "response",
         "sent",
         "sent_seen",
@@ -117,16 +123,22 @@ class Stream:
         writer: tuple[DirectWriter, Callable[[], int]] | None = None,
         *,
         loop: asyncio.AbstractEventLoop | None = None,
+        ordered: bool | None = None,
     ) -> None:
         self.channels = channels
+        self._follow = frozenset(channels)
+        #: Takes events in key order (it follows several channels): hub/delivery/order.py.
+        self.ordered = len(channels) > 1 if ordered is None else ordered
+        #: Takes every public event's native frame as it is (delivery asks no questions).
+        self.plain = True
         #: The id of the last frame handed to this client; older or equal ids are skipped.
-        self.last: EventId = (0, 0)
+        self.last: EventId = ZERO
         #: How the stream was closed (a key of ``_ENDINGS``), or ``None`` while open.
         self.closed: str | None = None
         #: The detail of a cut-off or an abort (what the log line says).
         self.why = ""
         self._frames: list[bytes] = []
-        self._held: list[tuple[EventId, bytes]] | None = []
+        self._held: collections.deque[tuple[EventId, bytes]] | None = collections.deque()
         self._size = 0
         self._limit = limit
         # A bare future per wait, not an asyncio.Event: this runs once per client per
@@ -150,8 +162,30 @@ class Stream:
         #: Events handed to the client's stream on either path (the close log line; the
         #: sweeper's sign of activity in direct mode).
         self.sent = 0
-        #: ``sent`` when the sweeper last looked.
-        self.sent_seen = 0
+        self.sent_seen = 0  # ``sent`` when the sweeper last looked
+
+    def follows(self, channel: str) -> bool:
+        """Whether this stream follows ``channel`` (:meth:`hub.store.Event.wanted_by`)."""
+        return channel in self._follow
+
+    def frame_for(self, event: Event) -> bytes | None:
+        """The frame this stream takes for ``event``, or ``None``: a native stream takes
+        public events only, and of an event spread over partitions its first part."""
+        if event.private or not event.wanted_by(self.follows):
+            return None
+        return native_frame(event)
+
+    def interleave(self, key: EventId) -> list[bytes]:
+        """While a replay runs: the live frames held back so far whose keys come before
+        ``key`` (and after :attr:`last`), which go out before the replay's next event."""
+        held = self._held
+        out: list[bytes] = []
+        while held and held[0][0] < key:
+            event_id, frame = held.popleft()
+            if event_id > self.last:
+                self.last = event_id
+                out.append(frame)
+        return out
 
     def deliver(self, event_id: EventId, frame: bytes) -> None:
         """Queue one frame; a client whose queue overflows is cut off (it resumes later)."""
@@ -210,7 +244,7 @@ class Stream:
 
     def go_live(self) -> bytes:
         """End the replay: return the held live frames that the replay did not cover."""
-        held, self._held = self._held or [], None
+        held, self._held = self._held or (), None
         out = []
         for event_id, frame in held:
             if event_id > self.last:
