@@ -31,9 +31,11 @@ class Settings:
     #: ``redis://[:password@]host:port/db``, ``unix://``, or ``redis+sentinel://``; unset
     #: runs on the embedded in-memory backend (one process only).
     redis_url: str | None = None
-    #: Prefix of every Redis key and pub/sub channel the hub uses.
+    #: Prefix of every Redis key and pub/sub channel the hub uses (no braces: the hub
+    #: gives its keys hash tags of its own, hub/store/keys.py).
     key_prefix: str = "hub:"
-    #: Events kept per channel for resuming clients.
+    #: Events kept per channel for resuming clients (at least this many: history is
+    #: trimmed back to it every tenth of it, so it may hold up to 10% more).
     history_size: int = 1000
     #: Seconds an event is kept for resuming clients; 0 keeps it until ``history_size`` pushes
     #: it out.
@@ -80,9 +82,6 @@ class Settings:
     log_level: str = "info"
     #: ``text`` (readable) or ``json`` (one object per line, for log pipelines).
     log_format: str = "text"
-    #: Events kept in the hub-wide log that Mercure subscribers (and private events)
-    #: are replayed from.
-    log_size: int = 10000
     #: JWT verification key for publishers and subscribers: the HMAC secret, or a PEM
     #: public key for RS256/ES256. No key at all runs the hub in development mode:
     #: anyone may publish, and Mercure subscribers get every update.
@@ -147,8 +146,12 @@ class Settings:
             (self.body_timeout > 0, "body_timeout must be a positive number of seconds"),
             (self.workers >= 1, "workers must be at least 1"),
             (bool(self.key_prefix), "key_prefix must not be empty"),
+            (
+                "{" not in self.key_prefix and "}" not in self.key_prefix,
+                "key_prefix must not contain braces: the hub gives its keys hash tags of its "
+                "own, and one in the prefix would put them all in one cluster slot (use hub:)",
+            ),
             (self.log_format in ("text", "json"), "log_format must be text or json"),
-            (self.log_size >= 1, "log_size must be at least 1"),
             (self.jwt_jwks_refresh > 0, "jwt_jwks_refresh must be a positive number of seconds"),
             (
                 bool(self.protocols()) and self.protocols() <= {"1.0", "0.24"},

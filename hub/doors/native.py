@@ -35,8 +35,8 @@ _ENVELOPE = 64 * 1024
 
 class PrivateStreams(Protocol):
     """Serves an ``/events`` stream whose token may receive private updates of its
-    channels. Private updates travel on the log, not the native live path; a door that
-    follows the log registers itself as ``app.state.private_streams``."""
+    channels: a door that checks who may receive which private update (the Mercure
+    door) registers itself as ``app.state.private_streams``."""
 
     async def __call__(
         self, request: Request, channels: list[str], claims: Claims, cursor: str | None
@@ -63,8 +63,8 @@ async def events(request: Request) -> Response | EventStream:
         claims = await auth.subscriber(request)
         private: PrivateStreams | None = getattr(request.app.state, "private_streams", None)
         if claims is not None and private is not None and claims.can_receive(channels):
-            # Private updates travel on the log only; a plain stream costs the native
-            # live path nothing.
+            # Who may receive which private update is the Mercure door's business; a
+            # plain stream skips every private update without asking.
             return await private(request, channels, claims, cursor or None)
 
     response = EventStream()

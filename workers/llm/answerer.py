@@ -121,23 +121,25 @@ class Answerer:
             # --claim-after; a done that went out is not sent again.
             self.abandoned.add(delivery.id)
             self.worker.log(
-                logging.WARNING, "answer abandoned", request=delivery.id, error=str(exc)
+                logging.WARNING, "answer abandoned", request=delivery.event_id, error=str(exc)
             )
         except InvalidRequest as exc:
-            self.worker.log(logging.WARNING, "invalid request", request=delivery.id, error=str(exc))
+            self.worker.log(
+                logging.WARNING, "invalid request", request=delivery.event_id, error=str(exc)
+            )
             with contextlib.suppress(Exception):
                 if exc.reply_to is not None:
-                    await self._error(delivery.id, exc.reply_to, "invalid_request", str(exc))
+                    await self._error(delivery.event_id, exc.reply_to, "invalid_request", str(exc))
                 await self.queue.ack(delivery.id)
         except Exception:
             self.metrics.finished("failed")
             self.worker.logger.error(
-                "answering failed", exc_info=True, extra=log_fields(request=delivery.id)
+                "answering failed", exc_info=True, extra=log_fields(request=delivery.event_id)
             )
             try:
                 if request is not None:
                     message = "the worker failed; try again"
-                    await self._error(delivery.id, request.reply_to, "internal", message)
+                    await self._error(delivery.event_id, request.reply_to, "internal", message)
                 await self.queue.ack(delivery.id)
             except Exception as exc:
                 self.worker.log(logging.WARNING, "could not report the failure", error=str(exc))
@@ -149,11 +151,11 @@ class Answerer:
                 logging.WARNING,
                 "request trimmed from the history before it was answered; dropped "
                 "(raise HUB_HISTORY_SIZE)",
-                request=delivery.id,
+                request=delivery.event_id,
             )
             return None
         return parse_request(
-            delivery.id, delivery.data, self.policy.requests_channel, self.policy.max_prompt
+            delivery.event_id, delivery.data, self.policy.requests_channel, self.policy.max_prompt
         )
 
     async def _error(self, request_id: str, reply_to: str, reason: str, message: str) -> None:

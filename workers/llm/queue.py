@@ -26,6 +26,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from hub.store import Keys
+from hub.store.ids import key_suffix
 
 __all__ = ["Delivery", "RequestQueue"]
 
@@ -59,11 +60,15 @@ class Delivery:
     trimmed from the history before it could be read; ``claimed`` when it was taken over
     from another worker."""
 
+    #: The entry id in the requests stream (what the consumer group knows it by).
     id: str
     data: bytes | None
     claimed: bool = False
     #: Who asked: the token subject the hub kept with the request (authorization on).
     subject: str | None = None
+    #: The request's hub event id (``<ms>-<seq>.<h>``): what its publisher got back, and
+    #: the ``request_id`` of every event about it.
+    event_id: str = ""
 
 
 class RequestQueue:
@@ -87,6 +92,9 @@ class RequestQueue:
         self.claim_after_ms = max(1, int(claim_after * 1000))
         self._touch = client.register_script(_TOUCH)
         self._cursor = "0-0"
+
+    def _event_id(self, entry_id: bytes | str) -> str:
+        return _text(entry_id) + key_suffix(self.channel).decode()
 
     async def create_group(self, start: str = "$") -> bool:
         """Create the group (and the stream) unless it exists; return whether it was made.
@@ -119,7 +127,15 @@ class RequestQueue:
         deliveries: list[Delivery] = []
         for _stream, entries in cast("list[list[Any]]", reply or []):
             for entry_id, fields in entries:
-                deliveries.append(Delivery(_text(entry_id), _data(fields), False, _who(fields)))
+                deliveries.append(
+                    Delivery(
+                        _text(entry_id),
+                        _data(fields),
+                        False,
+                        _who(fields),
+                        self._event_id(entry_id),
+                    )
+                )
         return deliveries
 
     async def claim(self, count: int) -> list[Delivery]:
@@ -128,11 +144,15 @@ class RequestQueue:
             self.key, self.group, self.consumer, self.claim_after_ms, self._cursor, count=count
         )
         self._cursor = _text(reply[0])
-        deliveries = [Delivery(_text(i), _data(f), True, _who(f)) for i, f in reply[1]]
+        deliveries = [
+            Delivery(_text(i), _data(f), True, _who(f), self._event_id(i)) for i, f in reply[1]
+        ]
         # Redis 7 lists entries trimmed from the stream apart (and forgets them); 6.2
         # returns them with no fields.
         for gone in reply[2] if len(reply) > 2 else []:
-            deliveries.append(Delivery(_text(gone), None, claimed=True))
+            deliveries.append(
+                Delivery(_text(gone), None, claimed=True, event_id=self._event_id(gone))
+            )
         return deliveries
 
     async def touch(self, ids: list[str]) -> list[str]:

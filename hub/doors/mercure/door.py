@@ -1,18 +1,17 @@
 """The Mercure door: ``/.well-known/mercure`` onto the same broker (a topic is a channel).
 
-Its streams run on a live path of its own (:mod:`hub.doors.mercure.fanout`), opened
-with the node's first Mercure stream, so a node that never serves one keeps a single
-pub/sub connection.
+Its streams run on the process's one live path, beside ``/events`` streams: a topic's
+events come on its channel's live name whichever door published them, and pattern
+selectors follow the wide channels (hub/delivery/wide.py).
 
-Ids. The hub's ``<ms>-<n>`` id orders everything; a Mercure update without a
-publisher-chosen ``id`` is known by it. A chosen id is kept beside it (in the log
-entry, and in the ``mercure-ids`` hash that maps it back), sent as the SSE ``id:``,
-and resolved to the hub id when a subscriber resumes from it.
+Ids. An update without a publisher-chosen ``id`` is known by its hub id
+(``<ms>-<seq>.<h>``). A chosen id is kept beside it (in the history entry, and in its
+partition's ``ids`` hash that maps it back), sent as the SSE ``id:``, and resolved to
+the hub id when a subscriber resumes from it.
 
-Private updates never travel on the native live path; this door delivers them only
-to subscribers whose ``mercure.subscribe`` claims match one of their topics. Native
-``/events`` subscribers whose token may receive private updates of their channels are
-served here too, with native framing.
+Private updates reach only subscribers whose ``mercure.subscribe`` claims match one of
+their topics. Native ``/events`` subscribers whose token may receive private updates
+of their channels are served here too, with native framing.
 """
 
 from __future__ import annotations
@@ -22,22 +21,22 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 
-from hub.delivery.broker import Broker
+from hub.delivery.broker import FUTURE_SLACK_MS, Broker, Replay
 from hub.delivery.channel import Channel
-from hub.delivery.live import LivePath
 from hub.delivery.response import EventStream
 from hub.delivery.sse import preamble
 from hub.doors.auth import Auth, expires_in
-from hub.doors.mercure.fanout import Frames, MercureFanout, MercureStream
+from hub.doors.mercure.fanout import ALL, MercureStream
 from hub.doors.mercure.subscriptions import Matcher, Registry
 from hub.errors import BackendUnavailable
-from hub.store import EventId, format_id, parse_id
+from hub.store import PARTITIONS, EventId, cut, format_id, parse_id
+from hub.store.store import partitions_of
 from hub.supervise import Supervised
 
 __all__ = ["MercureDoor"]
 
-#: Replay frames are written in chunks of about this many bytes.
-_REPLAY_CHUNK = 64 * 1024
+#: Every partition: where a pattern subscriber's events may be.
+_EVERY = list(range(PARTITIONS))
 
 
 class MercureDoor:
@@ -48,8 +47,6 @@ class MercureDoor:
         self.settings = broker.settings
         self.store = broker.store
         self.auth = auth
-        self._live: LivePath | None = None
-        self._starting = asyncio.Lock()
         self._registry_task: Supervised | None = None
         self.registry: Registry | None = (
             Registry(broker.store) if self.settings.subscriptions else None
@@ -72,44 +69,57 @@ class MercureDoor:
         if self._registry_task is not None:
             await self._registry_task.__aexit__(exc_type, exc, tb)
 
-    async def _started(self) -> LivePath:
-        if self._live is not None:
-            return self._live
-        async with self._starting:
-            if self._live is None:
-                fanout = MercureFanout(self.store, self.settings)
-                self._live = await self.broker.add_path(fanout, "hub mercure reader")
-        return self._live
-
-    async def resolve(self, cursor: str) -> tuple[EventId, str] | None:
-        """Where a ``Last-Event-ID`` stands in the log, and its canonical spelling (the
+    async def resolve(self, cursor: str, sub: MercureStream) -> tuple[EventId, str] | None:
+        """Where a ``Last-Event-ID`` stands for ``sub``, and its canonical spelling (the
         hub id, or the chosen Mercure id as published); ``None`` when the hub cannot
-        resume from it (unknown, trimmed, or later than anything handed out).
+        resume exactly from it (unknown, ambiguous, trimmed, lost, or from the future).
 
         A hub id is read as one before the chosen ids are looked at, so that no
-        publisher's chosen id can stand in for another event's position. A position is
-        resumable when nothing after it was trimmed: the log's oldest entry is at or
-        before it (the log is trimmed from the front only). The event itself need not
-        be in the log: subscription events have ids but are not kept.
-        """
+        publisher's chosen id can stand in for another event's position; a chosen id is
+        looked up in the partitions the stream may read (where it is unique)."""
+        partitions = _EVERY if sub.wide else partitions_of(sub.channels)
         try:
             position, canonical = parse_id(cursor), ""
         except ValueError:
-            mapped = await self.store.chosen_id(cursor)
-            if mapped is None:
+            found = await self.store.chosen_id(cursor, partitions)
+            if len(found) != 1:
+                # Unknown; or held in several partitions (the parts of an update spread
+                # over partitions, or two updates that chose one id): which one this
+                # subscriber got last cannot be told, so no exact resume.
                 return None
-            position, canonical = mapped, cursor
-        oldest = await self.store.log_oldest()
-        if oldest is None or oldest > position:
-            return None
-        if position > (await self.broker.clock()).head:
+            position, canonical = found[0], cursor
+        now_ms = await self.store.now_ms()
+        if position[0] > now_ms + FUTURE_SLACK_MS:
             return None  # a made-up id from the future would hide every event until then
+        since = await self.store.since(partitions)
+        if any(began is None or position[0] < began for began in since.values()):
+            return None
+        channels = await self._channels(sub, position)
+        if await self.store.holes(channels, position):
+            return None
         return position, canonical or format_id(position)
 
-    async def newest_id(self) -> str:
-        """The Mercure id of the newest event in the log (``earliest`` if it is empty)."""
-        newest = await self.store.log_newest()
-        return "earliest" if newest is None else newest.mercure_id.decode()
+    async def newest_id(self, sub: MercureStream | None = None) -> str:
+        """The Mercure id of the newest update ``sub`` could have had (``earliest`` when
+        there is none): of its topics, or for patterns of the channels published to
+        last. Without ``sub``: the position now."""
+        if sub is None:
+            return format_id(cut(await self.store.now_ms() + 1))
+        channels = [c for c in sub.channels if c != ALL]
+        if sub.wide:
+            channels += await self.store.busiest_channels(_EVERY)
+        events = [e for e in await self.store.newest_events(channels) if e is not None]
+        if not events:
+            return "earliest"
+        return max(events, key=lambda e: e.key).mercure_id.decode()
+
+    async def _channels(self, sub: MercureStream, after: EventId) -> list[str]:
+        """The channels a replay of ``sub`` after ``after`` reads."""
+        exact = [c for c in sub.channels if c != ALL]
+        if not sub.wide:
+            return exact
+        active = await self.store.active_channels(_EVERY, after[0])
+        return list(dict.fromkeys(exact + [c for c in active if sub.follows(c)]))
 
     async def stream(
         self,
@@ -124,7 +134,7 @@ class MercureDoor:
         ``after`` (``None``: live only), then live, until the token expires.
         ``matchers``: its subscriptions as the registry lists them (default: 0.24
         ``topic=`` selectors)."""
-        live = await self._started()
+        broker = self.broker
         loop = asyncio.get_running_loop()
         ttl = expires_in(sub.claims)
         # The token's exp ends the stream (Mercure): the client reconnects with a fresh
@@ -139,15 +149,16 @@ class MercureDoor:
 
         async def opening(confirmed: list[Channel]) -> AsyncGenerator[bytes, None]:
             nonlocal registered
-            clock = await self.broker.clock(confirmed)
             if registry is not None:
                 registry.added(sub.uid, listed, payload)
                 registered = True
             yield preamble(self.settings.retry_ms) + reset
-            sub.last = after if after is not None else clock.head
-            if after is not None:
-                async for chunk in self._replay(sub, after):
-                    yield chunk
+            if after is None:
+                sub.last = await broker.start(sub, confirmed)
+                return
+            sub.last = after
+            async for chunk in self._replay(sub, after, confirmed):
+                yield chunk
 
         def on_close() -> None:
             if expiry is not None:
@@ -156,10 +167,10 @@ class MercureDoor:
                 registry.removed(sub.uid, listed, payload)
 
         served = sub.run(
-            live,
+            broker.live_path,
             response,
             opening,
-            stats=self.broker.stats,
+            stats=broker.stats,
             retry_ms=self.settings.retry_ms,
             on_close=on_close,
         )
@@ -167,18 +178,13 @@ class MercureDoor:
             async for chunk in served:
                 yield chunk
 
-    async def _replay(self, sub: MercureStream, after: EventId) -> AsyncIterator[bytes]:
-        chunk: list[bytes] = []
-        size = 0
-        async for update in self.store.read_log(after):
-            if update.id <= sub.last or not sub.wants(update.topics, update.private):
-                continue
-            frame = Frames(update).frame(sub.native)
-            chunk.append(frame)
-            size += len(frame)
-            sub.last = update.id
-            if size >= _REPLAY_CHUNK:
-                yield b"".join(chunk)
-                chunk, size = [], 0
-        if chunk:
-            yield b"".join(chunk)
+    async def _replay(
+        self, sub: MercureStream, after: EventId, confirmed: list[Channel]
+    ) -> AsyncIterator[bytes]:
+        replay = Replay(self.broker, sub, confirmed)
+        until = await replay.bound()
+        reader = self.store.history(
+            await self._channels(sub, after), after, strict=False, follows=sub.follows, until=until
+        )
+        async for chunk in replay.merged(reader):
+            yield chunk

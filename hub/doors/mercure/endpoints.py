@@ -34,7 +34,7 @@ from hub.doors.quota import spend_publish
 from hub.doors.topics import Selectors, check_template, compile_template, is_template
 from hub.doors.urlpatterns import check_pattern
 from hub.errors import BadRequest, Forbidden, HubError
-from hub.store.ids import EventId, format_id
+from hub.store.ids import ZERO, EventId
 from hub.store.keys import check_channel, check_event_type, refuse_reserved
 from hub.store.publisher import Extra
 
@@ -151,28 +151,7 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
         or request.query_params.get("lastEventID")
         or request.query_params.get("lastEventId")
     )
-    after: EventId | None = None
-    if cursor is None:
-        header = await door.newest_id()
-    elif cursor == "earliest":
-        after, header = (0, 0), "earliest"
-    else:
-        resolved = await door.resolve(cursor)
-        # Mercure: an id the hub does not know is answered with "earliest", so that the
-        # client knows it may have missed updates; it continues live from now. A known
-        # one is echoed as the hub spells it, never as the client sent it.
-        after, header = resolved if resolved is not None else (None, "earliest")
-    # Mercure 1.0 names the response header Mercure-Last-Event-ID (Last-Event-ID is a
-    # request header); 0.24 clients read Last-Event-ID. Both are sent to everyone.
-    last = header.encode("utf-8", "replace")
-    response = EventStream(
-        headers=[
-            (b"last-event-id", last),
-            (b"mercure-last-event-id", last),
-            (b"cache-control", _CACHE_CONTROL),
-        ]
-    )
-    response.headers = [h for h in response.headers if h != (b"cache-control", b"no-cache")]
+    response = EventStream()
     sub = MercureStream(
         topics,
         claims,
@@ -181,6 +160,25 @@ async def mercure_subscribe(request: Request) -> Response | EventStream:
         on_cut_off=response.abort,
         selectors=selectors,
     )
+    after: EventId | None = None
+    if cursor is None:
+        header = await door.newest_id(sub)
+    elif cursor == "earliest":
+        after, header = ZERO, "earliest"
+    else:
+        resolved = await door.resolve(cursor, sub)
+        # Mercure: an id the hub does not know is answered with "earliest", so that the
+        # client knows it may have missed updates; it continues live from now. A known
+        # one is echoed as the hub spells it, never as the client sent it.
+        after, header = resolved if resolved is not None else (None, "earliest")
+    # Mercure 1.0 names the response header Mercure-Last-Event-ID (Last-Event-ID is a
+    # request header); 0.24 clients read Last-Event-ID. Both are sent to everyone.
+    last = header.encode("utf-8", "replace")
+    response.headers = [h for h in response.headers if h != (b"cache-control", b"no-cache")] + [
+        (b"last-event-id", last),
+        (b"mercure-last-event-id", last),
+        (b"cache-control", _CACHE_CONTROL),
+    ]
     response.body = door.stream(sub, after, response, matchers=matchers)
     return response
 
@@ -191,24 +189,6 @@ async def native_stream(
     """``/events`` for a token that may receive private updates of its channels (admitted
     by the caller)."""
     door: MercureDoor = request.app.state.mercure
-    after: EventId | None = None
-    reset = b""
-    if cursor == "earliest":
-        after = (0, 0)
-    elif cursor:
-        resolved = await door.resolve(cursor)
-        after = resolved[0] if resolved is not None else None
-        if after is None:
-            head = (await door.broker.clock()).head
-            reset = signal_frame(
-                "hub.reset",
-                {
-                    "reason": "unknown",
-                    "message": f"{cursor[:60]!r} is not in this hub's log; continuing live",
-                    "channels": channels,
-                },
-                event_id=format_id(head),
-            )
     response = EventStream()
     sub = MercureStream(
         channels,
@@ -217,6 +197,24 @@ async def native_stream(
         limit=door.settings.client_buffer,
         on_cut_off=response.abort,
     )
+    after: EventId | None = None
+    reset = b""
+    if cursor == "earliest":
+        after = ZERO
+    elif cursor:
+        resolved = await door.resolve(cursor, sub)
+        after = resolved[0] if resolved is not None else None
+        if after is None:
+            reset = signal_frame(
+                "hub.reset",
+                {
+                    "reason": "unknown",
+                    "message": f"{cursor[:60]!r} cannot be resumed from exactly (unknown, "
+                    "trimmed or lost); continuing live",
+                    "channels": channels,
+                },
+                event_id=await door.newest_id(),
+            )
     response.body = door.stream(sub, after, response, reset=reset)
     return response
 

@@ -18,8 +18,8 @@ under the SSE event type ``mercure`` (draft-dunglas-mercure-08, "Subscription
 Events"), which publishers may not use. Subscribers whose claims match those topics
 see who is listening. A node
 that dies publishes no ``"active": false``; its entries just expire. These events are
-announced live but not kept in the hub-wide log: connections coming and going must not
-push the history others resume from out of ``HUB_LOG_SIZE``.
+announced live but kept in no history: one channel per subscription would pile up
+keys, and the API tells the current state.
 
 Enabled with ``HUB_SUBSCRIPTIONS=1`` (off by default: it costs a publish per topic
 per connect and disconnect).
