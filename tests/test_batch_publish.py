@@ -22,6 +22,8 @@ import redis.asyncio
 
 from hub import BadRequest, HubClient, HubError, Publisher, Settings, SyncPublisher
 from hub.store.failures import batch_failure
+from hub.store.ids import parse_id
+from hub.store.keys import Keys
 from support.hubs import Backends, StartHub
 from support.redis_server import RedisServer
 from support.sse import SSEStream
@@ -72,7 +74,7 @@ async def test_batch_answers_ids_in_order_and_subscribers_get_them_in_order(
             (ids[2], "message", "three"),
         ]
         assert [e.id for e in await only_b.wait_for(2)] == ids[1:]
-    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    assert ids == sorted(ids, key=parse_id)
 
 
 BAD_ITEMS = [
@@ -175,7 +177,7 @@ async def test_publisher_publish_many_publishes_in_order_or_nothing(
             ids = await publisher.publish_many(
                 [{"channel": "a", "data": "x"}, {"channels": ["a", "b"], "data": [1], "event": "e"}]
             )
-            events = await stream.wait_for(2)
+            events = await stream.wait_for(3)  # the marker, then both
     finally:
         await publisher.aclose()
     assert [(e.id, e.event, e.data) for e in events[1:]] == [
@@ -192,7 +194,7 @@ async def test_a_batch_redis_refuses_in_part_says_which_events_were_published(
     client = backend.command_client()
     # A key of the wrong type where a channel's history should be: Redis refuses that
     # event's script; the events around it are published.
-    await client.set(f"{settings.key_prefix}stream:broken", "not a stream")
+    await client.set(Keys(settings.key_prefix).stream("broken"), "not a stream")
     publisher = Publisher(client, settings)
     batch = [{"channel": c, "data": "x"} for c in ("a", "broken", "b")]
     try:
@@ -221,10 +223,11 @@ async def test_publish_many_loads_the_script_on_a_redis_that_lost_it(
         first = await publisher.publish_many([{"channel": "a", "data": 1}])
         await client.script_flush()
         ids = await publisher.publish_many([{"channel": "a", "data": i} for i in range(3)])
-        entries = await client.xrange("t:stream:a")
+        entries = await client.xrange(Keys("t:").stream("a"))
     finally:
         await publisher.aclose()
-    assert [e[0].decode() for e in entries] == first + ids
+    # An event's id is its entry id in the channel's stream, and the channel's part.
+    assert [e[0].decode() for e in entries] == [i.partition(".")[0] for i in first + ids]
 
 
 async def test_sync_publisher_and_hub_client_publish_many(
@@ -321,9 +324,9 @@ async def test_hub_publish_from_stdin_straight_into_redis(redis_url: str) -> Non
         assert (code, err) == (0, "")
         client = redis.asyncio.Redis.from_url(redis_url)
         try:
-            entries = await client.xrange(f"{settings.key_prefix}stream:a")
+            entries = await client.xrange(Keys(settings.key_prefix).stream("a"))
         finally:
             await client.aclose()
-        assert [e[0].decode() for e in entries] == out.split()
+        assert [e[0].decode() for e in entries] == [i.partition(".")[0] for i in out.split()]
     finally:
         backends.cleanup()

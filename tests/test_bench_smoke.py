@@ -95,7 +95,7 @@ def test_redis_cost_bench_compares_two_revisions_and_the_floors() -> None:
     runs, summary = lines[:-1], lines[-1]
     layouts = ["new", "old", "floor-script", "floor-pipelined", "new-cluster"]
     assert [run["layout"] for run in runs] == layouts
-    # On the cluster the hub's one hash slot puts its work on one of three masters.
+    # On the cluster the channels' slots spread the work over the three masters.
     assert len(runs[-1]["per_shard"]) == 3
     # Each layout ran the code it names: this tree, then the exported revision.
     assert runs[0]["code"] == str(ROOT / "hub" / "__init__.py")

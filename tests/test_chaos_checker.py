@@ -166,9 +166,13 @@ def test_unacknowledged_events_may_come_or_not_but_only_once_and_in_order() -> N
 
 
 def test_hub_ids_parse_into_sortable_orders() -> None:
-    assert parse_hub_id("1700000000000-2") == (1700000000000, 2)
-    assert parse_hub_id("1700000000000-10") > parse_hub_id("1700000000000-9")  # type: ignore[operator]
-    for bad in (None, "", "urn:uuid:1234", "12-x", "-1"):
+    assert parse_hub_id("1700000000000-2.k2x9") == (1700000000000, 2, int("k2x9", 36))
+    assert parse_hub_id("1700000000000-2") == (1700000000000, 2, 0)  # the layout before
+    later, earlier = parse_hub_id("1700000000000-10.a"), parse_hub_id("1700000000000-9.z")
+    assert later is not None
+    assert earlier is not None
+    assert later > earlier
+    for bad in (None, "", "urn:uuid:1234", "12-x", "-1", "1-2.UPPER"):
         assert parse_hub_id(bad) is None
 
 

@@ -1,4 +1,4 @@
-"""The hub on a Redis Cluster: its URLs, its one hash slot, and following that slot.
+"""The hub on a Redis Cluster: its URLs, its keys over the shards, and following them.
 
 The contract suite and the doors' tests run on the session's cluster too (modules with
 ``RUNS_ON_CLUSTER``); here is what only a cluster has.
@@ -7,6 +7,7 @@ The contract suite and the doors' tests run on the session's cluster too (module
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -16,10 +17,11 @@ import time
 import pytest
 import redis
 
-from hub import Backend, BackendUnavailable, ConfigError, Publisher, SyncPublisher
-from hub.store import Store
+from hub import Backend, BackendUnavailable, ConfigError, Publisher, Settings, SyncPublisher
+from hub.store import ZERO, Store, parse_id, partition_of
 from hub.store.backend import locate
 from hub.store.cluster import ClusterURL, parse_cluster_url
+from hub.store.keys import PARTITION_TAGS, Keys
 from support.hubs import Backends, StartHub
 from support.net import wait_ready
 from support.redis_cluster import RedisCluster
@@ -50,12 +52,19 @@ def test_cluster_urls_name_seed_nodes_and_bad_ones_say_what_to_fix() -> None:
     assert "secret" not in str(caught.value)
 
 
-@pytest.mark.parametrize("prefix", ["hub:", "{}hub:", "hub{:"])
-def test_a_key_prefix_without_a_hash_tag_is_refused_on_a_cluster(prefix: str) -> None:
-    with pytest.raises(ConfigError, match=r"HUB_KEY_PREFIX=\{hub\}:"):
+@pytest.mark.parametrize("prefix", ["{hub}:", "{}hub:", "hub{:"])
+def test_a_key_prefix_with_a_brace_is_refused_since_it_would_put_every_key_in_one_slot(
+    prefix: str,
+) -> None:
+    with pytest.raises(ConfigError, match="HUB_KEY_PREFIX=hub:"):
         Backend("redis+cluster://127.0.0.1:1", key_prefix=prefix)
-    with pytest.raises(ConfigError, match=r"HUB_KEY_PREFIX=\{hub\}:"):
-        Backend("redis+cluster://127.0.0.1:1", key_prefix="{ok}:").command_client(prefix)
+    with pytest.raises(ConfigError, match="must not contain braces"):
+        Settings(key_prefix=prefix)
+
+
+def _slot_of(channel: str) -> int:
+    """The hash slot that holds ``channel``'s keys (its partition's tag's)."""
+    return redis.cluster.key_slot(PARTITION_TAGS[partition_of(channel)].encode())
 
 
 def _owner(port: int, slot: int) -> tuple[int, str]:
@@ -89,7 +98,7 @@ def _migrate(cluster: RedisCluster, slot: int) -> tuple[int, int]:
     return src_port, masters[dst_id]
 
 
-async def test_publishers_and_live_streams_follow_the_hubs_slot_to_another_master(
+async def test_publishers_and_live_streams_follow_a_slot_to_another_master(
     redis_cluster: RedisCluster, start_hub: StartHub
 ) -> None:
     backends = Backends("cluster", redis_cluster.url)
@@ -112,8 +121,7 @@ async def test_publishers_and_live_streams_follow_the_hubs_slot_to_another_maste
             for i in range(5):
                 await publish(f"before {i}")
             await stream.wait_for(5)
-            slot = redis.cluster.key_slot(backends.prefix.encode())
-            old, new = await asyncio.to_thread(_migrate, redis_cluster, slot)
+            old, new = await asyncio.to_thread(_migrate, redis_cluster, _slot_of("moving"))
             assert old != new
             for i in range(5):
                 await publish(f"after {i}")
@@ -135,38 +143,39 @@ async def test_publishers_and_live_streams_follow_the_hubs_slot_to_another_maste
         backends.cleanup()
 
 
-async def test_the_blocking_publisher_and_the_store_meet_in_the_hubs_slot(
+async def test_the_blocking_publisher_and_the_store_meet_across_the_shards(
     redis_cluster: RedisCluster,
 ) -> None:
     backends = Backends("cluster", redis_cluster.url)
     sync = SyncPublisher.from_url(redis_cluster.url, backends.settings())
     store = Store(backends.backend(), backends.settings())
+    assert partition_of("a") != partition_of("b")  # (so "one" is stored once in each)
     try:
         first = await asyncio.to_thread(sync.publish, ["a", "b"], "one")
         second = await store.publisher.publish("b", "two")
-        # Batches too: a pipeline of script calls, each in the hub's slot.
+        # Batches too: script calls, each in the slot of its channel's partition.
         batch = [{"channel": "a", "data": "three"}, {"channel": "b", "data": "four"}]
         third, fourth = await asyncio.to_thread(sync.publish_many, batch)
         fifth, sixth = await store.publisher.publish_many(
             [{"channel": "a", "data": "five"}, {"channel": "b", "data": "six"}]
         )
-        entries = [(e.raw_id.decode(), e.data) async for e in store.history(["a", "b"], (0, 0))]
-        assert entries == [
-            (first, b"one"),
-            (second, b"two"),
-            (third, b"three"),
-            (fourth, b"four"),
-            (fifth, b"five"),
-            (sixth, b"six"),
-        ]
-        assert (await store.read_clock()).head == tuple(map(int, sixth.split("-")))
+        both = [(e.id_text.decode(), e.data) async for e in store.history(["a", "b"], ZERO)]
+        only_b = [e.data async for e in store.history(["b"], ZERO)]
     finally:
         sync.close()
         await store.aclose()
         backends.cleanup()
+    # A reader of both channels gets "one" once, from its first part; channels of
+    # different shards are in key order (each channel in its own publishing order).
+    published = [(first, b"one"), (second, b"two"), (third, b"three"), (fourth, b"four")]
+    published += [(fifth, b"five"), (sixth, b"six")]
+    assert sorted(both) == sorted(published)
+    assert [d for _, d in both if d in (b"one", b"three", b"five")] == [b"one", b"three", b"five"]
+    assert [d for _, d in both if d in (b"two", b"four", b"six")] == [b"two", b"four", b"six"]
+    assert only_b == [b"one", b"two", b"four", b"six"]
 
 
-def test_hub_publish_takes_a_cluster_url_and_says_when_the_prefix_has_no_hash_tag(
+def test_hub_publish_takes_a_cluster_url_and_says_when_the_prefix_has_a_brace(
     redis_cluster: RedisCluster,
 ) -> None:
     backends = Backends("cluster", redis_cluster.url)
@@ -178,16 +187,16 @@ def test_hub_publish_takes_a_cluster_url_and_says_when_the_prefix_has_no_hash_ta
         )
         assert done.returncode == 0, done.stderr
         event_id = done.stdout.strip()
-        stream = f"{backends.prefix}stream:news"
+        stream = Keys(backends.prefix).stream("news")
         owner = _owner(redis_cluster.ports[0], redis.cluster.key_slot(stream.encode()))[0]
         [(raw_id, _)] = redis.Redis(port=owner).xrange(stream)
-        assert raw_id.decode() == event_id
-        environ["HUB_KEY_PREFIX"] = "plain:"
+        assert raw_id.decode() == event_id.partition(".")[0]
+        environ["HUB_KEY_PREFIX"] = "{hub}:"
         refused = subprocess.run(
             [*command, "news", "hello"], env=environ, capture_output=True, text=True, timeout=30
         )
         assert refused.returncode != 0
-        assert "must hold a hash tag" in refused.stderr
+        assert "must not contain braces" in refused.stderr
         assert "Traceback" not in refused.stderr
     finally:
         backends.cleanup()
@@ -213,7 +222,7 @@ async def test_a_failover_is_followed_and_what_the_old_master_lost_gets_hub_rese
     backends = Backends("cluster", cluster.url)
     hub = await start_hub(backends.settings(), backends.backend())
     publisher = Publisher.from_url(cluster.url, backends.settings())
-    slot = redis.cluster.key_slot(backends.prefix.encode())
+    slot = _slot_of("lo")
     old_port, _ = _owner(cluster.ports[0], slot)
     replica_port = _replica_of(old_port)
     survivor = next(p for p in cluster.ports if p not in (old_port, replica_port))
@@ -236,23 +245,30 @@ async def test_a_failover_is_followed_and_what_the_old_master_lost_gets_hub_rese
                 await asyncio.sleep(0.2)
             await wait_ready(hub.url, timeout=20)  # the hub found the new master
 
-            # Resuming from the lost event: its id is past everything the new master has.
-            async with SSEStream(hub.url, ["lo"], last_event_id=lost_id) as resumed:
-                reset = (await resumed.wait_for(1, timeout=15))[0]
+            # Resuming from the lost event: the client has everything up to it, and the
+            # hub moved the channel's ids past it (the new master's clock may be behind).
+            # From the event before it: the lost one is owed and gone, so hub.reset.
+            async with (
+                SSEStream(hub.url, ["lo"], last_event_id=lost_id) as resumed,
+                SSEStream(hub.url, ["lo"], last_event_id=kept_id) as unaware,
+            ):
+                reset = (await unaware.wait_for(1, timeout=15))[0]
                 assert reset.event == "hub.reset"
-                async with SSEStream(hub.url, ["lo"], last_event_id=kept_id) as unaware:
-                    after_id = await _publish_until_acknowledged(publisher, "lo", "after")
-                    await unaware.wait_for(1, timeout=15)
-                    await resumed.wait_for(2, timeout=15)
-                    await watcher.wait_for(3, timeout=15)
-                    stayed_open = not watcher.ended.is_set()
+                assert json.loads(reset.data)["reason"] == "history_lost"
+                after_id = await _publish_until_acknowledged(publisher, "lo", "after")
+                await unaware.wait_for(2, timeout=15)
+                await resumed.wait_for(1, timeout=15)
+                await watcher.wait_for(3, timeout=15)
+                stayed_open = not watcher.ended.is_set()
     finally:
         await publisher.aclose()
         cluster.processes[replica_port].send_signal(signal.SIGCONT)  # if still stopped
         # The killed master comes back as a replica: the session's cluster is whole again.
         await asyncio.to_thread(cluster.restart, old_port)
         backends.cleanup()
+    assert parse_id(after_id) > parse_id(lost_id)
     assert _events(unaware.events) == [(after_id, "after")]
+    assert resumed.events == [e for e in resumed.events if not e.event.startswith("hub.")]
     assert _events(resumed.events) == [(after_id, "after")]
     # The stream open all along got the lost event live, then the new master's.
     assert _events(watcher.events) == [

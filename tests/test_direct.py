@@ -29,7 +29,7 @@ async def test_live_resume_and_heartbeat_are_the_same_on_both_write_paths(
     async with SSEStream(hub.url, ["d"]) as stream:
         first = [await publish(hub.url, "d", f"m{i}") for i in range(5)]
         assert [e.id for e in await stream.wait_for(5)] == first
-        assert [sub.direct for sub in hub.broker._live.subscribers] == [direct]
+        assert [sub.direct for sub in hub.broker.live_path.subscribers] == [direct]
         await asyncio.sleep(1.6)  # idle: heartbeats arrive on either path
         assert "heartbeat" in stream.comments
         # a multi-line event is framed the same way
@@ -51,7 +51,7 @@ async def test_direct_stream_ends_with_the_retry_hint_on_shutdown(
     async with SSEStream(hub.url, ["d"]) as stream:
         await publish(hub.url, "d", "before")
         await stream.wait_for(1)
-        assert [sub.direct for sub in hub.broker._live.subscribers] == [True]
+        assert [sub.direct for sub in hub.broker.live_path.subscribers] == [True]
         await hub.stop()
         await asyncio.wait_for(stream.ended.wait(), 10)
     assert [e.data for e in stream.events] == ["before"]
@@ -76,7 +76,7 @@ async def test_mercure_streams_get_direct_writes_and_still_filter_per_subscriber
         first = await mercure_publish(hub.url, topic, "public 1", bearer=publisher)
         await anonymous.wait_for(1)
         await entitled.wait_for(1)
-        door_subs = hub.server.hub_app.state.mercure._live.subscribers
+        door_subs = hub.broker.live_path.subscribers
         assert [sub.direct for sub in door_subs] == [True, True]
         secret = await mercure_publish(
             hub.url, topic, "private", bearer=publisher, headers=None, private="on"

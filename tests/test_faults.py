@@ -11,8 +11,9 @@ import pytest
 import redis.asyncio
 
 from hub import Publisher
-from hub.store.history import read_clock, record_loss
-from hub.store.keys import Keys
+from hub.store.calls import Calls
+from hub.store.history import record_loss
+from hub.store.keys import Keys, partition_of
 from hub.store.publisher import PUBLISH_SCRIPT
 from support.hubs import Backends, StartHub
 from support.processes import SteadyPublisher
@@ -96,8 +97,8 @@ async def test_lost_last_message_is_found_by_the_position_check(
     backends: Backends, start_hub: StartHub
 ) -> None:
     backend = backends.backend()
-    hub = await start_hub(backends.settings(position_check=0.3), backend)
-    keys = Keys(backends.prefix)
+    settings = backends.settings(position_check=0.3)
+    hub = await start_hub(settings, backend)
     # The publish script minus its PUBLISH: the event reaches history but never the live
     # path, as if its pub/sub message had been lost on the way, and nothing follows it.
     lossy = PUBLISH_SCRIPT.replace("redis.call('PUBLISH'", "-- redis.call('PUBLISH'")
@@ -111,22 +112,13 @@ async def test_lost_last_message_is_found_by_the_position_check(
                 )
                 assert response.status_code == 201
             await stream.wait_for(1)
-            raw = await client.eval(
-                lossy,
-                2,
-                keys.clock,
-                keys.stream("quiet"),
-                "message",
-                "lost",
-                1000,
-                0,
-                keys.live("quiet"),
-            )
+            [call] = Calls(settings, 10).event("quiet", "lost", None)
+            raw = await client.eval(lossy, len(call.keys), *call.keys, *call.args)
             events = await stream.wait_for(2, timeout=10)
             assert not stream.ended.is_set()
     finally:
         await client.aclose()
-    assert (events[1].id, events[1].data) == (raw.decode(), "lost")
+    assert (events[1].id, events[1].data) == ((raw + call.suffix).decode(), "lost")
 
 
 async def test_with_redis_down_publish_fails_fast_and_new_streams_get_a_retry_hint(
@@ -162,6 +154,7 @@ async def test_failover_that_lost_delivered_events_resets_clients_resuming_insid
     backends = Backends("redis", redis_server.url)
     hub = await start_hub(backends.settings(), backends.backend())
     keys = Keys(backends.prefix)
+    lost_key = keys.lost(partition_of("fo"))
     client = redis.asyncio.Redis.from_url(redis_server.url)
 
     async def publish(data: str) -> str:
@@ -175,17 +168,14 @@ async def test_failover_that_lost_delivered_events_resets_clients_resuming_insid
             ids = [await publish(f"m{i}") for i in range(3)]
             await stream.wait_for(3)
             # A replica promoted before the last two events reached it: they are gone
-            # from history and the clock is back at the first.
-            await client.xdel(keys.stream("fo"), ids[1], ids[2])
-            ms, n = ids[0].split("-")
-            await client.hset(keys.clock, mapping={"ms": ms, "n": n})
+            # from the channel's history.
+            await client.xdel(keys.stream("fo"), *(i.partition(".")[0] for i in ids[1:]))
             await _kill_pubsub_connections(redis_server.url)
             for _ in range(200):
-                if await client.hexists(keys.clock, "lost_upto"):
+                if await client.hexists(lost_key, "fo"):
                     break
                 await asyncio.sleep(0.05)
-            lost = await client.hmget(keys.clock, "lost_after", "lost_upto")
-            assert lost == [ids[0].encode(), ids[2].encode()]
+            assert await client.hget(lost_key, "fo") == f"{ids[0]} {ids[2]}".encode()
             later = await publish("after failover")
             assert [e.id for e in await stream.wait_for(4)][3] == later
             assert not stream.ended.is_set()
@@ -205,10 +195,12 @@ async def test_recorded_losses_only_widen(backends: Backends) -> None:
     client = backends.backend().command_client()
     keys = Keys(backends.prefix)
     try:
-        await record_loss(client, keys, (10, 0), (20, 0))
-        await record_loss(client, keys, (15, 0), (30, 1))
-        await record_loss(client, keys, (5, 2), (25, 0))
-        assert (await read_clock(client, keys)).lost == ((5, 2), (30, 1))
+        await record_loss(client, keys, "c", (10, 0, 7), (20, 0, 7))
+        await record_loss(client, keys, "c", (15, 0, 7), (30, 1, 7))
+        await record_loss(client, keys, "c", (5, 2, 7), (25, 0, 7))
+        assert await client.hget(keys.lost(partition_of("c")), "c") == b"5-2.7 30-1.7"
+        # The stream's last id moved up to the loss: later events get later ids.
+        assert (await client.xinfo_stream(keys.stream("c")))["last-generated-id"] == b"30-1"
     finally:
         await client.aclose()
 
@@ -292,11 +284,11 @@ class _SilentableRelay:
 async def test_live_connection_gone_silent_is_probed_and_its_events_recovered(
     redis_server: RedisServer, start_hub: StartHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hub.delivery.live
+    import hub.delivery.sessions
 
     # Seconds, not the production 5 + 5: the probe logic is the same.
-    monkeypatch.setattr(hub.delivery.live, "PROBE_AFTER", 0.5)
-    monkeypatch.setattr(hub.delivery.live, "PROBE_TIMEOUT", 0.5)
+    monkeypatch.setattr(hub.delivery.sessions, "PROBE_AFTER", 0.5)
+    monkeypatch.setattr(hub.delivery.sessions, "PROBE_TIMEOUT", 0.5)
     relay = _SilentableRelay(redis_server.port)
     await relay.start()
     # The position check would also notice, later; this test is about the PING probe.
@@ -327,28 +319,30 @@ async def test_recovery_closes_a_trimmed_channels_streams_before_the_others_move
     # events first, then closed the streams of the trimmed one for a resume; a client
     # following both came back with a cursor past the hole and never got hub.reset
     # (109 events of one channel lost for two clients, silently).
-    from hub.delivery.fanout import NativeFanout
     from hub.delivery.live import LivePath
+    from hub.delivery.recovery import recover
     from hub.delivery.stats import Stats
     from hub.delivery.stream import Stream
-    from hub.store import Store, parse_id
+    from hub.store import Store, cut, parse_id
 
     backends = Backends("redis", redis_url)
     settings = backends.settings(history_size=3)
     store = Store(backends.backend(), settings)
     publisher = store.publisher
-    live = LivePath(store, settings, NativeFanout(store, settings, Stats()))
+    live = LivePath(store, settings, Stats())
     try:
         both = Stream(["busy", "quiet"], 1 << 20)
         # A node that saw "seen", then lost its live connection while "busy" got more
         # events than its history keeps and "quiet" got one.
-        live._watermark = parse_id(await publisher.publish("busy", "seen"))
-        live.attach(both)
+        seen = parse_id(await publisher.publish("busy", "seen"))
+        channels = live.attach(both)
+        for channel in channels:
+            channel.seen = seen if channel.name == "busy" else cut(seen[0])
         both.go_live()
         for i in range(5):
             await publisher.publish("busy", f"trimmed {i}")
         await publisher.publish("quiet", "after the hole")
-        await live._recover(await store.read_clock())
+        await recover(live, channels, await store.now_ms())
         assert both.closed == "gap"
         # Nothing after the hole reached it: it resumes from before and gets hub.reset.
         batch = await both.next_batch()

@@ -14,6 +14,7 @@ import redis.asyncio
 from redis.exceptions import AuthenticationError, NoScriptError
 
 from hub import BackendUnavailable, Publisher, Settings
+from hub.store.keys import Keys
 from hub.store.lane import InFlightLost, Lane, LaneTimeout, Target
 from support.redis_server import RedisServer
 
@@ -81,7 +82,7 @@ async def test_publisher_reloads_the_script_after_script_flush(
         await publisher._client.script_flush()
         second = await publisher.publish("news", "two")
         assert second > first
-        history = await publisher._client.xrange("lane:stream:news")
+        history = await publisher._client.xrange(Keys("lane:").stream("news"))
         assert [fields[b"d"] for _id, fields in history] == [b"one", b"two"]
     finally:
         await publisher.aclose()
@@ -157,7 +158,7 @@ async def test_lane_authenticates_and_selects_the_database(redis_server: RedisSe
     try:
         await publisher.publish("news", "in db 3")
         db3 = redis.Redis.from_url(url)
-        assert db3.xlen("lane:stream:news") == 1
+        assert db3.xlen(Keys("lane:").stream("news")) == 1
         db3.close()
     finally:
         await publisher.aclose()

@@ -546,7 +546,7 @@ async def test_a_taken_over_request_that_was_answered_or_trimmed_is_not_answered
         ]
         await client.xreadgroup("llm", "dead-worker", {requests: ">"}, count=2)
         await publisher.publish("answer.0", {"request_id": answered}, event="done")
-        await client.xdel(requests, trimmed)
+        await client.xdel(requests, trimmed.partition(".")[0])  # the entry id of the event
 
         worker = await start_llm("--claim-after", "0.2")
         await worker.wait_for_log("taken-over request was answered")

@@ -66,7 +66,7 @@ async def test_a_stream_whose_client_went_away_is_freed_without_the_cyclic_gc(
     gc.disable()
     try:
         async with SSEStream(hub.url, ["freed"]):
-            [sub] = hub.broker._live.subscribers
+            [sub] = hub.broker.live_path.subscribers
             # The response; the subscriber, its task and its transport hang off it.
             ref = weakref.ref(getattr(sub.on_cut_off, "__self__", None))
             del sub

@@ -57,13 +57,28 @@ async def _until(check: object, what: str, timeout: float = 10) -> None:
 
 
 async def _serving(hub: HubProcess, redis_url: str) -> list[int]:
-    """Wait until both workers of ``hub`` are up, each with its live Redis connection."""
+    """Wait until both workers of ``hub`` serve streams, each on a live Redis connection
+    of its own (a worker opens one once a client follows a channel)."""
 
-    async def both_live() -> bool:
-        return len(worker_pids(hub.pid)) == 2 and await _live_connections(redis_url) == 2
+    async def two() -> bool:
+        return len(worker_pids(hub.pid)) == 2
 
-    await _until(both_live, "two workers with one live connection each")
-    return worker_pids(hub.pid)
+    await _until(two, "two workers")
+    workers = worker_pids(hub.pid)
+    streams = [SSEStream(hub.url, ["probe"]) for _ in range(16)]
+    try:
+        for stream in streams:
+            await stream.__aenter__()
+
+        async def both_live() -> bool:
+            spread = streams_per_process(workers, hub.port)
+            return all(spread.values()) and await _live_connections(redis_url) == 2
+
+        await _until(both_live, "two workers with one live connection each")
+    finally:
+        for stream in streams:
+            await stream.close()
+    return workers
 
 
 @pytest.fixture
@@ -121,14 +136,10 @@ async def test_a_worker_that_dies_is_replaced(
 
     async def replaced() -> bool:
         workers = worker_pids(hub.pid)
-        return (
-            len(workers) == 2
-            and victim not in workers
-            and await _live_connections(redis_server.url) == 2
-        )
+        return len(workers) == 2 and victim not in workers
 
     await _until(replaced, "the dead worker was not replaced", timeout=15)
-    assert survivor in worker_pids(hub.pid)
+    assert survivor in await _serving(hub, redis_server.url)
     assert await hub.signal(signal.SIGTERM) == 0
 
 

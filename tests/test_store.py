@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hub import BackendUnavailable, Conflict, Settings
-from hub.store import Backend, Extra, Store, parse_id
+from hub.store import ZERO, Backend, Extra, Store, parse_id, partition_of
 from support.hubs import Backends
 from support.redis_server import RedisServer
 
@@ -21,24 +21,20 @@ async def test_the_store_reads_back_what_its_publisher_wrote(backends: Backends)
     store = Store(backends.backend(), backends.settings())
     try:
         first = await store.publisher.publish("news", "one")
-        second = await store.publisher.publish("news", "two")
-        clock = await store.read_clock()
-        assert clock.head == tuple(int(p) for p in second.split("-"))
-        entries = [e async for e in store.history(["news"], (0, 0), strict=False)]
-        assert [(e.raw_id.decode(), e.data) for e in entries] == [(first, b"one"), (second, b"two")]
-        newest, now_ms = await store.newest([store.keys.stream("news"), store.keys.stream("none")])
-        assert newest == [clock.head, None]
-        assert now_ms >= clock.head[0]
-        log = [u async for u in store.read_log((0, 0))]
-        assert [(u.raw_id.decode(), u.topics, u.data) for u in log] == [
-            (first, ["news"], b"one"),
-            (second, ["news"], b"two"),
+        second = await store.publisher.publish("news", "two", extra=Extra(mercure_id="urn:2"))
+        entries = [e async for e in store.history(["news"], ZERO, strict=False)]
+        assert [(e.id_text.decode(), e.data) for e in entries] == [
+            (first, b"one"),
+            (second, b"two"),
         ]
-        assert await store.log_oldest() == log[0].id
-        newest_update = await store.log_newest()
-        assert newest_update is not None
-        assert newest_update.mercure_id.decode() == second
-        assert await store.chosen_id("never-chosen") is None
+        assert [e.mercure_id for e in entries] == [first.encode(), b"urn:2"]
+        assert await store.newest(["news", "none"]) == [parse_id(second), None]
+        assert await store.now_ms() >= parse_id(second)[0]
+        # The index knows the channel as one with events from the first one's time on.
+        assert "news" in await store.active_channels([partition_of("news")], parse_id(first)[0])
+        assert await store.chosen_id("urn:2", [partition_of("news")]) == [parse_id(second)]
+        assert await store.chosen_id("never-chosen", [partition_of("news")]) == []
+        assert await store.holes(["news"], ZERO) == []
     finally:
         await store.aclose()
 
@@ -56,12 +52,13 @@ async def test_every_read_raises_backend_unavailable_when_redis_is_gone(
 
     calls: dict[str, Callable[[], Awaitable[Any]]] = {
         "pinging Redis": store.ping,
-        "reading the publish clock": store.read_clock,
-        "recording lost events": lambda: store.record_loss((1, 0), (2, 0)),
-        "reading history": lambda: drain(store.history(["news"], (1, 0))),
-        "checking positions": lambda: store.newest([store.keys.stream("news")]),
-        "reading the log": lambda: drain(store.read_log((0, 0))),
-        "looking up an event id": lambda: store.chosen_id("x"),
+        "reading Redis' clock": store.now_ms,
+        "recording lost events": lambda: store.record_loss("news", (1, 0, 1), (2, 0, 1)),
+        "reading history": lambda: drain(store.history(["news"], (1, 0, 1))),
+        "checking positions": lambda: store.newest(["news"]),
+        "reading the partitions' marks": lambda: store.since([0]),
+        "reading the channel index": lambda: store.active_channels([0], 0),
+        "looking up an event id": lambda: store.chosen_id("x", [0]),
     }
     try:
         for doing, call in calls.items():
@@ -74,19 +71,25 @@ async def test_every_read_raises_backend_unavailable_when_redis_is_gone(
         await store.aclose()
 
 
-async def test_a_chosen_id_is_forgotten_once_its_event_left_the_log(backends: Backends) -> None:
-    store = Store(backends.backend(), backends.settings(log_size=3))
+async def test_a_chosen_id_is_forgotten_once_its_event_left_the_history(
+    backends: Backends,
+) -> None:
+    store = Store(backends.backend(), backends.settings(history_size=3))
     publisher = store.publisher
+    mine = [partition_of("news")]
     try:
-        await publisher.publish("news", "plain")  # no chosen ids yet: nothing to forget
+        plain = await publisher.publish("news", "plain")  # no chosen ids yet: none to forget
         chosen = await publisher.publish("news", "one", extra=Extra(mercure_id="urn:one"))
-        assert await store.chosen_id("urn:one") == parse_id(chosen)
+        assert await store.chosen_id("urn:one", mine) == [parse_id(chosen)]
         with pytest.raises(Conflict):
             await publisher.publish("news", "again", extra=Extra(mercure_id="urn:one"))
-        for i in range(3):  # pushes "one" out of the 3-entry log
+        for i in range(3):  # pushes "one" out of the channel's 3-event history
             await publisher.publish("news", f"later {i}")
-        assert await store.chosen_id("urn:one") is None
+        assert await store.chosen_id("urn:one", mine) == []
+        # Trimmed: "plain" and "one". A resume from "plain" would miss "one"; from "one", nothing.
+        assert await store.holes(["news"], parse_id(plain)) == ["news"]
+        assert await store.holes(["news"], parse_id(chosen)) == []
         reused = await publisher.publish("news", "two", extra=Extra(mercure_id="urn:one"))
-        assert await store.chosen_id("urn:one") == parse_id(reused)
+        assert await store.chosen_id("urn:one", mine) == [parse_id(reused)]
     finally:
         await store.aclose()

@@ -14,6 +14,7 @@ from typing import cast
 import pytest
 import redis.asyncio
 
+from hub.store.ids import parse_id
 from hub.store.keys import Keys
 from support.hubs import Backends, StartHub
 from support.net import free_port
@@ -95,10 +96,9 @@ async def test_ticker_ticks_reach_a_hub_subscriber_in_order(
     assert "worker stopped" in worker.output
 
 
-def _id_key(event_id: str | None) -> tuple[int, int]:
+def _id_key(event_id: str | None) -> tuple[int, int, int]:
     assert event_id is not None
-    ms, _, n = event_id.partition("-")
-    return int(ms), int(n)
+    return parse_id(event_id)
 
 
 @redis_only

@@ -9,7 +9,11 @@ from urllib.parse import urlencode
 
 import httpx
 import jwt
+import redis.asyncio
 
+from hub.store.keys import Keys
+
+from .hubs import Backends
 from .sse import SSEStream
 
 KEY = "a-test-secret-that-is-long-enough-for-hs256"
@@ -141,3 +145,37 @@ def mercure1_stream(
     if cookie is not None:
         stream.headers["Cookie"] = f"__Secure-mercure_access_token={cookie}"
     return stream
+
+
+async def wide_subscriptions(backends: Backends) -> int:
+    """How many subscriptions to every channel the hub of ``backends`` holds: pattern
+    subscriptions on one Redis (counted on the node's own live connection, since other
+    tests share the server), the firehose of partition 0 on a cluster."""
+    if backends.kind == "embedded":
+        client = backends.backend().command_client()
+        try:
+            return int(await client.execute_command("PUBSUB", "NUMPAT"))
+        finally:
+            await client.aclose()
+    assert backends.url is not None
+    if backends.kind == "cluster":
+        firehose = Keys(backends.prefix).firehose(0)
+        ports = backends.url.removeprefix("redis+cluster://").split(",")
+        seed = redis.asyncio.RedisCluster(host="127.0.0.1", port=int(ports[0].split(":")[1]))
+        try:
+            await seed.initialize()
+            node = seed.get_node_from_key(firehose)
+            assert node is not None
+            plain = redis.asyncio.Redis(host=node.host, port=node.port)
+            _, count = await plain.execute_command("PUBSUB", "SHARDNUMSUB", firehose)
+            await plain.aclose()
+            return int(count)
+        finally:
+            await seed.aclose()
+    client = redis.asyncio.Redis.from_url(backends.url)
+    try:
+        connections = await client.client_list()
+    finally:
+        await client.aclose()
+    name = f"hub-{backends.prefix}:live"
+    return sum(int(c.get("psub", 0)) for c in connections if c.get("name") == name)
