@@ -33,14 +33,23 @@ from dataclasses import dataclass, field
 Order = tuple[int, ...]
 
 
+_BASE36 = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
+
+
 def parse_hub_id(event_id: str | None) -> Order | None:
-    """``"<ms>-<n>"`` as a sortable tuple; ``None`` for anything else."""
+    """``"<ms>-<seq>.<h>"`` (``h`` in base 36; the layout before it, ``"<ms>-<n>"``, as
+    ``h`` 0) as a sortable tuple; ``None`` for anything else."""
     if not event_id:
         return None
-    ms, sep, n = event_id.partition("-")
-    if not sep or not ms.isdigit() or not n.isdigit():
+    ms, sep, rest = event_id.partition("-")
+    seq, dot, h = rest.partition(".")
+    if not sep or not ms.isdigit() or not seq.isdigit():
         return None
-    return (int(ms), int(n))
+    if not dot:
+        return (int(ms), int(seq), 0)
+    if not h or not set(h) <= _BASE36:
+        return None
+    return (int(ms), int(seq), int(h, 36))
 
 
 @dataclass
