@@ -3,7 +3,7 @@
 
 /** One event of a followed channel. */
 export interface HubEvent {
-  /** The hub's event id (`<ms>-<n>`), or a Mercure publisher's chosen id. */
+  /** The hub's event id (`<ms>-<seq>.<h>`), or a Mercure publisher's chosen id. */
   id: string;
   /** The SSE event type: "message" for events published without one. */
   type: string;

@@ -37,7 +37,7 @@ const MAX_DELAY_MS = 30000;
 /** How long a returning tab waits for the holder's catch-up, and how many times. */
 const HELLO_MS = 700;
 const HELLO_TRIES = 3;
-const HUB_ID = /^(\d{1,15})-(\d{1,15})$/;
+const HUB_ID = /^(\d{1,15})-(\d{1,20})(?:\.([0-9a-z]{1,13}))?$/;
 
 /**
  * Follow `channels`: returns a handle with `setChannels(channels)` and `close()`.
@@ -126,11 +126,14 @@ function groupKey(channels, options) {
   return JSON.stringify([hub, options.door || "native", channels]);
 }
 
-/** The hub's own ids (`<ms>-<n>`) sort; a Mercure publisher's chosen ids do not. */
+/** The hub's own ids (`<ms>-<seq>.<h>`) sort; a Mercure publisher's chosen ids do not. */
 function compareIds(a, b) {
   const x = HUB_ID.exec(a || ""), y = HUB_ID.exec(b || "");
   if (!x || !y) return NaN;
-  return Number(x[1]) - Number(y[1]) || Number(x[2]) - Number(y[2]);
+  // h is a 64-bit number in base 36, too big for a Number: compare its digits.
+  const h = x[3] || "0", k = y[3] || "0";
+  const byH = h.length - k.length || (h < k ? -1 : h > k ? 1 : 0);
+  return Number(x[1]) - Number(y[1]) || Number(x[2]) - Number(y[2]) || byH;
 }
 
 class Group {
