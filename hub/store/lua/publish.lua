@@ -17,11 +17,13 @@
 -- KEYS[2n+1..3n]  {prefix}{<tag>}:index of each (sorted set: channel -> a time after its
 --                 newest event)
 -- KEYS[3n+1..4n]  {prefix}{<tag>}:ids of each (hash: chosen Mercure id -> event id)
--- ARGV[1]     the live message after its id: "<flags>\n<event>\n<channels>\n<origin>\n
---             <mercure id>\n<retry>\n<data>" (hub/store/records.py)
+-- ARGV[1]     the live message between its id and its data: "<flags>\n<event>\n
+--             <channels>\n<origin>\n<mercure id>\n<retry>\n" (hub/store/records.py)
 -- ARGV[2]     event type
 -- ARGV[3]     data
 -- ARGV[4..3+n] {prefix}{<tag>}:l:{channel}, in the order of KEYS
+-- One channel and no options but ``fire`` (the common case) may pass its history key
+-- alone: KEYS is then that one key, and ARGV the same arguments.
 -- then, only when they apply, option names and values:
 --   c      the event's channels, space-separated (history field c)
 --   o      "<part> <token>" of an event whose channels span partitions (field o)
@@ -41,15 +43,21 @@
 --
 -- Returns the entry id "<ms>-<seq>".
 
-local n = #KEYS / 4
-local tail, event, data = ARGV[1], ARGV[2], ARGV[3]
+local head, event, data = ARGV[1], ARGV[2], ARGV[3]
 
-if n == 1 and #ARGV == 4 then
-  -- The common case: one channel, no options. As few calls as the job allows.
+local fast = #ARGV == 4 or (#ARGV == 6 and ARGV[5] == 'fire')
+if fast and (#KEYS == 1 or #KEYS == 4) then
+  -- The common case: one channel, no options but a cluster's firehose. As few calls as
+  -- the job allows.
   local id = redis.call('XADD', KEYS[1], '*', 'e', event, 'd', data)
-  redis.call('PUBLISH', ARGV[4], id .. '\n' .. tail)
+  local message = id .. '\n' .. head .. data
+  redis.call('PUBLISH', ARGV[4], message)
+  if ARGV[6] then
+    redis.call('PUBLISH', ARGV[6], message)
+  end
   return id
 end
+local n = #KEYS / 4
 if n < 1 or n % 1 ~= 0 or #ARGV < 3 + n or (#ARGV - 3 - n) % 2 ~= 0 then
   return redis.error_reply('ERR hub publish: expected 4 keys per channel, and 3 + N args + options')
 end
@@ -105,7 +113,7 @@ else
   end
 end
 
-local message = id .. '\n' .. tail
+local message = id .. '\n' .. head .. data
 for i = 1, n do
   redis.call('PUBLISH', ARGV[3 + i], message)
 end
