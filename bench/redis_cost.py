@@ -13,12 +13,17 @@ and just after the timed publishes; the figure is that delta divided by the even
 
 Floors, for scale: ``floor-pipelined`` is ``XADD MAXLEN ~`` + ``PUBLISH`` sent back to
 back on one connection; ``floor-script`` is the same two commands in one Lua script.
-Each publish names one channel and carries the Mercure door's fields (the hub's own
-publishers always write the Mercure log).
+``--history`` sets ``HUB_HISTORY_SIZE`` (and the floors' ``MAXLEN``): at the default
+1000 over 1,000 channels no history fills up within a run, so nothing is trimmed;
+``--channels 100 --history 100`` fills every history early in the run, so that every
+layout trims as a hub that has run for a while does.
+Each publish names one channel, with the Mercure door on (the hub's own publishers
+always keep what the door needs: the channel's index entry and its trim bookkeeping).
 
 With ``--cluster``, a fifth layout runs this tree on a Redis Cluster of three masters
-(``redis+cluster://``, the hub's keys under one hash tag): its line gives the CPU of
-each master (``per_shard``) as well as their sum, which shows how the load spreads.
+(``redis+cluster://``): each channel's keys live in that channel's own slot, so the
+line gives the CPU of each master (``per_shard``) as well as their sum, which shows
+how evenly the load spreads over the shards.
 
 Prints one JSON line per layout per round, then a summary with the median of each
 layout and the old/new ratio. The machine may be shared: the ratio of medians from
@@ -53,6 +58,7 @@ import asyncio, json, sys
 import redis.asyncio
 mode, url, events, channels, inflight = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 shards = sys.argv[6].split(",")  # the redis-servers whose CPU counts (a cluster's masters)
+history = int(sys.argv[7])
 data = b"x" * 100
 
 async def cpu(client):
@@ -61,12 +67,14 @@ async def cpu(client):
 
 async def main():
     probes = [redis.asyncio.Redis.from_url(shard) for shard in shards]
-    prefix = "{cost-%s}:" % mode  # a hash tag: on a cluster, the hub's one slot
+    # No braces: today's tree refuses them (channels pick their own slots), and on one
+    # Redis no layout needs a hash tag.
+    prefix = "cost-%s:" % mode
     if mode in ("new", "old", "new-cluster"):
         import hub
         from hub.config import Settings
         where = hub.__file__
-        publisher = hub.Publisher.from_url(url, Settings(key_prefix=prefix))
+        publisher = hub.Publisher.from_url(url, Settings(key_prefix=prefix, history_size=history))
 
         async def one(i):
             await publisher.publish(f"c{i % channels}", data)
@@ -75,16 +83,16 @@ async def main():
         where = mode
         client = redis.asyncio.Redis.from_url(url)
         lane = Lane.for_client(client)
-        src = ("redis.call('XADD', KEYS[1], 'MAXLEN', '~', 1000, '*', 'd', ARGV[1]) "
+        src = ("redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[1]) "
                "redis.call('PUBLISH', KEYS[2], ARGV[1]) return 1")
         sha = await lane.call("SCRIPT", "LOAD", src)
 
         async def one(i):
             stream, live = f"{prefix}s:c{i % channels}", f"{prefix}l:c{i % channels}"
             if mode == "floor-script":
-                await lane.call("EVALSHA", sha, 2, stream, live, data)
+                await lane.call("EVALSHA", sha, 2, stream, live, data, history)
             else:
-                first = lane.call("XADD", stream, "MAXLEN", "~", 1000, "*", "d", data)
+                first = lane.call("XADD", stream, "MAXLEN", "~", history, "*", "d", data)
                 await asyncio.gather(first, lane.call("PUBLISH", live, data))
 
     async def burst(n):
@@ -204,6 +212,7 @@ def run_child(
 ) -> dict[str, Any]:
     code = f"import sys; sys.path.insert(0, {str(tree)!r})\n" + CHILD
     argv = [mode, url, str(args.events), str(args.channels), str(args.inflight), ",".join(shards)]
+    argv.append(str(args.history))
     out = subprocess.run(
         [sys.executable, "-c", code, *argv], check=True, capture_output=True, text=True
     )
@@ -217,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", type=int, default=1000)
     ap.add_argument("--inflight", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--history",
+        type=int,
+        default=1000,
+        help="HUB_HISTORY_SIZE (the floors' MAXLEN); a small one makes every layout trim "
+        "within the run, as a long-running hub does",
+    )
     ap.add_argument(
         "--cluster", action="store_true", help="also this tree on a 3-master Redis Cluster"
     )

@@ -221,8 +221,8 @@ def mercure(settings: Settings) -> dict[str, Any]:
                     "for the hub (/.well-known/mercure)."
                 ),
                 "409": error(
-                    "The id is held by another update still in the log, or has the shape "
-                    "of a hub event id (<ms>-<n>)."
+                    "The id is held by another update still in the history of its "
+                    "partition, or has the shape of a hub event id (<ms>-<seq>.<h>)."
                 ),
                 "413": error("The body is too large."),
                 "429": error(
