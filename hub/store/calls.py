@@ -236,11 +236,11 @@ class Calls:
                 options += ["trim", self.upkeep.size]
             if refresh:
                 options += ["idx", INDEX_AHEAD_MS]
+        args.extend(options)
         call_keys = [keys.stream(c) for c in members]
         if len(members) == 1 and (not options or (len(options) == 2 and options[0] == "fire")):
             # The script's fast path needs the history key alone: three fewer to send.
             return Call(call_keys, args, partition, suffix)
-        args.extend(options)
         owners = [partition_of(c) for c in members]
         call_keys += [keys.trimmed(p) for p in owners]
         call_keys += [keys.index(p) for p in owners]
