@@ -65,19 +65,21 @@ async def _serving(hub: HubProcess, redis_url: str) -> list[int]:
 
     await _until(two, "two workers")
     workers = worker_pids(hub.pid)
-    streams = [SSEStream(hub.url, ["probe"]) for _ in range(16)]
-    try:
-        for stream in streams:
-            await stream.__aenter__()
 
-        async def both_live() -> bool:
+    async def both_live() -> bool:
+        # A worker just started may not accept yet, and streams opened before it does
+        # all go to the other: open a fresh set each try.
+        streams = [SSEStream(hub.url, ["probe"]) for _ in range(16)]
+        try:
+            for stream in streams:
+                await stream.__aenter__()
             spread = streams_per_process(workers, hub.port)
             return all(spread.values()) and await _live_connections(redis_url) == 2
+        finally:
+            for stream in streams:
+                await stream.close()
 
-        await _until(both_live, "two workers with one live connection each")
-    finally:
-        for stream in streams:
-            await stream.close()
+    await _until(both_live, "two workers with one live connection each", timeout=20)
     return workers
 
 
