@@ -103,3 +103,22 @@ def test_redis_cost_bench_compares_two_revisions_and_the_floors() -> None:
     assert not runs[1]["code"].startswith(str(ROOT))
     assert all(run["us_per_publish"] > 0 for run in runs)
     assert summary["old_over_new"] > 0
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+def test_hold_back_bench_times_a_stream_on_one_channel_beside_one_on_three() -> None:
+    proc = subprocess.run(
+        [sys.executable, "bench/hold_back.py", "--events", "60", "--rate", "200", "--cluster"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    streams = [line for line in lines if "stream" in line]
+    assert [s["events"] for s in streams] == [20, 20, 40]  # every event reached both
+    assert all(0 < s["p50_ms"] <= s["max_ms"] for s in streams)
+    framing = lines[-1]
+    assert framing["per_client_id_ns_per_delivery"] > 0
+    assert framing["shared_frame_ns_per_delivery"] > 0
