@@ -130,14 +130,7 @@ class LivePath:
         if all(c.confirmed.is_set() and c.seen is not None for c in channels):
             return  # the common case: nothing to send or wait for
         for channel in channels:
-            session = self._sessions.get(channel.shard) if channel.shard is not None else None
-            conn = session.conn if session is not None and session.live else None
-            if channel.session is None and conn is not None and not conn.lost.done():
-                channel.session = conn
-                channel.pending += 1
-                # On failure the session notices the broken connection and resubscribes.
-                with contextlib.suppress(BackendUnavailable):
-                    await self.sessions.subscribe(conn, [channel])
+            await self._subscribe(channel)
         loop = asyncio.get_running_loop()
         # With the live connection known to be down, say so soon rather than keep a new
         # client waiting in silence; a slow but working Redis gets the full timeout.
@@ -158,11 +151,27 @@ class LivePath:
                 if channel.confirmed.is_set():
                     await self._settle(channel, left)
                     continue
+                if channel.session is None:
+                    # Not subscribed yet: its shard was unknown, or had no live session.
+                    await self._subscribe(channel)
                 waiter = loop.create_task(channel.confirmed.wait())
                 try:
-                    await asyncio.wait({waiter}, timeout=left)
+                    pause = left if channel.session is not None else min(left, 0.05)
+                    await asyncio.wait({waiter}, timeout=pause)
                 finally:
                     waiter.cancel()
+
+    async def _subscribe(self, channel: Channel) -> None:
+        """Subscribe ``channel`` on its shard's live connection, if it is up and the
+        channel is not on it yet (a session being set up subscribes its own)."""
+        session = self._sessions.get(channel.shard) if channel.shard is not None else None
+        conn = session.conn if session is not None and session.live else None
+        if channel.session is None and conn is not None and not conn.lost.done():
+            channel.session = conn
+            channel.pending += 1
+            # On failure the session notices the broken connection and resubscribes.
+            with contextlib.suppress(BackendUnavailable):
+                await self.sessions.subscribe(conn, [channel])
 
     async def _settle(self, channel: Channel, timeout: float) -> None:
         """A channel confirmed just now: every event it had before was stamped at most at

@@ -205,6 +205,18 @@ class Sessions:
                 if channel.seen is None:
                     channel.seen = cut(ms + 1)
             session.live = True
+            # Channels attached while the session was being set up: too late for its
+            # list, and confirm() saw no live connection to subscribe them on.
+            late = [
+                c
+                for c in self._path.channel_map.values()
+                if c.shard == shard and c.followed() and c.session is None
+            ]
+            for channel in late:
+                channel.session, channel.pending = conn, 1
+                channel.confirmed.clear()
+            if late:
+                await self.subscribe(conn, late)
             if old is None:
                 logger.info(
                     "live path connected (%s, %d channels)", shard or "redis", len(channels)

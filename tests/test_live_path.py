@@ -1,0 +1,55 @@
+"""The live path of one node: streams that arrive while its connection is set up."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio
+
+from hub import Publisher
+from support.hubs import Backends, StartHub
+from support.redis_server import RedisServer
+from support.sse import SSEStream
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_streams_that_attach_while_the_live_connection_starts_all_go_live(
+    redis_server: RedisServer, start_hub: StartHub
+) -> None:
+    # The first stream makes the node open its live connection. Redis then holds every
+    # client for a moment (CLIENT PAUSE) while that connection subscribes, and the other streams
+    # attach meanwhile: they were in neither the starting connection's list nor
+    # subscribed by themselves, and waited out the confirmation timeout (found by the
+    # Mercure chaos run).
+    backends = Backends("redis", redis_server.url)
+    hub = await start_hub(backends.settings(), backends.backend())
+    admin = redis.asyncio.Redis.from_url(redis_server.url)
+    publisher = Publisher(backends.backend().command_client(), backends.settings())
+    first = SSEStream(hub.url, ["start-0"])
+    later = [SSEStream(hub.url, [f"start-{i}"]) for i in range(1, 8)]
+    try:
+        opening = asyncio.ensure_future(first.__aenter__())
+        await _live_connection_open(admin)
+        await admin.execute_command("CLIENT", "PAUSE", "500", "ALL")
+        await asyncio.sleep(0.1)
+        await asyncio.gather(opening, *(s.__aenter__() for s in later))
+        streams = [first, *later]
+        for n in range(len(streams)):
+            await publisher.publish(f"start-{n}", f"to {n}")
+        for n, stream in enumerate(streams):
+            assert [e.data for e in await stream.wait_for(1, timeout=5)] == [f"to {n}"]
+            assert not any("did not confirm" in c for c in stream.comments)
+    finally:
+        await publisher.aclose()
+        await admin.aclose()
+        for stream in [first, *later]:
+            await stream.close()
+
+
+async def _live_connection_open(admin: redis.asyncio.Redis) -> None:
+    deadline = asyncio.get_running_loop().time() + 5
+    while not any(c.get("name", "").endswith(":live") for c in await admin.client_list()):
+        assert asyncio.get_running_loop().time() < deadline, "no live connection"
+        await asyncio.sleep(0.001)
