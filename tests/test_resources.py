@@ -113,3 +113,24 @@ async def _wait_connections(client: httpx.AsyncClient, url: str, count: int) -> 
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"the hub never got to {count} open streams")
+
+
+async def test_an_idle_stream_holds_one_task_and_its_leaving_is_still_noticed(
+    backends: Backends, start_hub: StartHub
+) -> None:
+    # The connection reports the client leaving (hub.protocol's lost_hook): no task per
+    # stream waits on receive() for it, which was ~1.3 KiB of every idle stream.
+    hub = await start_hub(backends.settings())
+    streams = [SSEStream(hub.url, ["idle"]) for _ in range(20)]
+    await asyncio.gather(*(s.__aenter__() for s in streams))
+    try:
+        watchers = [t for t in asyncio.all_tasks() if "EventStream._watch" in repr(t.get_coro())]
+        assert watchers == []
+    finally:
+        await asyncio.gather(*(s.close() for s in streams))
+    for _ in range(500):
+        if hub.broker.stats.closed["client"] == 20:
+            break
+        await asyncio.sleep(0.01)
+    assert hub.broker.stats.closed["client"] == 20
+    assert not hub.broker.live_path.subscribers

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from hub.delivery.writer import DirectWriter, direct_writer
+from hub.delivery.writer import DirectWriter, direct_writer, disconnect_hook
 
 __all__ = ["EventStream", "quiet_cut_off_streams"]
 
@@ -31,7 +31,9 @@ class EventStream:
     fan-out, 1000 clients). Here a write costs one ``send``: the broker's sweeper
     watches for stuck writes and idle streams once a second for all clients, and
     :meth:`abort` drops a client at once, even in the middle of a write that a stuck
-    client blocks. One helper task per stream watches for the client going away.
+    client blocks. Under the hub's own protocol the connection reports the client going away
+    (:func:`~hub.delivery.writer.disconnect_hook`); elsewhere one helper task per
+    stream watches ``receive()`` for it.
     """
 
     def __init__(
@@ -89,7 +91,8 @@ class EventStream:
             return
         loop = asyncio.get_running_loop()
         self._task = asyncio.current_task(loop)  # given the loop: one getpid() less
-        watcher = loop.create_task(self._watch(receive))
+        unhook = disconnect_hook(send, self._lost)
+        watcher = loop.create_task(self._watch(receive)) if unhook is None else None
         started = False
         try:
             # The headers leave with the first chunk, not before: a browser fires `open`
@@ -114,10 +117,16 @@ class EventStream:
             if task is not None and hasattr(task, "uncancel"):
                 task.uncancel()
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            if unhook is not None:
+                unhook()
             await body.aclose()
         if self.cut_off not in (None, "disconnected"):
             logger.info("dropped a client: %s", self.cut_off)
+
+    def _lost(self) -> None:
+        self.abort("disconnected")
 
     async def _watch(self, receive: Receive) -> None:
         while True:

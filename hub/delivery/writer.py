@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.types import Send
 
-__all__ = ["DirectWriter", "direct_writer"]
+__all__ = ["DirectWriter", "direct_writer", "disconnect_hook"]
 
 #: Write one SSE frame now; returns the bytes still buffered for this client afterwards,
 #: or -1 when the connection is closing (the disconnect watcher ends the stream).
@@ -67,3 +67,34 @@ def direct_writer(send: Send) -> tuple[DirectWriter, Callable[[], int]] | None:
         return -1 if is_closing() else backlog()
 
     return write, buffered
+
+
+def disconnect_hook(send: Send, callback: Callable[[], None]) -> Callable[[], None] | None:
+    """Have ``callback`` called when the connection under ``send`` is lost; return
+    what undoes that, or ``None`` when the server offers no such hook (then watch
+    ``receive()`` for ``http.disconnect``).
+
+    The hub's protocol (:class:`hub.protocol.HubProtocol`) has a ``lost_hook`` slot:
+    a stream that waits on it holds no task of its own while idle. If the connection
+    is already gone, ``callback`` runs now.
+    """
+    cycle: Any = getattr(send, "__self__", None)
+    if type(cycle).__module__ != _HTTPTOOLS:
+        return None
+    protocol: Any = getattr(getattr(cycle, "on_response", None), "__self__", None)
+    if protocol is None or not hasattr(type(protocol), "lost_hook"):
+        return None
+    if cycle.disconnected or protocol.transport.is_closing():
+        callback()
+        return _nothing
+    protocol.lost_hook = callback
+
+    def unhook() -> None:
+        if protocol.lost_hook is callback:
+            protocol.lost_hook = None
+
+    return unhook
+
+
+def _nothing() -> None:
+    return None
