@@ -15,11 +15,13 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from redis.crc import key_slot
 
 from hub import ConfigError, Settings, create_app
 from hub.cli import main
 from hub.doors.jwks import JWKSKeys
 from hub.errors import KeysUnavailable
+from hub.store.keys import partition_of
 from support.hubs import Backends, RunningHub, StartHub
 from support.jwks import JWKSServer, SigningKey
 from support.mercure import KEY
@@ -336,3 +338,11 @@ async def test_subscribers_get_the_same_audience_checks(
         "GET", f"{hub.url}/events", params={"channel": "a", "authorization": hs(aud="hub")}
     ) as right:
         assert right.status_code == 200
+
+
+def test_a_channels_partition_stays_its_slot_over_256_past_what_is_remembered() -> None:
+    names = [f"room-{i}" for i in range(40_000)] + ["{tag}a", "{tag}b", "é"]
+    for _ in range(2):  # the second pass reads what the first remembered
+        for name in names:
+            assert partition_of(name) == key_slot(name.encode()) >> 8
+    assert partition_of("{tag}a") == partition_of("{tag}b")

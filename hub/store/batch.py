@@ -21,10 +21,13 @@ __all__ = ["PUBLISH_FIELDS", "PublishItem", "at_index", "parse_json", "read_item
 PUBLISH_FIELDS = frozenset({"channel", "channels", "data", "event", "private"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PublishItem:
     """One event to publish: what a publish object says, its shape checked (names,
-    type and size are checked by the publisher, which knows the limits)."""
+    type and size are checked by the publisher, which knows the limits).
+
+    Not frozen: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, and one is built for every event of a batch."""
 
     channels: list[Any]
     data: Any
@@ -40,8 +43,8 @@ def read_item(body: object) -> PublishItem:
         raise BadRequest(
             'a publish object must be a JSON object like {"channel": "news", "data": "hi"}'
         )
-    unknown = set(body) - PUBLISH_FIELDS
-    if unknown:
+    if not PUBLISH_FIELDS.issuperset(body):
+        unknown = set(body) - PUBLISH_FIELDS
         raise BadRequest(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(PUBLISH_FIELDS)}")
     if ("channel" in body) == ("channels" in body):
         raise BadRequest('give either "channel": "name" or "channels": ["a", "b"]')

@@ -76,7 +76,20 @@ PARTITION_TAGS = (
 def partition_of(channel: str) -> int:
     """The partition a channel's keys live in: its hash slot (a ``{tag}`` in the name
     counts, as in Redis Cluster) divided by 256."""
-    return key_slot(channel.encode("utf-8", "surrogatepass")) >> 8
+    partition = _partitions.get(channel)
+    if partition is None:
+        # CRC16 in Python costs more than the rest of a batched event's keys: channels
+        # recur, so their partitions are remembered (a bounded number of them).
+        if len(_partitions) >= _REMEMBERED:
+            _partitions.clear()
+        partition = key_slot(channel.encode("utf-8", "surrogatepass")) >> 8
+        _partitions[channel] = partition
+    return partition
+
+
+#: Channels whose partition :func:`partition_of` remembers, at most.
+_REMEMBERED = 16_384
+_partitions: dict[str, int] = {}
 
 
 def check_prefix(prefix: str) -> str:

@@ -43,6 +43,15 @@ def _results(
 ) -> list[str]:
     """The ids of a batch's events (each the id of its first part), or the error that
     says which events were published."""
+    if failure is None and len(replies) == len(events):
+        # The common case, each event one call and each reply an id: no slicing.
+        ids = []
+        for calls, reply in zip(events, replies, strict=True):
+            if len(calls) != 1 or not isinstance(reply, bytes):
+                break
+            ids.append((reply + calls[0].suffix).decode())
+        else:
+            return ids
     per_event: list[Any] = []
     position = 0
     for calls in events:
