@@ -47,9 +47,9 @@ def _results(
         # The common case, each event one call and each reply an id: no slicing.
         ids = []
         for calls, reply in zip(events, replies, strict=True):
-            if len(calls) != 1 or not isinstance(reply, bytes):
+            if len(calls) != 1 or reply is None or isinstance(reply, Exception):
                 break
-            ids.append((reply + calls[0].suffix).decode())
+            ids.append(_event_id(reply, calls[0]))
         else:
             return ids
     per_event: list[Any] = []
