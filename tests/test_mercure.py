@@ -4,6 +4,7 @@ private updates, and pattern subscribers across nodes."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
@@ -138,6 +139,27 @@ async def test_uri_template_and_star_select_matching_topics_only(
         ]
         await asyncio.sleep(0.2)
         assert len(books.events) == 2
+
+
+@pytest.mark.parametrize("topics", [["https://example.com/one"], ["*"]], ids=["topic", "star"])
+async def test_an_update_published_once_the_stream_opened_arrives_when_its_start_is_slow(
+    backends: Backends, start_hub: StartHub, monkeypatch: pytest.MonkeyPatch, topics: list[str]
+) -> None:
+    # Finding where a live-only stream starts asks every shard for its clock; on a
+    # loaded cluster that takes a while. Whatever it takes, an update the subscriber
+    # publishes after its stream opened must reach it.
+    hub = await start_hub(_settings(backends), backends.backend())
+    broker = hub.broker
+    start = broker.start
+
+    async def slow_start(*args: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await start(*args)
+
+    monkeypatch.setattr(broker, "start", slow_start)
+    async with mercure_stream(hub.url, topics) as stream:
+        await mercure_publish(hub.url, "https://example.com/one", "first", bearer=PUBLISHER)
+        assert [e.data for e in await stream.wait_for(1)] == ["first"]
 
 
 async def test_alternate_topics_match_too_and_the_update_arrives_once(

@@ -152,10 +152,13 @@ class MercureDoor:
             if registry is not None:
                 registry.added(sub.uid, listed, payload)
                 registered = True
-            yield preamble(self.settings.retry_ms) + reset
             if after is None:
+                # Where it starts before it says it is open: an update the client
+                # publishes once it has the preamble must come after that start.
                 sub.last = await broker.start(sub, confirmed)
+                yield preamble(self.settings.retry_ms) + reset
                 return
+            yield preamble(self.settings.retry_ms) + reset
             sub.last = after
             async for chunk in self._replay(sub, after, confirmed):
                 yield chunk
