@@ -16,6 +16,7 @@ from hub.store.calls import Call, Calls, Extra, Publishable, encode_data
 from hub.store.cluster import ClusterLanes, is_cluster_client
 from hub.store.failures import batch_failure, publish_failure
 from hub.store.lane import Lane
+from hub.store.parts import Plan, Replies, in_batches, in_order
 from hub.store.urls import CLUSTER_SCHEMES, check_plain_url
 
 __all__ = ["PUBLISH_SCRIPT", "Extra", "Publishable", "Publisher", "SyncPublisher", "encode_data"]
@@ -121,9 +122,9 @@ class Publisher:
     ) -> str:
         """Publish ``data`` to one channel or several (as one event); return the event id.
 
-        Channels in different partitions (docs/production.md) are published to in one
-        round trip, each partition atomically; should Redis fail in between, the error
-        says so."""
+        Channels in different partitions (docs/production.md) are published to
+        partition by partition, each atomically (hub/store/parts.py); should Redis fail
+        in between, the error says so."""
         calls = self._calls.event(channels, data, event, extra)
         if len(calls) == 1:
             call = calls[0]
@@ -132,13 +133,14 @@ class Publisher:
             except RedisError as exc:
                 raise publish_failure(exc, self._where) from exc
             return _event_id(reply, call)
-        replies, failure = await self._run_many(calls)
+        replies, failure = await self._drive(in_order(calls))
         return _results([calls], replies, failure, self._where)[0]
 
     async def publish_many(
         self, events: Iterable[Publishable], *, subject: str | None = None
     ) -> list[str]:
-        """Publish several events in one round trip to Redis; return their ids, in order.
+        """Publish several events in one round trip to Redis (on a cluster, an event of
+        several partitions takes its own: hub/store/parts.py); return their ids, in order.
 
         Each event is a publish object as ``POST /publish`` takes it:
         ``{"channel": "news", "data": ..., "event": "update"}`` (or ``"channels": [...]``,
@@ -150,9 +152,17 @@ class Publisher:
         token subject, kept with each event (as :attr:`Extra.subject`).
         """
         events_calls = self._calls.batch(events, subject)
-        flat = [call for calls in events_calls for call in calls]
-        replies, failure = await self._run_many(flat)
+        replies, failure = await self._drive(in_batches(events_calls))
         return _results(events_calls, replies, failure, self._where)
+
+    async def _drive(self, plan: Plan) -> Replies:
+        """Run ``plan``'s round trips (hub/store/parts.py); its replies."""
+        calls = next(plan)
+        while True:
+            try:
+                calls = plan.send(await self._run_many(calls))
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
     def _command(self, call: Call) -> tuple[Any, ...]:
         return ("EVALSHA", self._script.sha, len(call.keys), *call.keys, *call.args)
@@ -279,27 +289,40 @@ class SyncPublisher:
         return self._publish(self._calls.batch(events))
 
     def _publish(self, events: list[list[Call]]) -> list[str]:
-        flat = [call for calls in events for call in calls]
-        replies: list[Any] = []
+        plan = in_batches(events)
+        calls = next(plan)
+        # A lone event of one call raises its error; any other's goes in its place.
+        single = len(events) == 1 and len(events[0]) == 1
         try:
-            if isinstance(self._client, redis.RedisCluster) or len(flat) == 1:
-                # redis-py's cluster pipeline refuses scripts: one call each, in order,
-                # each reply (or error) in its place as the pipeline would give them.
-                for call in flat:
-                    try:
-                        replies.append(self._script(keys=call.keys, args=call.args))
-                    except RedisError as exc:
-                        if len(flat) == 1:
-                            raise
-                        replies.append(exc)
-            else:
-                with self._client.pipeline(transaction=False) as pipe:
-                    for call in flat:
-                        self._script(keys=call.keys, args=call.args, client=pipe)
-                    replies = pipe.execute(raise_on_error=False)
+            while True:
+                try:
+                    calls = plan.send(self._run_many(calls, single=single))
+                except StopIteration as done:
+                    replies, failure = done.value
+                    break
         except RedisError as exc:
             raise publish_failure(exc, self._where) from exc
-        return _results(events, replies, None, self._where)
+        return _results(events, replies, failure, self._where)
+
+    def _run_many(self, calls: list[Call], *, single: bool) -> Replies:
+        """Several calls in order, each reply (or error) in its place (``single``: the
+        one call of a lone event, which raises its error)."""
+        if isinstance(self._client, redis.RedisCluster) or len(calls) == 1:
+            # redis-py's cluster pipeline refuses scripts: one call each, in order,
+            # each reply (or error) in its place as the pipeline would give them.
+            replies: list[Any] = []
+            for call in calls:
+                try:
+                    replies.append(self._script(keys=call.keys, args=call.args))
+                except RedisError as exc:
+                    if single:
+                        raise
+                    replies.append(exc)
+            return replies, None
+        with self._client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                self._script(keys=call.keys, args=call.args, client=pipe)
+            return list(pipe.execute(raise_on_error=False)), None
 
     def close(self) -> None:
         self._client.close()

@@ -40,8 +40,14 @@
 --   kept   "0": announce the event live but keep it in no history (the Mercure
 --          subscription events: one channel per subscription would pile up keys); its
 --          id comes from the server's clock
+--   after  "<ms>-<seq>": the id may be no smaller than this (a part of an event of
+--          several partitions comes at or after the part published before it)
 --
 -- Returns the entry id "<ms>-<seq>".
+--
+-- Called with ARGV "raise", "<ms>-<seq>" and KEYS history streams of one slot, it
+-- raises each stream's last generated id to that id if it is below it, so that the
+-- streams' next events come after it (hub/store/parts.py says why). Returns 1.
 
 local head, event, data = ARGV[1], ARGV[2], ARGV[3]
 
@@ -57,6 +63,40 @@ if fast and (#KEYS == 1 or #KEYS == 4) then
   end
   return id
 end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+-- The newest id a stream handed out (its newest entry's, or higher after a raise),
+-- or nil for a stream that does not exist.
+local function last_generated(key)
+  if redis.call('EXISTS', key) == 0 then
+    return nil
+  end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      return info[i + 1]
+    end
+  end
+  return nil
+end
+
+if ARGV[1] == 'raise' and #ARGV == 2 then
+  local ms, seq = parse(ARGV[2])
+  for i = 1, #KEYS do
+    local last = last_generated(KEYS[i])
+    if last then
+      local lms, lseq = parse(last)
+      if lms < ms or (lms == ms and lseq < seq) then
+        redis.call('XSETID', KEYS[i], ARGV[2])
+      end
+    end
+  end
+  return 1
+end
+
 local n = #KEYS / 4
 if n < 1 or n % 1 ~= 0 or #ARGV < 3 + n or (#ARGV - 3 - n) % 2 ~= 0 then
   return redis.error_reply('ERR hub publish: expected 4 keys per channel, and 3 + N args + options')
@@ -75,11 +115,6 @@ if opt.m then
   end
 end
 
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-
 local fields = {'e', event, 'd', data}
 for _, name in ipairs({'c', 'o', 'm', 'r', 'x', 's'}) do
   if opt[name] then
@@ -92,16 +127,23 @@ local id
 if opt.kept == '0' then
   local t = redis.call('TIME')
   id = string.format('%d-%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(t[2]) % 1000)
-elseif n == 1 then
+elseif n == 1 and not opt.after then
   id = redis.call('XADD', KEYS[1], '*', unpack(fields))
 else
-  -- One id for every channel: after now, and after each stream's last entry.
+  -- One id for every channel: at or after now and the floor, and after each stream's
+  -- last generated id.
   local t = redis.call('TIME')
   local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 0
+  if opt.after then
+    local fms, fseq = parse(opt.after)
+    if fms > ms or (fms == ms and fseq > seq) then
+      ms, seq = fms, fseq
+    end
+  end
   for i = 1, n do
-    local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
-    if last[1] then
-      local lms, lseq = parse(last[1][1])
+    local last = last_generated(KEYS[i])
+    if last then
+      local lms, lseq = parse(last)
       if lms > ms or (lms == ms and lseq >= seq) then
         ms, seq = lms, lseq + 1
       end
