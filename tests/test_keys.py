@@ -20,7 +20,8 @@ from redis.crc import key_slot
 from hub import ConfigError, Settings, create_app
 from hub.cli import main
 from hub.doors.jwks import JWKSKeys
-from hub.errors import KeysUnavailable
+from hub.errors import BadRequest, KeysUnavailable
+from hub.store.calls import ROUTES_AT_MOST, Calls
 from hub.store.keys import partition_of
 from support.hubs import Backends, RunningHub, StartHub
 from support.jwks import JWKSServer, SigningKey
@@ -346,3 +347,29 @@ def test_a_channels_partition_stays_its_slot_over_256_past_what_is_remembered() 
         for name in names:
             assert partition_of(name) == key_slot(name.encode()) >> 8
     assert partition_of("{tag}a") == partition_of("{tag}b")
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+def test_a_publish_call_is_the_same_whether_its_channel_was_remembered_or_not(
+    cluster: bool,
+) -> None:
+    # A publisher remembers what it built for each channel, up to a bound; a call built
+    # from what it remembers is the one it builds without (the general path, which a
+    # channel named twice takes), and a bad name is refused every time.
+    settings = Settings()
+    remembering = Calls(settings, 1000, cluster=cluster)
+    general = Calls(settings, 1000, cluster=cluster)  # the same publishes, the other way
+    names = [f"room-{i}" for i in range(ROUTES_AT_MOST + 100)]
+    for _ in range(2):
+        for name in names:
+            [call] = remembering.event(name, "x", "typed")
+            [fresh] = general.event([name, name], "x", "typed")
+            assert (call.keys, call.args, call.partition, call.suffix) == (
+                fresh.keys,
+                fresh.args,
+                fresh.partition,
+                fresh.suffix,
+            )
+        for _ in range(2):
+            with pytest.raises(BadRequest, match="whitespace"):
+                remembering.event("a b", "x", None)

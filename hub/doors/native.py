@@ -19,9 +19,9 @@ from hub.doors import Door
 from hub.doors.auth import Auth, Claims, expires_in
 from hub.doors.body import header, read_body, read_ndjson
 from hub.doors.quota import spend_publish
-from hub.errors import BadRequest, PayloadTooLarge
+from hub.errors import BadRequest, HubError, PayloadTooLarge
 from hub.store import Extra, check_channels
-from hub.store.batch import at_index, parse_json, read_item, read_items
+from hub.store.batch import of_event, parse_json, read_item, read_items
 from hub.store.keys import refuse_reserved
 
 __all__ = ["NATIVE", "PrivateStreams", "events", "publish", "stream_params"]
@@ -157,10 +157,12 @@ async def _publish_batch(request: Request, claims: Claims | None, bodies: list[A
     auth: Auth = request.app.state.auth
     items = read_items(bodies, broker.settings.max_batch)
     for index, item in enumerate(items):
-        with at_index(index):
+        try:
             refuse_reserved(item.channels)
             if claims is not None:
                 auth.check_publish(claims, check_channels(item.channels, 1000))
+        except HubError as exc:
+            raise of_event(index, exc) from None
     # Each event of a batch counts against HUB_PUBLISH_RATE; the request spent one.
     await spend_publish(broker, request, claims, units=len(items) - 1, spent=1)
     started = time.perf_counter()

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.config import Settings
-from hub.errors import BadRequest, PayloadTooLarge
-from hub.store.batch import PublishItem, at_index, read_items
+from hub.errors import BadRequest, HubError, PayloadTooLarge
+from hub.store.batch import PublishItem, of_event, read_items
 from hub.store.ids import check_chosen_id, key_suffix
-from hub.store.keys import Keys, check_channels, check_event_type, partition_of
+from hub.store.keys import Keys, check_channel, check_channels, check_event_type, partition_of
 
 __all__ = ["Call", "Calls", "Extra", "Publishable", "Upkeep", "encode_data"]
 
@@ -86,6 +86,33 @@ class Call:
     suffix: bytes
 
 
+#: Channels whose names :class:`Calls` checked and whose keys it built, remembered up to
+#: this many (then it starts over).
+ROUTES_AT_MOST = 16_384
+
+
+@dataclass(slots=True)
+class _Route:
+    """What every publish to one channel needs of its name."""
+
+    stream: str
+    live: str
+    partition: int
+    suffix: bytes
+    #: The channel's name in its live messages' head (on a cluster), or "".
+    named: str
+    #: What the fast path's arguments end with: ``fire`` and the firehose, on a cluster.
+    tail: list[str]
+
+
+def _plain(extra: Extra) -> bool:
+    """Whether a publish with ``extra`` takes none of the script's options."""
+    return (
+        not (extra.private or extra.mercure_id or extra.retry is not None or extra.subject)
+        and extra.kept
+    )
+
+
 class Upkeep:
     """When a publisher asks the script to trim a channel's history and to refresh the
     channel's Mercure index score: every ``HUB_HISTORY_SIZE / 10`` publishes (and, with
@@ -133,7 +160,9 @@ class Calls:
         self.keys = Keys(settings.key_prefix)
         self.max_channels = max_channels
         self.cluster = cluster
-        self.upkeep = Upkeep(settings.history_size, int(settings.history_ttl * 1000))
+        self._ttl_ms = int(settings.history_ttl * 1000)
+        self.upkeep = Upkeep(settings.history_size, self._ttl_ms)
+        self._routes: dict[str, _Route] = {}
 
     def event(
         self,
@@ -144,16 +173,33 @@ class Calls:
     ) -> list[Call]:
         """The calls that publish one event: one per partition of its channels, the
         partition of its first channel first (its id is the event's)."""
+        one: object = channels
+        if isinstance(channels, (list, tuple)):
+            one = channels[0] if len(channels) == 1 else None
+        if isinstance(one, str) and self._ttl_ms == 0 and (extra is None or _plain(extra)):
+            # The common case (one channel, no options), built from what is known of the
+            # channel: most of a batch's CPU in the hub went to checking the same names
+            # and building the same keys again for each event.
+            route = self._routes.get(one) or self._route(check_channel(one))
+            event_type = "message" if event is None else check_event_type(event)
+            payload = self._payload(data)
+            trim, refresh = self.upkeep.due((one,))
+            if not (trim or refresh):
+                head = f"\n{event_type}\n{route.named}\n\n\n\n"
+                args: list[bytes | str | int] = [head, event_type, payload, route.live]
+                args += route.tail
+                return [Call([route.stream], args, route.partition, route.suffix)]
+            part = Extra() if extra is None else extra
+            return [
+                self._call(
+                    route.partition, [one], [one], event_type, payload, part, (trim, refresh), ""
+                )
+            ]
         names = check_channels(
             [channels] if isinstance(channels, str) else channels, self.max_channels
         )
         event_type = check_event_type(event)
-        payload = encode_data(data)
-        if len(payload) > self.settings.max_payload:
-            raise PayloadTooLarge(
-                f"data is {len(payload)} bytes; the limit is {self.settings.max_payload} "
-                "(HUB_MAX_PAYLOAD)"
-            )
+        payload = self._payload(data)
         extra = extra or Extra()
         if extra.mercure_id:
             check_chosen_id(extra.mercure_id)
@@ -169,12 +215,39 @@ class Calls:
         token = os.urandom(6).hex() if split else ""
         calls = []
         for index, (partition, members) in enumerate(parts.items()):
+            upkeep = self.upkeep.due(members) if extra.kept else (False, False)
+            origin = f"{index} {token}" if split else ""
             calls.append(
-                self._call(
-                    partition, members, names, event_type, payload, extra, split, index, token
-                )
+                self._call(partition, members, names, event_type, payload, extra, upkeep, origin)
             )
         return calls
+
+    def _payload(self, data: Any) -> bytes:
+        payload = encode_data(data)
+        if len(payload) > self.settings.max_payload:
+            raise PayloadTooLarge(
+                f"data is {len(payload)} bytes; the limit is {self.settings.max_payload} "
+                "(HUB_MAX_PAYLOAD)"
+            )
+        return payload
+
+    def _route(self, channel: str) -> _Route:
+        """What every publish to ``channel`` needs of its name (checked before)."""
+        if len(self._routes) >= ROUTES_AT_MOST:
+            self._routes.clear()
+        partition = partition_of(channel)
+        keys = self.keys
+        tail = ["fire", keys.firehose(partition)] if self.cluster else []
+        route = _Route(
+            keys.stream(channel),
+            keys.live(channel),
+            partition,
+            key_suffix(channel),
+            channel if self.cluster else "",
+            tail,
+        )
+        self._routes[channel] = route
+        return route
 
     def batch(self, events: Iterable[Publishable], subject: str | None = None) -> list[list[Call]]:
         """Every event of a batch checked, before any is sent; the first bad one is
@@ -184,9 +257,10 @@ class Calls:
         # a tenth of the hub's CPU under batch publishes (py-spy).
         extras = (Extra(private=False, subject=subject), Extra(private=True, subject=subject))
         for index, item in enumerate(read_items(events, self.settings.max_batch)):
-            with at_index(index):
-                extra = extras[item.private]
-                calls.append(self.event(item.channels, item.data, item.event, extra))
+            try:
+                calls.append(self.event(item.channels, item.data, item.event, extras[item.private]))
+            except HubError as exc:
+                raise of_event(index, exc) from None
         return calls
 
     def _call(
@@ -197,15 +271,13 @@ class Calls:
         event_type: str,
         payload: bytes,
         extra: Extra,
-        split: bool,
-        index: int,
-        token: str,
+        upkeep: tuple[bool, bool],
+        origin: str,
     ) -> Call:
         keys = self.keys
         whole = " ".join(names) if len(names) > 1 else ""
         # A cluster's firehose messages must name the channel: its pub/sub name does not.
         named = whole or (names[0] if self.cluster else "")
-        origin = f"{index} {token}" if split else ""
         mid = extra.mercure_id or ""
         retry = "" if extra.retry is None else str(extra.retry)
         head = "\n".join(("x" if extra.private else "", event_type, named, origin, mid, retry, ""))
@@ -233,7 +305,7 @@ class Calls:
             ttl_ms = int(self.settings.history_ttl * 1000)
             if ttl_ms:
                 options += ["ttl", ttl_ms]
-            trim, refresh = self.upkeep.due(members)
+            trim, refresh = upkeep
             if trim or refresh:
                 options += ["names", " ".join(members)]
             if trim:

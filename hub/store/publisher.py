@@ -152,7 +152,7 @@ class Publisher:
         token subject, kept with each event (as :attr:`Extra.subject`).
         """
         events_calls = self._calls.batch(events, subject)
-        replies, failure = await self._drive(in_batches(events_calls))
+        replies, failure = await self._drive(in_batches(events_calls, cluster=self._calls.cluster))
         return _results(events_calls, replies, failure, self._where)
 
     async def _drive(self, plan: Plan) -> Replies:
@@ -289,7 +289,7 @@ class SyncPublisher:
         return self._publish(self._calls.batch(events))
 
     def _publish(self, events: list[list[Call]]) -> list[str]:
-        plan = in_batches(events)
+        plan = in_batches(events, cluster=self._calls.cluster)
         calls = next(plan)
         # A lone event of one call raises its error; any other's goes in its place.
         single = len(events) == 1 and len(events[0]) == 1

@@ -45,6 +45,11 @@
 --
 -- Returns the entry id "<ms>-<seq>".
 --
+-- Called with ARGV "batch", F, then four per event (head, type, data, live name) and
+-- KEYS each event's history stream (one slot), it publishes several events of one
+-- channel each and no options, as the fast path would one by one: F is the firehose
+-- they also go to, or "". Returns each event's id, or its error, in order.
+--
 -- Called with ARGV "raise", "<ms>-<seq>" and KEYS history streams of one slot, it
 -- raises each stream's last generated id to that id if it is below it, so that the
 -- streams' next events come after it (hub/store/parts.py says why). Returns 1.
@@ -63,6 +68,26 @@ if fast and (#KEYS == 1 or #KEYS == 4) then
   end
   return id
 end
+if ARGV[1] == 'batch' then
+  -- The fast path for each event. An event that fails (a key of another type) gets its
+  -- error in its place, and the others still go, as they would one call each.
+  local fire = ARGV[2]
+  local ids = {}
+  for i = 1, #KEYS do
+    local at = 4 * i - 1
+    local id = redis.pcall('XADD', KEYS[i], '*', 'e', ARGV[at + 1], 'd', ARGV[at + 2])
+    if type(id) == 'string' then
+      local message = id .. '\n' .. ARGV[at] .. ARGV[at + 2]
+      redis.call('PUBLISH', ARGV[at + 3], message)
+      if fire ~= '' then
+        redis.call('PUBLISH', fire, message)
+      end
+    end
+    ids[i] = id
+  end
+  return ids
+end
+
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
