@@ -5,13 +5,13 @@ events of one channel and no options, of one partition on a cluster, travel seve
 a call (the script's batch mode, :func:`merged`), since what Redis spends per call is
 most of what such an event costs it.
 
-An event of several partitions goes part by part. On a Redis Cluster an event whose channels fall into several partitions is stored once
-per partition, each part with an id from its own channels' streams
-(hub/store/records.py). A stream that follows channels of several parts takes the
-event from the first of them (:meth:`hub.store.Event.first_part`) and places it by that
-part's id among its other events. For every channel the stream follows to stay in
-publish order, that id must come after every earlier event of each of the channels,
-and before every later one. So:
+An event of several partitions goes part by part. On a Redis Cluster an event whose
+channels fall into several partitions is stored once per partition, each part with an id
+from its own channels' streams (hub/store/records.py). A stream that follows channels of
+several parts takes the event from the first of them
+(:meth:`hub.store.Event.first_part`) and places it by that part's id among its other
+events. For every channel the stream follows to stay in publish order, that id must come
+after every earlier event of each of the channels, and before every later one. So:
 
 - the parts are published one after another, the last first, each with the id of the
   one before as its floor (``after``): each part's id is at or after those of the
