@@ -32,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hub.answers import keep_alive
 from hub.config import Settings
+from hub.flag import Flag
 
 __all__ = ["HubProtocol", "hub_protocol"]
 
@@ -102,6 +103,10 @@ class HubProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         HttpToolsProtocol.connection_made(self, transport)
+        # uvicorn's events, as flags that make no deque until waited on (hub/flag.py).
+        writable = Flag()
+        writable.set()
+        self.flow._is_writable_event = writable
         if self.max_per_ip and self.client:
             address = self.client[0]
             held = self.open_per_ip.get(address, 0)
@@ -127,6 +132,20 @@ class HubProtocol(HttpToolsProtocol):
         hook, self.lost_hook = self.lost_hook, None
         if hook is not None:
             hook()
+
+    def carry_stream(self) -> None:
+        """The response now starting is an event stream, which lasts as long as the
+        connection: no request is served after it on this connection, which closes
+        when the stream ends. The parser goes (~0.9 KiB per idle stream), and what the
+        client sends from now on is ignored (an EventSource sends nothing)."""
+        cycle = self.cycle
+        if cycle is None or cycle.more_body or self.pipeline or self._in_head or self._refused:
+            # A body still coming, or a request behind it, whole or begun: parsed (and
+            # timed) as before.
+            return
+        cycle.keep_alive = False
+        self.parser = _STREAMING
+        self._disarm()
 
     def _arm(self, seconds: float, callback: Any) -> None:
         self._disarm()
@@ -195,6 +214,9 @@ class HubProtocol(HttpToolsProtocol):
         before = self.cycle
         HttpToolsProtocol.on_headers_complete(self)
         cycle = self.cycle
+        if cycle is not before and cycle is not None:
+            # (Its task has not run yet: nothing waits on the event it was given.)
+            cycle.message_event = Flag()
         if (
             cycle is not before
             and cycle is not None
@@ -218,7 +240,7 @@ class HubProtocol(HttpToolsProtocol):
             HttpToolsProtocol.on_message_complete(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self.parser is _STREAMING:
             return
         self._reading = len(data)
         HttpToolsProtocol.data_received(self, data)
@@ -299,6 +321,10 @@ class HubProtocol(HttpToolsProtocol):
         head += b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
         self.transport.write(head + body)
         self.transport.close()
+
+
+#: The parser of a connection that carries an event stream (:meth:`carry_stream`).
+_STREAMING: Any = object()
 
 
 class _Pipeline(list[Any]):

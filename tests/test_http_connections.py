@@ -48,3 +48,33 @@ async def test_http10_keep_alive_is_honoured_for_responses_with_a_length(
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
+
+
+async def test_a_connection_that_carries_a_stream_ignores_what_the_client_sends_after_it(
+    start_hub: StartHub,
+) -> None:
+    # An event stream lasts as long as its connection: no request is served after it
+    # there, and bytes the client sends meanwhile (a pipelined request, junk) neither
+    # disturb the stream nor get an answer written into it. The connection closes when
+    # the stream ends.
+    embedded = Backends("embedded", None)
+    hub = await start_hub(embedded.settings(), embedded.backend())
+    port = int(hub.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /events?channel=a HTTP/1.1\r\nHost: hub\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)  # the preamble
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: hub\r\n\r\n" + b"\x00junk" * 2000)
+        publisher, publishing = await asyncio.open_connection("127.0.0.1", port)
+        publishing.write(PUBLISH % b"")
+        await _answer(publisher)
+        publishing.close()
+        chunk = await asyncio.wait_for(reader.readuntil(b"data: x\n"), 5)
+        assert b"HTTP/1.1" not in chunk
+        hub.broker.close_all("shutdown")
+        rest = await asyncio.wait_for(reader.read(), 5)  # the end, then nothing
+        assert b"HTTP/1.1" not in rest
+    finally:
+        writer.close()

@@ -14,9 +14,9 @@ HUB = Path(__file__).resolve().parent.parent / "hub"
 WORKERS = HUB.parent / "workers"
 
 #: Each module's layer; a module may import only from its own layer or lower ones.
-#: Foundation modules (errors, config, logs, supervise, version) are usable anywhere.
+#: Foundation modules (errors, config, flag, logs, supervise, version) are usable anywhere.
 LAYERS = {"store": 1, "delivery": 2, "doors": 3}
-FOUNDATION = {"hub.errors", "hub.config", "hub.logs", "hub.supervise", "hub.version"}
+FOUNDATION = {"hub.errors", "hub.config", "hub.flag", "hub.logs", "hub.supervise", "hub.version"}
 #: The package face may be imported by anyone; it loads the wings lazily.
 FACE = "hub"
 #: Modules that a layer-independent user (a worker, a client script) may import alone.

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from hub.delivery.stream import Stream
+from hub.flag import Flag
 from hub.store import Key, LiveConnection
 
 __all__ = ["Channel"]
@@ -45,7 +44,7 @@ class Channel:
         self.now: set[Stream] = set()
         #: ...and those that take events in key order (hub/delivery/order.py).
         self.later: set[Stream] = set()
-        self.confirmed = asyncio.Event()
+        self.confirmed = Flag()
         #: Loop time when ``confirmed`` was last set.
         self.confirmed_at = 0.0
         #: SUBSCRIBE commands sent on ``session`` and not yet confirmed.

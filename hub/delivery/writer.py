@@ -76,7 +76,8 @@ def disconnect_hook(send: Send, callback: Callable[[], None]) -> Callable[[], No
 
     The hub's protocol (:class:`hub.protocol.HubProtocol`) has a ``lost_hook`` slot:
     a stream that waits on it holds no task of its own while idle. If the connection
-    is already gone, ``callback`` runs now.
+    is already gone, ``callback`` runs now. The connection then carries the stream
+    alone (:meth:`~hub.protocol.HubProtocol.carry_stream`).
     """
     cycle: Any = getattr(send, "__self__", None)
     if type(cycle).__module__ != _HTTPTOOLS:
@@ -88,6 +89,7 @@ def disconnect_hook(send: Send, callback: Callable[[], None]) -> Callable[[], No
         callback()
         return _nothing
     protocol.lost_hook = callback
+    protocol.carry_stream()
 
     def unhook() -> None:
         if protocol.lost_hook is callback:
