@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from support.hubs import Backends, StartHub
+from support.hubs import Backends, RunningHub, StartHub
 
 pytestmark = pytest.mark.anyio
 
@@ -28,12 +28,16 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
+async def _embedded_hub(start_hub: StartHub) -> tuple[RunningHub, int]:
+    embedded = Backends("embedded", None)
+    hub = await start_hub(embedded.settings(), embedded.backend())
+    return hub, int(hub.url.rsplit(":", 1)[1])
+
+
 async def test_http10_keep_alive_is_honoured_for_responses_with_a_length(
     start_hub: StartHub,
 ) -> None:
-    embedded = Backends("embedded", None)
-    hub = await start_hub(embedded.settings(), embedded.backend())
-    port = int(hub.url.rsplit(":", 1)[1])
+    _, port = await _embedded_hub(start_hub)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for _ in range(3):  # one connection, three publishes
@@ -57,9 +61,7 @@ async def test_a_connection_that_carries_a_stream_ignores_what_the_client_sends_
     # there, and bytes the client sends meanwhile (a pipelined request, junk) neither
     # disturb the stream nor get an answer written into it. The connection closes when
     # the stream ends.
-    embedded = Backends("embedded", None)
-    hub = await start_hub(embedded.settings(), embedded.backend())
-    port = int(hub.url.rsplit(":", 1)[1])
+    hub, port = await _embedded_hub(start_hub)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"GET /events?channel=a HTTP/1.1\r\nHost: hub\r\n\r\n")
