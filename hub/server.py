@@ -34,6 +34,7 @@ from hub.app import create_app, drain
 from hub.config import Settings
 from hub.doors.jwks import check_jwks_url
 from hub.errors import ConfigError
+from hub.forwarded import Forwarded
 from hub.inprocess import in_process_workers
 from hub.limits import raise_open_files_limit
 from hub.logs import configure_logging, redact_handlers
@@ -115,10 +116,10 @@ def build_server(
         http=hub_protocol(settings),
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
-        # SSE streams are long; a browser's reconnect must not be refused because of a
-        # keep-alive timer meant for short requests.
+        # SSE streams are long; a browser's reconnect must not meet a short keep-alive.
         timeout_keep_alive=30,
     )
+    Forwarded.install(config)
     # uvicorn's text-mode handlers exist now (Config set them up): no token in any line.
     redact_handlers("uvicorn", "uvicorn.error", "uvicorn.access")
     return HubServer(config, app, on_started)

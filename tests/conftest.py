@@ -15,6 +15,7 @@ import uvicorn
 from playwright.async_api import Browser
 
 from hub import Backend, Settings, create_app
+from hub.forwarded import Forwarded
 from hub.inprocess import in_process_workers
 from hub.protocol import hub_protocol
 from support.browser import chromium
@@ -125,6 +126,7 @@ async def start_hub() -> AsyncIterator[StartHub]:
             lifespan="on",
             timeout_graceful_shutdown=5,
         )
+        Forwarded.install(config)  # as hub serve runs (hub/server.py)
         server = InLoopServer(config, app)
         task = asyncio.create_task(server.serve())
         deadline = time.monotonic() + 10

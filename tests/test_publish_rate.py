@@ -120,6 +120,28 @@ async def test_without_authorization_the_rate_is_per_address(
     assert "addr:127.0.0.1" in refused.json()["message"]
 
 
+async def test_behind_a_trusted_proxy_the_rate_is_per_forwarded_address(
+    client: httpx.AsyncClient, start_hub: StartHub
+) -> None:
+    # The test's client is on 127.0.0.1, which FORWARDED_ALLOW_IPS trusts by default:
+    # X-Forwarded-For names the address the allowance is counted for.
+    embedded = Backends("embedded", None)
+    hub = await start_hub(embedded.settings(publish_rate="1/h"), embedded.backend())
+
+    async def publish_from(address: str) -> httpx.Response:
+        return await client.post(
+            f"{hub.url}/publish",
+            json={"channel": "a", "data": "x"},
+            headers={"X-Forwarded-For": f"{address}, 127.0.0.1"},
+        )
+
+    assert (await publish_from("203.0.113.7")).status_code == 201
+    refused = await publish_from("203.0.113.7")
+    assert refused.status_code == 429
+    assert "addr:203.0.113.7" in refused.json()["message"]
+    assert (await publish_from("198.51.100.2")).status_code == 201
+
+
 async def test_every_event_of_a_batch_counts(
     client: httpx.AsyncClient, start_hub: StartHub
 ) -> None:
