@@ -8,12 +8,33 @@ import random
 import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import httpx
 import redis.asyncio
 
-if TYPE_CHECKING:
-    from .campaign import Campaign
+from hub import Publisher
+
+from .client import ChaosClient
+from .processes import HubNode, RedisProc
+from .publishers import Publishing
+from .relay import SilentRelay
+
+
+class Campaign(Protocol):
+    """What the faults break and report to (bench/chaos/campaign.py's ``Campaign``)."""
+
+    nodes: list[HubNode]
+    redis: RedisProc
+    relay: SilentRelay | None
+    clients: list[ChaosClient]
+    publishing: Publishing
+    publisher: Publisher | None
+    burst_http: httpx.AsyncClient
+    balancer_url: str
+
+    def say(self, text: str) -> None: ...
+
 
 #: fault name -> weight
 WEIGHTS = {

@@ -302,9 +302,8 @@ class Calls:
         if not extra.kept:
             options += ["kept", "0"]
         else:
-            ttl_ms = int(self.settings.history_ttl * 1000)
-            if ttl_ms:
-                options += ["ttl", ttl_ms]
+            if self._ttl_ms:
+                options += ["ttl", self._ttl_ms]
             trim, refresh = upkeep
             if trim or refresh:
                 options += ["names", " ".join(members)]

@@ -54,8 +54,6 @@ Plan = Generator[list[Call], Replies, Replies]
 
 def in_order(calls: list[Call]) -> Plan:
     """The round trips that publish the parts ``calls`` of one event (see above)."""
-    if len(calls) == 1:
-        return (yield calls)
     replies: list[Any] = [None] * len(calls)
     floor: bytes | None = None
     for index in reversed(range(len(calls))):
