@@ -12,7 +12,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 if TYPE_CHECKING:
     from uvicorn._types import ASGISendEvent
 
-__all__ = ["keep_alive", "write_whole"]
+__all__ = ["answer_parts", "keep_alive", "log_access", "write_whole"]
 
 
 def keep_alive(cycle: RequestResponseCycle) -> None:
@@ -72,28 +72,11 @@ def write_whole(
         return True  # as uvicorn's send: no one to answer
     cycle.response_started = True
     cycle.waiting_for_100_continue = False
-    # (uvicorn's test: a handler anywhere above; the hub's own root handler is one.)
-    if cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO):
-        scope = cycle.scope
-        cycle.access_logger.info(
-            '%s - "%s %s HTTP/%s" %d',
-            get_client_addr(scope),
-            scope["method"],
-            get_path_with_query_string(scope),
-            scope["http_version"],
-            status,
-        )
-    parts: list[bytes | memoryview] = [STATUS_LINE[status]]
-    for name, value in cycle.default_headers:
-        parts += (name, b": ", value, b"\r\n")
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
+    log_access(cycle.access_log, cycle.access_logger, cycle.scope, status)
     if keep_http10:
         cycle.keep_alive = True
-        parts.append(b"connection: keep-alive\r\n")
-    elif not cycle.keep_alive:
-        parts.append(b"connection: close\r\n")
-    parts += (b"\r\n", body)
+    connection = b"keep-alive" if keep_http10 else None if cycle.keep_alive else b"close"
+    parts = answer_parts(status, cycle.default_headers, headers, connection, body)
     cycle.transport.write(b"".join(parts))
     cycle.response_complete = True
     cycle.message_event.set()
@@ -101,3 +84,37 @@ def write_whole(
         cycle.transport.close()
     cycle.on_response()
     return True
+
+
+def answer_parts(
+    status: int,
+    default_headers: list[tuple[bytes, bytes]],
+    headers: list[tuple[bytes, bytes]],
+    connection: bytes | None,
+    body: bytes | memoryview,
+) -> list[bytes | memoryview]:
+    """A whole response, to be joined into one write: status line, uvicorn's default
+    headers (date, server), ``headers``, a ``connection`` header if given, the body."""
+    parts: list[bytes | memoryview] = [STATUS_LINE[status]]
+    for name, value in default_headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if connection is not None:
+        parts += (b"connection: ", connection, b"\r\n")
+    parts += (b"\r\n", body)
+    return parts
+
+
+def log_access(enabled: bool, logger: logging.Logger, scope: Any, status: int) -> None:
+    """uvicorn's access log line for a request answered ``status``, if it logs them."""
+    # (uvicorn's test: a handler anywhere above; the hub's own root handler is one.)
+    if enabled and logger.isEnabledFor(logging.INFO):
+        logger.info(
+            '%s - "%s %s HTTP/%s" %d',
+            get_client_addr(scope),
+            scope["method"],
+            get_path_with_query_string(scope),
+            scope["http_version"],
+            status,
+        )

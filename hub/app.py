@@ -43,7 +43,7 @@ from hub.openapi import openapi_endpoint
 from hub.store import Backend
 from hub.supervise import Supervised
 
-__all__ = ["DOORS", "Service", "create_app", "drain"]
+__all__ = ["DOORS", "HubApp", "Service", "create_app", "drain", "whole"]
 
 #: Something to run beside the app for as long as it runs: called with the app's
 #: backend, settings and metrics registry when the app starts, entered, and left when
@@ -125,7 +125,7 @@ def create_app(
             yield
 
     metrics = Metrics()
-    app = _HubApp(
+    app = HubApp(
         DOORS,
         fast=not settings.cors_origins,
         routes=[
@@ -149,7 +149,7 @@ def create_app(
     return app
 
 
-class _HubApp(Starlette):
+class HubApp(Starlette):
     """Starlette, except that the doors' fast endpoints skip the middleware stack and
     the router.
 
@@ -180,24 +180,28 @@ class _HubApp(Starlette):
         if scope["type"] == "http":
             endpoint = self._fast_endpoint(scope)
             if endpoint is not None:
-                scope["app"] = self
-                request = Request(scope, receive)
-                response: Response | EventStream
-                try:
-                    response = await endpoint(request)
-                except HubError as exc:
-                    response = await _hub_error(request, exc)
-                if not (
-                    isinstance(response, Response)
-                    and type(response) in _WHOLE
-                    and write_whole(send, response.status_code, response.raw_headers, response.body)
+                response = await self.answer(endpoint, scope, receive)
+                done = whole(response)
+                if done is None or not write_whole(
+                    send, done.status_code, done.raw_headers, done.body
                 ):
-                    # Not kept for a stream's life: a request and what it parsed is
-                    # about 0.5 KiB per idle stream.
-                    del request
                     await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    async def answer(
+        self, endpoint: Endpoint, scope: Scope, receive: Receive
+    ) -> Response | EventStream:
+        """What a fast endpoint answers the request of ``scope``, errors rendered.
+
+        The request is not kept for a stream's life: it and what it parsed are about
+        0.5 KiB per idle stream."""
+        scope["app"] = self
+        request = Request(scope, receive)
+        try:
+            return await endpoint(request)
+        except HubError as exc:
+            return await _hub_error(request, exc)
 
     def _fast_endpoint(self, scope: Scope) -> Endpoint | None:
         path: str = scope["path"]
@@ -210,8 +214,17 @@ class _HubApp(Starlette):
         return None
 
 
-#: Responses the fast path writes whole (complete bodies, no background tasks).
-_WHOLE = (JSONResponse, Response)
+def whole(response: object) -> Response | None:
+    """``response``, if it can be written whole (its body complete, no background
+    task); ``None`` for a stream or a file."""
+    body = getattr(response, "body", None)
+    if (
+        isinstance(response, Response)
+        and response.background is None
+        and isinstance(body, (bytes, memoryview))
+    ):
+        return response
+    return None
 
 
 def drain(app: Starlette) -> None:

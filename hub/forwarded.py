@@ -10,6 +10,7 @@ then hands uvicorn the app's own coroutine.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import NoReturn
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -39,7 +40,17 @@ class Forwarded:
             config.app = cls(config.app, config.forwarded_allow_ips)  # type: ignore[arg-type]
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        step = self._rewrite(scope, receive, send)  # type: ignore[arg-type]
+        self.rewrite(scope)
+        return self.app(scope, receive, send)
+
+    def rewrite(self, scope: Scope) -> None:
+        """Set ``scope``'s client and scheme from the proxy headers, as uvicorn would."""
+        for name, _ in scope.get("headers", ()):  # (a lifespan scope has none)
+            if name.startswith(b"x-forwarded-"):
+                break
+        else:
+            return  # none to apply: what the middleware would conclude, at more cost
+        step = self._rewrite(scope, _never, _never)  # type: ignore[arg-type]
         try:
             step.send(None)
         except StopIteration:
@@ -47,4 +58,7 @@ class Forwarded:
         else:
             step.close()
             raise RuntimeError("uvicorn's proxy headers middleware waited on something")
-        return self.app(scope, receive, send)
+
+
+async def _never(*args: object) -> NoReturn:
+    raise RuntimeError("uvicorn's proxy headers middleware used receive or send")

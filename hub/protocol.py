@@ -26,13 +26,16 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hub.answers import keep_alive
 from hub.config import Settings
 from hub.flag import Flag
+
+if TYPE_CHECKING:
+    from hub.doors import Endpoint
 
 __all__ = ["HubProtocol", "hub_protocol"]
 
@@ -67,6 +70,8 @@ class HubProtocol(HttpToolsProtocol):
     #: Requests refused for that since the last log line, and when that line was.
     refused_per_ip = 0
     refused_logged_at = float("-inf")
+    #: Small POSTs answered off the connection (:mod:`hub.small_posts`), once installed.
+    small_posts: ClassVar[Any] = None
 
     # Set on every request: slots keep them out of uvicorn's large instance dict.
     __slots__ = (
@@ -77,6 +82,8 @@ class HubProtocol(HttpToolsProtocol):
         "_over_limit",
         "_reading",
         "_refused",
+        "_small",
+        "_small_body",
         "_timer",
         "lost_hook",
     )
@@ -94,6 +101,9 @@ class HubProtocol(HttpToolsProtocol):
         self._over_limit = False
         self._address: str | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: The endpoint of the small post being read, and its body so far.
+        self._small: Endpoint | None = None
+        self._small_body: list[bytes] = []
         #: Called once the connection is lost: a stream's response sets it instead of
         #: keeping a task waiting on ``receive()`` (:func:`hub.delivery.writer.disconnect_hook`),
         #: about 2 KiB less per idle stream.
@@ -173,17 +183,20 @@ class HubProtocol(HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         self._timer = None
-        cycle = self.cycle
-        if self.transport.is_closing() or not self._in_body or cycle is None:
+        if self.transport.is_closing() or not self._in_body:
             return
         logger.info(
             "closed a connection whose request body did not arrive within %gs (HUB_BODY_TIMEOUT)",
             self.body_timeout,
         )
-        # The app waits for the rest of the body: it now hears that the client is gone,
-        # and nothing it sends goes out after the 408.
-        cycle.disconnected = True
-        cycle.message_event.set()
+        cycle = self.cycle
+        if self._small is None and cycle is not None:
+            # The app waits for the rest of the body: it now hears that the client is
+            # gone, and nothing it sends goes out after the 408. (A small post's body
+            # is still the protocol's own: no app has it yet.)
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._small = None
         self._refuse(
             408,
             "request_timeout",
@@ -211,6 +224,10 @@ class HubProtocol(HttpToolsProtocol):
             self._refused = True
             return
         self._in_body = True
+        if self.small_posts is not None:
+            self._small = self.small_posts.endpoint_for(self)
+            if self._small is not None:
+                return
         before = self.cycle
         HttpToolsProtocol.on_headers_complete(self)
         cycle = self.cycle
@@ -229,14 +246,20 @@ class HubProtocol(HttpToolsProtocol):
         return len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
 
     def on_body(self, body: bytes) -> None:
-        if not self._refused:
+        if self._small is not None:
+            self._small_body.append(body)
+        elif not self._refused:
             HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
         if self._in_body:
             self._in_body = False
             self._disarm()
-        if not self._refused:
+        if self._small is not None:
+            endpoint, self._small = self._small, None
+            body, self._small_body = self._small_body, []
+            self.small_posts.serve(self, endpoint, body[0] if len(body) == 1 else b"".join(body))
+        elif not self._refused:
             HttpToolsProtocol.on_message_complete(self)
 
     def data_received(self, data: bytes) -> None:

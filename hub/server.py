@@ -34,12 +34,12 @@ from hub.app import create_app, drain
 from hub.config import Settings
 from hub.doors.jwks import check_jwks_url
 from hub.errors import ConfigError
-from hub.forwarded import Forwarded
 from hub.inprocess import in_process_workers
 from hub.limits import raise_open_files_limit
 from hub.logs import configure_logging, redact_handlers
 from hub.metrics import MULTIPROC_ENV
 from hub.protocol import hub_protocol
+from hub.small_posts import SmallPosts
 
 __all__ = ["HubServer", "Supervisor", "build_server", "serve"]
 
@@ -119,7 +119,7 @@ def build_server(
         # SSE streams are long; a browser's reconnect must not meet a short keep-alive.
         timeout_keep_alive=30,
     )
-    Forwarded.install(config)
+    SmallPosts.install(config)  # and the proxy headers (hub/forwarded.py)
     # uvicorn's text-mode handlers exist now (Config set them up): no token in any line.
     redact_handlers("uvicorn", "uvicorn.error", "uvicorn.access")
     return HubServer(config, app, on_started)

@@ -15,9 +15,9 @@ import uvicorn
 from playwright.async_api import Browser
 
 from hub import Backend, Settings, create_app
-from hub.forwarded import Forwarded
 from hub.inprocess import in_process_workers
 from hub.protocol import hub_protocol
+from hub.small_posts import SmallPosts
 from support.browser import chromium
 from support.hubs import Backends, InLoopServer, RunningHub, StartHub
 from support.net import free_port, wait_ready
@@ -126,7 +126,7 @@ async def start_hub() -> AsyncIterator[StartHub]:
             lifespan="on",
             timeout_graceful_shutdown=5,
         )
-        Forwarded.install(config)  # as hub serve runs (hub/server.py)
+        SmallPosts.install(config)  # and the proxy headers, as hub serve runs
         server = InLoopServer(config, app)
         task = asyncio.create_task(server.serve())
         deadline = time.monotonic() + 10

@@ -291,10 +291,12 @@ async def test_an_event_over_two_partitions_keeps_both_channels_order_for_a_read
     try:
         # "a" already holds an id well into the current millisecond's sequence (a busy
         # channel), so the event's part in "a" gets a greater id than its part in "b".
+        # Seconds ahead of the clock: the publishes below must come before it catches up,
+        # on a loaded machine too (300 ms was not always enough).
         history_a = keys.stream("a")
         shard_a = redis.Redis(port=_owner(redis_cluster.ports[0], _slot_of("a"))[0])
         seconds, micros = shard_a.time()
-        ahead = seconds * 1000 + micros // 1000 + 300
+        ahead = seconds * 1000 + micros // 1000 + 5000
         shard_a.xadd(history_a, {"e": "message", "d": "busy"}, id=f"{ahead}-1000")
 
         async def publish(channels: list[str], data: str) -> str:

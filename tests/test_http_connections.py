@@ -1,14 +1,17 @@
 """How the hub's HTTP protocol keeps connections: HTTP/1.0 clients that ask for
 keep-alive (ApacheBench, some proxies and scripts) get it for responses with a
-length, as nginx gives it; everything else as uvicorn does."""
+length, as nginx gives it; everything else as uvicorn does. Small publishes are
+answered by the connection itself (hub/small_posts.py), in order with the rest."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from support.hubs import Backends, RunningHub, StartHub
+from support.sse import SSEStream
 
 pytestmark = pytest.mark.anyio
 
@@ -26,6 +29,14 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         if line.lower().startswith(b"content-length:")
     )
     return head, await reader.readexactly(length)
+
+
+def _post(channel: str, data: str = "x", head: bytes = b"") -> bytes:
+    body = json.dumps({"channel": channel, "data": data}).encode()
+    return (
+        b"POST /publish HTTP/1.1\r\nHost: hub\r\n%bContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (head, len(body), body)
+    )
 
 
 async def _embedded_hub(start_hub: StartHub) -> tuple[RunningHub, int]:
@@ -80,3 +91,73 @@ async def test_a_connection_that_carries_a_stream_ignores_what_the_client_sends_
         assert b"HTTP/1.1" not in rest
     finally:
         writer.close()
+
+
+async def test_requests_pipelined_behind_publishes_are_answered_in_order(
+    start_hub: StartHub,
+) -> None:
+    # Small publishes (answered off the connection), a GET and a large publish (through
+    # uvicorn's request cycle) sent in one write: each answer in its place, and the
+    # events stored in the order they were sent.
+    hub, port = await _embedded_hub(start_hub)
+    large = "y" * 100_000
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            _post("order", "1")
+            + b"GET /healthz HTTP/1.1\r\nHost: hub\r\n\r\n"
+            + _post("order", "2")
+            + _post("order", large)
+            + _post("order", "4")
+        )
+        answers = [await _answer(reader) for _ in range(5)]
+    finally:
+        writer.close()
+    assert [head.split(b" ")[1] for head, _ in answers] == [b"201", b"200", b"201", b"201", b"201"]
+    assert json.loads(answers[1][1])["status"] == "ok"
+    ids = [json.loads(body)["id"] for head, body in answers if head.startswith(b"HTTP/1.1 201")]
+    async with SSEStream(hub.url, ["order"], last_event_id="earliest") as stream:
+        stored = await stream.wait_for(4)
+    assert [event.data for event in stored] == ["1", "2", large, "4"]
+    assert [event.id for event in stored] == ids
+
+
+async def test_a_publish_whose_client_hangs_up_before_the_answer_is_published_once(
+    start_hub: StartHub,
+) -> None:
+    hub, port = await _embedded_hub(start_hub)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_post("gone", "left early"))
+    writer.close()
+    await writer.wait_closed()
+    async with SSEStream(hub.url, ["gone"], last_event_id="earliest") as stream:
+        await stream.wait_for(1)
+        # And the node goes on answering on new connections.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(_post("gone", "second"))
+            head, _ = await _answer(reader)
+        finally:
+            writer.close()
+        assert head.startswith(b"HTTP/1.1 201 ")
+        await stream.wait_for(2)
+    assert stream.data() == ["left early", "second"]
+
+
+async def test_a_publish_that_expects_100_continue_gets_it_then_its_answer(
+    start_hub: StartHub,
+) -> None:
+    _, port = await _embedded_hub(start_hub)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        request = _post("asks", head=b"Expect: 100-continue\r\n")
+        head_end = request.index(b"\r\n\r\n") + 4
+        writer.write(request[:head_end])
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        writer.write(request[head_end:])
+        head, body = await _answer(reader)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 201 ")
+    assert body.startswith(b'{"id":"')

@@ -17,7 +17,7 @@ from hub.delivery.response import EventStream
 from hub.delivery.stats import TOKEN_EXPIRED
 from hub.doors import Door
 from hub.doors.auth import Auth, Claims, expires_in
-from hub.doors.body import header, read_body, read_ndjson
+from hub.doors.body import header, json_answer, read_body, read_ndjson
 from hub.doors.quota import spend_publish
 from hub.errors import BadRequest, HubError, PayloadTooLarge
 from hub.store import Extra, check_channels
@@ -145,9 +145,9 @@ async def publish(request: Request) -> Response:
     metrics: PublishTimer = request.app.state.metrics
     metrics.observe_publish(time.perf_counter() - started)
     broker.stats.published += 1
-    # What JSONResponse({"id": event_id}) gives, without the encoder: an id is digits
-    # and a dash.
-    return Response(b'{"id":"%s"}' % event_id.encode(), 201, media_type="application/json")
+    # What JSONResponse({"id": event_id}) gives, without the encoder: an id is digits,
+    # a dash, a dot and letters.
+    return json_answer(b'{"id":"%s"}' % event_id.encode(), 201)
 
 
 async def _publish_batch(request: Request, claims: Claims | None, bodies: list[Any]) -> Response:
