@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import publish_cost
+from . import many_streams, publish_cost
 from . import scenarios as sc
 from .servers import Server, cleanup_redis, nchan_missing, start_hub, start_nchan
 
@@ -44,6 +44,7 @@ SCENARIOS = {
     "S5": "publish throughput",
     "S6": "connection churn",
     "S7": "CPU per event: hub batches vs Nchan single publishes, alternating",
+    "S8": "the most streams one process may hold here, and two workers (bench.many_streams)",
 }
 
 #: (full, quick) sizes
@@ -85,6 +86,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "S5": {"concurrency": 8, "seconds": 5},
         "S6": {"concurrency": 32, "seconds": 5},
         "S7": {"rounds": 4, "seconds": 3, "concurrency": 8, "batch": 100},
+        "S8": {"most": 50000, "seconds": 5},
     },
     "quick": {
         "S1a": {"conns": 50, "rate": 20, "seconds": 1, "settle": 0.5},
@@ -96,6 +98,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "S5": {"concurrency": 4, "seconds": 0.5},
         "S6": {"concurrency": 4, "seconds": 0.5},
         "S7": {"rounds": 1, "seconds": 1, "concurrency": 2, "batch": 10},
+        "S8": {"most": 50, "seconds": 1},
     },
 }
 
@@ -132,6 +135,14 @@ TABLE = [
         "CPU us / event: hub batches vs Nchan single (server + Redis)",
     ),
     ("S7", "single_cpu_us_per_event", "CPU us / event: single HTTP publish, same run"),
+    ("S8", "streams", "streams on one process (the descriptor limit)"),
+    ("S8", "seconds_to_set_up", "s to open them all and set them up"),
+    ("S8", "kib_per_stream", "KiB RSS / stream"),
+    ("S8", "p99_ms", "p99 ms of a publish reaching every stream"),
+    ("S8w", "streams", "streams on hub serve --workers 2"),
+    ("S8w", "seconds_to_set_up", "s to open them all and set them up"),
+    ("S8w", "kib_per_stream", "KiB RSS / stream (all processes)"),
+    ("S8w", "p99_ms", "p99 ms of a publish reaching every stream"),
 ]
 
 
@@ -276,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, start in kinds:
             # S3 first: memory per connection is measured on a fresh process, not on
             # one whose heap already grew (and kept) room for S1b's 10,000 streams.
-            # S4 and S7 start servers of their own.
-            main_ids = sorted((s for s in only if s not in ("S4", "S7")), key=lambda s: s != "S3")
+            # S4, S7 and S8 start servers of their own.
+            own = ("S4", "S7", "S8")
+            main_ids = sorted((s for s in only if s not in own), key=lambda s: s != "S3")
             if main_ids:
                 # Hub history 1000 and an Nchan buffer of 1000: the same work per publish.
                 kw = {"history_size": 1000} if name == "hub" else {"buffer": 1000}
@@ -298,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             cleanup_redis(a.redis_url)
         if "S7" in only:
             _s7(results, a.redis_url, workdir, sizes["S7"], nchan=not nchan_why)
+        if "S8" in only:
+            _s8(results, a.redis_url, workdir, sizes["S8"], nchan=not nchan_why)
     finally:
         cleanup_redis(a.redis_url)
     if nchan_why:
@@ -345,6 +359,17 @@ def _s7(
             "single_cpu_us_per_event": single,
         }
     print(f"  {json.dumps(got)}", file=sys.stderr, flush=True)
+
+
+def _s8(
+    results: dict[str, Any], redis_url: str, workdir: Path, size: dict[str, Any], *, nchan: bool
+) -> None:
+    """As many streams as the descriptor limit allows (:mod:`bench.many_streams`)."""
+    made = many_streams.run(redis_url, workdir, nchan=nchan, workers=True, **size)
+    results["scenarios"]["S8"] = {"hub": made["hub"]} | ({"nchan": made["nchan"]} if nchan else {})
+    results["scenarios"]["S8w"] = {"hub": made["hub --workers 2"]}
+    results["sizes"]["S8w"] = {"workers": 2, **size}
+    results["machine"]["nofile_hard_limit"] = made["limit"]
 
 
 def _one(

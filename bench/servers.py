@@ -136,9 +136,12 @@ def start_hub(
     history_size: int = 1000,
     max_connections: int = 20000,
     source: Path | None = None,
+    workers: int = 1,
 ) -> Hub:
     """``hub serve`` as a subprocess on a free port, on its own key prefix; with
-    ``source``, the hub of that checkout (an older commit, to measure beside this one)."""
+    ``source``, the hub of that checkout (an older commit, to measure beside this one);
+    with ``workers``, ``hub serve --workers N`` (its pids are the supervisor's and the
+    workers')."""
     port = free_port()
     env = dict(os.environ, HUB_MAX_CONNECTIONS=str(max_connections))
     hub_exe = Path(sys.executable).with_name("hub")
@@ -158,6 +161,7 @@ def start_hub(
         str(history_size),
         "--log-level",
         "warning",
+        *(("--workers", str(workers)) if workers > 1 else ()),
     ]
     log = open(workdir / "hub.log", "ab")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=source or ROOT)
@@ -169,7 +173,18 @@ def start_hub(
         proc.wait()
         raise
     host, rport = _redis_hostport(redis_url)
-    return Hub("hub", port, proc, [proc.pid], redis_pid(host, rport), workdir)
+    pids = [proc.pid, *_children(proc.pid, workers)] if workers > 1 else [proc.pid]
+    return Hub("hub", port, proc, pids, redis_pid(host, rport), workdir)
+
+
+def _children(pid: int, want: int, timeout: float = 20) -> list[int]:
+    """The ``want`` child processes of ``pid`` (a supervisor's workers), once all exist."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if len(found) >= want or time.monotonic() > deadline:
+            return [int(p) for p in found]
+        time.sleep(0.1)
 
 
 def nchan_missing() -> str | None:

@@ -122,3 +122,23 @@ def test_hold_back_bench_times_a_stream_on_one_channel_beside_one_on_three() -> 
     framing = lines[-1]
     assert framing["per_client_id_ns_per_delivery"] > 0
     assert framing["shared_frame_ns_per_delivery"] > 0
+
+
+@pytest.mark.skipif(not shutil.which("cc") and not shutil.which("gcc"), reason="needs a C compiler")
+@pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
+def test_many_streams_runs_on_one_process_and_on_two_workers() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.many_streams", "--most", "20", "--seconds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    made = json.loads(proc.stdout[: proc.stdout.index("\n}\n") + 2])
+    assert made["hub"]["streams"] == 20
+    assert made["hub --workers 2"]["streams"] == 40
+    for name in ("hub", "hub --workers 2"):
+        assert made[name]["failed"] == 0
+        assert made[name]["delivered_ratio"] == 1.0, made[name]
+    assert "| server | streams |" in proc.stdout
