@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import logging
 import multiprocessing
 import os
@@ -34,6 +33,7 @@ from hub.app import create_app, drain
 from hub.config import Settings
 from hub.doors.jwks import check_jwks_url
 from hub.errors import ConfigError
+from hub.heap import settle_heap
 from hub.inprocess import in_process_workers
 from hub.limits import raise_open_files_limit
 from hub.logs import configure_logging, redact_handlers
@@ -51,6 +51,10 @@ GRACEFUL_SHUTDOWN = 10
 STOP_TIMEOUT = GRACEFUL_SHUTDOWN + 5
 #: Seconds before a worker that died is replaced (not a tight crash loop).
 RESTART_DELAY = 1.0
+#: Connections the kernel may hold for the hub before it accepts them (it caps this at
+#: net.core.somaxconn). When a node restarts, its clients all reconnect at once; a full
+#: queue drops their SYNs, and each waits a second or more to try again.
+BACKLOG = 65535
 #: uvicorn's exit code for a server that could not start (bind, lifespan).
 STARTUP_FAILURE = 3
 
@@ -118,6 +122,7 @@ def build_server(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         # SSE streams are long; a browser's reconnect must not meet a short keep-alive.
         timeout_keep_alive=30,
+        backlog=BACKLOG,
     )
     SmallPosts.install(config)  # and the proxy headers (hub/forwarded.py)
     # uvicorn's text-mode handlers exist now (Config set them up): no token in any line.
@@ -143,20 +148,9 @@ def serve(settings: Settings, workers: Sequence[str] = ()) -> int:
             return supervisor.run()
         server = build_server(settings, workers=workers)
         raise_open_files_limit(settings.max_connections)
-        _freeze_startup_objects()
+        settle_heap()
         server.run()
     return 0
-
-
-def _freeze_startup_objects() -> None:
-    """Keep what imports and set-up made out of the cyclic GC's full collections.
-
-    Those ~60,000 objects live as long as the process; under connection churn (bench
-    S6) a full collection walked them all every half second, 19 ms each: 4% of the CPU.
-    Objects made later are collected as usual.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -361,7 +355,7 @@ def _worker_main(settings: Settings, ready: Connection, supervisor: int) -> None
 
     try:
         server = build_server(settings, on_started=started)
-        _freeze_startup_objects()
+        settle_heap()
         server.run(sockets=sockets)
     except KeyboardInterrupt:  # forced stop: the supervisor already said why
         sys.exit(130)
@@ -377,7 +371,7 @@ def _exit_with_parent(supervisor: int) -> None:
         sys.exit(0)
 
 
-def listen(host: str, port: int, backlog: int = 2048) -> list[socket.socket]:
+def listen(host: str, port: int, backlog: int = BACKLOG) -> list[socket.socket]:
     """Listening sockets on every address ``host`` resolves to, shared with other
     processes through ``SO_REUSEPORT``: the kernel spreads connections over them."""
     sockets: list[socket.socket] = []

@@ -1,16 +1,23 @@
-"""Whole hub processes: SIGTERM drains cleanly, SIGKILL loses nobody's events."""
+"""Whole hub processes: SIGTERM drains cleanly, SIGKILL loses nobody's events; the
+process-wide settings (garbage collector, listen queue) a served hub runs with."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import resource
 import signal
+import socket
+from pathlib import Path
 
 import httpx
 import pytest
 
 from hub import Publisher
-from hub.server import _freeze_startup_objects
+from hub.config import Settings
+from hub.heap import YOUNG, settle_heap
+from hub.server import BACKLOG, build_server, listen
 from support.processes import HubProcesses, SteadyPublisher
 from support.sse import SSEStream
 
@@ -91,9 +98,42 @@ class _MadeAtStartup:
 
 def test_a_served_hub_keeps_its_startup_objects_out_of_full_collections() -> None:
     made = _MadeAtStartup()
+    threshold = gc.get_threshold()
     try:
-        _freeze_startup_objects()
+        settle_heap()
         assert gc.get_freeze_count() > 0
         assert not any(o is made for o in gc.get_objects())  # the collected generations
+        assert gc.get_threshold() == (YOUNG, threshold[1], threshold[2])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+#: More than uvicorn's own default queue (2048): a restarted node's clients reconnecting.
+BURST = 3000
+
+
+def test_a_node_that_has_not_accepted_yet_holds_a_reconnect_burst_in_its_queue() -> None:
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if somaxconn <= BURST or hard < BURST + 100:
+        pytest.skip(f"needs net.core.somaxconn > {BURST} and {BURST + 100} open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, BURST + 100), hard))
+    assert build_server(Settings()).config.backlog == BACKLOG  # one process: uvicorn binds
+    (server,) = listen("127.0.0.1", 0)  # workers: the hub binds
+    clients: list[socket.socket] = []
+    try:
+        port = server.getsockname()[1]
+        for _ in range(BURST):
+            client = socket.socket()
+            clients.append(client)
+            # A SYN the full queue dropped would be retried only after a second.
+            client.settimeout(0.5)
+            client.connect(("127.0.0.1", port))
+        assert len(clients) == BURST
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        with contextlib.suppress(ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
