@@ -1,7 +1,7 @@
 """S8: as many streams as this machine lets a process hold, on one process and on two.
 
     python -m bench.many_streams [--redis-url URL] [--most 50000] [--seconds 5]
-                                 [--no-nchan] [--no-workers]
+                                 [--no-nchan] [--no-workers] [--baseline DIR]
 
 The goal is 50,000 streams on one process and 100,000 on ``hub serve --workers 2``. A
 process here holds at most the hard ``RLIMIT_NOFILE`` in descriptors (20,000 on the VM
@@ -17,7 +17,10 @@ All streams follow one channel. For each server it reports the time to open them
 (``sseload``'s connects, then until the server is idle again: every stream set up), the
 RSS per stream of the server's processes, and, over ``--seconds`` at one publish a
 second, how long each publish took to reach each stream (p50, p99, max; the p99 of
-several ``sseload`` is the largest of theirs). ``sseload``'s latency histogram ends at
+several ``sseload`` is the largest of theirs), and the CPU the server's processes spent
+opening and setting up the streams, per stream. ``--baseline DIR`` measures the hub of
+another checkout (an older commit: ``git archive <commit> | tar -x -C DIR``) right after
+this one, on one process, in the same run. ``sseload``'s latency histogram ends at
 409.6 ms: a p99 beyond it reads as the maximum.
 """
 
@@ -32,11 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from . import fanout
-from .scenarios import HERE, _fresh, quiesce
+from .scenarios import HERE, _cpu, _fresh, quiesce
 from .servers import Server, cleanup_redis, nchan_missing, start_hub, start_nchan
 
 #: Descriptors a server process keeps for itself beside its streams (listening socket,
@@ -59,6 +63,7 @@ def measure(server: Server, conns: int, *, clients: int, seconds: float) -> dict
     """``conns`` streams on one channel from ``clients`` sseloads; see the module's text."""
     own = server.server_pids
     before = _rss_kib(own)
+    cpu0 = _cpu(own)
     channel = _fresh("many")
     path = server.sub_path(channel)
     per = conns // clients
@@ -76,6 +81,7 @@ def measure(server: Server, conns: int, *, clients: int, seconds: float) -> dict
     quiesce(server, limit=300)
     ready_s = time.perf_counter() - t0
     after = _rss_kib(own)
+    set_up_cpu = _cpu(own) - cpu0
     cmd = [sys.executable, str(HERE / "ssepub.py"), server.pub_url(channel), "1", str(seconds)]
     cmd += ["--body", server.pub_body(channel)]
     for header in server.pub_headers():
@@ -98,6 +104,7 @@ def measure(server: Server, conns: int, *, clients: int, seconds: float) -> dict
         "seconds_to_connect": round(connected_s, 2),
         "seconds_to_set_up": round(ready_s, 2),
         "kib_per_stream": round((after - before) / max(held, 1), 2),
+        "cpu_us_per_stream_set_up": round(set_up_cpu * 1e6 / max(held, 1), 1),
         "rss_mib": round(after / 1024, 1),
         "published": sent,
         "delivered_ratio": round(events / (sent * held), 4) if sent and held else None,
@@ -109,14 +116,25 @@ def measure(server: Server, conns: int, *, clients: int, seconds: float) -> dict
 
 
 def run(
-    redis_url: str, workdir: Path, *, most: int, seconds: float, nchan: bool, workers: bool
+    redis_url: str,
+    workdir: Path,
+    *,
+    most: int,
+    seconds: float,
+    nchan: bool,
+    workers: bool,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
-    """S8 on the hub, on Nchan and on the hub with two workers; results by server."""
+    """S8 on the hub, on the ``baseline`` checkout's hub if given, on Nchan and on the
+    hub with two workers; results by server."""
     one, two = sizes(most)
     made: dict[str, Any] = {"limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1]}
     kinds: list[tuple[str, Any, int, int]] = [
         ("hub", lambda: start_hub(redis_url, workdir), one, 1)
     ]
+    if baseline is not None:
+        old = partial(start_hub, redis_url, workdir, source=baseline)
+        kinds.append((f"hub at {baseline}", old, one, 1))
     if nchan:
         kinds.append(("nchan", lambda: start_nchan(redis_url, workdir, nofile=one + 500), one, 1))
     if workers:
@@ -136,15 +154,16 @@ def run(
 def table(made: dict[str, Any]) -> str:
     """The Markdown table of one run, one row per server."""
     lines = [
-        "| server | streams | s to connect | s to set up | KiB RSS / stream | p50 ms | p99 ms "
-        "| max ms | delivered |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | streams | s to connect | s to set up | CPU us / stream set up "
+        "| KiB RSS / stream | p50 ms | p99 ms | max ms | delivered |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in made.items():
         if isinstance(r, dict):
             lines.append(
                 f"| {name} | {r['streams']:,} | {r['seconds_to_connect']} | "
-                f"{r['seconds_to_set_up']} | {r['kib_per_stream']} | {r['p50_ms']} | "
+                f"{r['seconds_to_set_up']} | {r['cpu_us_per_stream_set_up']} | "
+                f"{r['kib_per_stream']} | {r['p50_ms']} | "
                 f"{r['p99_ms']} | {r['max_ms']} | {r['delivered_ratio']} |"
             )
     return "\n".join(lines)
@@ -157,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--no-nchan", action="store_true")
     ap.add_argument("--no-workers", action="store_true")
+    ap.add_argument("--baseline", type=Path, help="also the hub of this checkout, one process")
     a = ap.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -164,7 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     nchan = not a.no_nchan and nchan_missing() is None
     workdir = Path(tempfile.mkdtemp(prefix="bench-many-"))
     made = run(
-        a.redis_url, workdir, most=a.most, seconds=a.seconds, nchan=nchan, workers=not a.no_workers
+        a.redis_url,
+        workdir,
+        most=a.most,
+        seconds=a.seconds,
+        nchan=nchan,
+        workers=not a.no_workers,
+        baseline=a.baseline,
     )
     print(json.dumps(made, indent=2))
     print()

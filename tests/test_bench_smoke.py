@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -124,21 +125,37 @@ def test_hold_back_bench_times_a_stream_on_one_channel_beside_one_on_three() -> 
     assert framing["shared_frame_ns_per_delivery"] > 0
 
 
-@pytest.mark.skipif(not shutil.which("cc") and not shutil.which("gcc"), reason="needs a C compiler")
-@pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
-def test_many_streams_runs_on_one_process_and_on_two_workers() -> None:
+def _many_streams(*args: str) -> tuple[dict[str, Any], str]:
+    """``python -m bench.many_streams`` at 20 streams a process: its figures and output."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.many_streams", "--most", "20", "--seconds", "1"],
+        [sys.executable, "-m", "bench.many_streams", "--most", "20", "--seconds", "1", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=55,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    made = json.loads(proc.stdout[: proc.stdout.index("\n}\n") + 2])
+    return json.loads(proc.stdout[: proc.stdout.index("\n}\n") + 2]), proc.stdout
+
+
+@pytest.mark.skipif(not shutil.which("cc") and not shutil.which("gcc"), reason="needs a C compiler")
+@pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
+def test_many_streams_runs_on_one_process_and_on_two_workers() -> None:
+    made, out = _many_streams()
     assert made["hub"]["streams"] == 20
     assert made["hub --workers 2"]["streams"] == 40
     for name in ("hub", "hub --workers 2"):
         assert made[name]["failed"] == 0
         assert made[name]["delivered_ratio"] == 1.0, made[name]
-    assert "| server | streams |" in proc.stdout
+    assert "| server | streams |" in out
+
+
+@pytest.mark.skipif(not shutil.which("cc") and not shutil.which("gcc"), reason="needs a C compiler")
+@pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
+def test_many_streams_measures_a_baseline_checkout_beside_this_one() -> None:
+    made, _ = _many_streams("--no-nchan", "--no-workers", "--baseline", str(ROOT))
+    for name in ("hub", f"hub at {ROOT}"):
+        assert made[name]["streams"] == 20
+        assert made[name]["delivered_ratio"] == 1.0, made[name]
+        # 20 streams take less than a clock tick (10 ms) of CPU: a figure, not its size
+        assert made[name]["cpu_us_per_stream_set_up"] >= 0
