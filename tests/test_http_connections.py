@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 
@@ -161,3 +162,54 @@ async def test_a_publish_that_expects_100_continue_gets_it_then_its_answer(
         writer.close()
     assert head.startswith(b"HTTP/1.1 201 ")
     assert body.startswith(b'{"id":"')
+
+
+def _stream_start(port: int, request: bytes) -> bytes:
+    """What the first read of a stream's connection holds."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        return sock.recv(65536)
+
+
+def _chunks(body: bytes) -> list[bytes]:
+    """The whole chunks at the start of a chunked body."""
+    chunks = []
+    while b"\r\n" in body:
+        size, _, rest = body.partition(b"\r\n")
+        length = int(size, 16)
+        if len(rest) < length + 2:
+            break
+        assert rest[length : length + 2] == b"\r\n"
+        chunks.append(rest[:length])
+        body = rest[length + 2 :]
+    return chunks
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET /events?channel=a HTTP/1.1\r\nHost: hub\r\n\r\n",
+        b"GET /events?channel=a HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n",
+        b"GET /events?channel=a HTTP/1.0\r\nHost: hub\r\n\r\n",
+    ],
+    ids=["http11", "http11-close", "http10"],
+)
+async def test_a_stream_head_comes_with_its_first_chunk_framed_as_uvicorn_frames_it(
+    start_hub: StartHub, request_line: bytes
+) -> None:
+    # The head and the stream's first chunk leave in one write (hub/answers.py): the
+    # first read a client makes holds both, with uvicorn's own framing. A stream's
+    # connection ends with it, so its head says so whatever the request asked.
+    _, port = await _embedded_hub(start_hub)
+    first = await asyncio.to_thread(_stream_start, port, request_line)
+    head, _, body = first.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    assert lines[0] == b"http/1.1 200 ok"
+    assert b"transfer-encoding: chunked" in lines
+    assert b"content-type: text/event-stream; charset=utf-8" in lines
+    assert any(line.startswith(b"date: ") for line in lines)
+    assert b"connection: close" in lines
+    assert not any(line.startswith(b"content-length") for line in lines)
+    chunks = _chunks(body)
+    assert chunks, first
+    assert chunks[0].endswith(b"\n\n")  # the stream's preamble, whole

@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from hub.answers import write_stream_start
 from hub.delivery.writer import DirectWriter, direct_writer, disconnect_hook
 
 __all__ = ["EventStream", "quiet_cut_off_streams"]
@@ -100,9 +101,12 @@ class EventStream:
             # publish from onopen and get its own event.
             async for chunk in body:
                 if not started:
-                    await send(start)
                     started = True
+                    if not write_stream_start(send, 200, self.headers, chunk):
+                        await send(start)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     self.direct = direct_writer(send)
+                    continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if self.cut_off is None:
                 if not started:
