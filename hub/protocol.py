@@ -28,7 +28,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import is_ssl
 
 from hub.answers import keep_alive
 from hub.config import Settings
@@ -112,7 +115,18 @@ class HubProtocol(HttpToolsProtocol):
     # -- the connection ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        HttpToolsProtocol.connection_made(self, transport)
+        # uvicorn's connection_made, but with the addresses the transport holds already:
+        # uvicorn's get_local_addr / get_remote_addr ask a socket object made for the
+        # purpose, ~6 us a connection under uvloop (5% of setting up a stream).
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = _address(transport, "sockname")
+        self.client = _address(transport, "peername")
+        self.scheme = "https" if is_ssl(transport) else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = "{}:{} - ".format(*self.client) if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
         # uvicorn's events, as flags that make no deque until waited on (hub/flag.py).
         writable = Flag()
         writable.set()
@@ -357,6 +371,13 @@ class _Pipeline(list[Any]):
 
     def appendleft(self, item: Any) -> None:
         self.insert(0, item)
+
+
+def _address(transport: asyncio.BaseTransport, which: str) -> tuple[str, int] | None:
+    """Host and port of one end of a TCP connection, as uvicorn gives them (``None``
+    for a Unix socket)."""
+    info = transport.get_extra_info(which)
+    return (str(info[0]), int(info[1])) if isinstance(info, tuple) else None
 
 
 def hub_protocol(settings: Settings) -> type[HubProtocol]:
