@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import many_streams, publish_cost
+from . import alternating, many_streams, publish_cost
 from . import scenarios as sc
 from .servers import Server, cleanup_redis, nchan_missing, start_hub, start_nchan
 
@@ -50,9 +50,9 @@ SCENARIOS = {
 #: (full, quick) sizes
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
-        "S1a": {"conns": 1000, "rate": 40, "seconds": 8},
-        "S1b": {"conns": 10000, "rate": 4, "seconds": 8},
-        "S1c": {"conns": 1000, "rate": 1000, "seconds": 8, "channels": 1000},
+        "S1a": {"conns": 1000, "rate": 40, "seconds": 8, "rounds": 3},
+        "S1b": {"conns": 10000, "rate": 4, "seconds": 8, "rounds": 3},
+        "S1c": {"conns": 1000, "rate": 1000, "seconds": 8, "channels": 1000, "rounds": 3},
         "S2": {
             "conns": 1000,
             "seconds": 4,
@@ -284,11 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     if not nchan_why:
         kinds.append(("nchan", start_nchan))
     try:
+        for sid in (s for s in only if s.startswith("S1")):
+            _s1(results, sid, kinds, a.redis_url, workdir, sizes[sid])
+        cleanup_redis(a.redis_url)
         for name, start in kinds:
             # S3 first: memory per connection is measured on a fresh process, not on
             # one whose heap already grew (and kept) room for S1b's 10,000 streams.
-            # S4, S7 and S8 start servers of their own.
-            own = ("S4", "S7", "S8")
+            # S1*, S4, S7 and S8 start servers of their own.
+            own = ("S1a", "S1b", "S1c", "S4", "S7", "S8")
             main_ids = sorted((s for s in only if s not in own), key=lambda s: s != "S3")
             if main_ids:
                 # Hub history 1000 and an Nchan buffer of 1000: the same work per publish.
@@ -326,6 +329,21 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(md + "\n")
     print(f"\nwrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0
+
+
+def _s1(
+    results: dict[str, Any],
+    sid: str,
+    kinds: list[tuple[str, Callable[..., Server]]],
+    redis_url: str,
+    workdir: Path,
+    size: dict[str, Any],
+) -> None:
+    """A fan-out scenario on both servers taking turns (:mod:`bench.alternating`)."""
+    print(f"{sid} {'+'.join(n for n, _ in kinds)} {size}", file=sys.stderr, flush=True)
+    for name, res in alternating.scenario(kinds, redis_url, workdir, size).items():
+        print(f"  {name}: {json.dumps(res)}", file=sys.stderr, flush=True)
+        results["scenarios"].setdefault(sid, {})[name] = res
 
 
 def _s7(

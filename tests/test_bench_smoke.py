@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import redis
 
+from bench.alternating import median_run
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -159,3 +161,18 @@ def test_many_streams_measures_a_baseline_checkout_beside_this_one() -> None:
         assert made[name]["delivered_ratio"] == 1.0, made[name]
         # 20 streams take less than a clock tick (10 ms) of CPU: a figure, not its size
         assert made[name]["cpu_us_per_stream_set_up"] >= 0
+
+
+def test_alternating_rounds_report_the_median_and_the_worst_loss() -> None:
+    rounds = [
+        {"cpu_us_per_delivery": 12.4, "p99_ms": 150.0, "delivered_ratio": 1.0, "failed": 0},
+        {"cpu_us_per_delivery": 10.3, "p99_ms": 110.0, "delivered_ratio": 0.98, "failed": 2},
+        {"cpu_us_per_delivery": 10.9, "p99_ms": 130.0, "delivered_ratio": 1.0, "failed": 0},
+    ]
+    merged = median_run([dict(r, sseload="opened") for r in rounds])
+    assert merged["cpu_us_per_delivery"] == 10.9
+    assert merged["p99_ms"] == 130.0
+    assert merged["delivered_ratio"] == 0.98  # a round that lost events is not outvoted
+    assert merged["failed"] == 2
+    assert merged["sseload"] == "opened"
+    assert merged["rounds_cpu_us_per_delivery"] == [12.4, 10.3, 10.9]
