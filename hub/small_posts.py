@@ -19,8 +19,8 @@ from typing import Any
 import uvicorn
 from starlette.types import Message, Scope
 
-from hub.answers import answer_parts, log_access
 from hub.app import HubApp, whole
+from hub.delivery.writer import answer_parts, log_access
 from hub.doors import Endpoint
 from hub.doors.body import WHOLE_BODY
 from hub.forwarded import Forwarded

@@ -197,7 +197,7 @@ def _chunks(body: bytes) -> list[bytes]:
 async def test_a_stream_head_comes_with_its_first_chunk_framed_as_uvicorn_frames_it(
     start_hub: StartHub, request_line: bytes
 ) -> None:
-    # The head and the stream's first chunk leave in one write (hub/answers.py): the
+    # The head and the stream's first chunk leave in one write (hub/delivery/writer.py): the
     # first read a client makes holds both, with uvicorn's own framing. A stream's
     # connection ends with it, so its head says so whatever the request asked.
     _, port = await _embedded_hub(start_hub)

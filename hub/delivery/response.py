@@ -9,8 +9,12 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from hub.answers import write_stream_start
-from hub.delivery.writer import DirectWriter, direct_writer, disconnect_hook
+from hub.delivery.writer import (
+    DirectWriter,
+    direct_writer,
+    disconnect_hook,
+    write_stream_start,
+)
 
 __all__ = ["EventStream", "quiet_cut_off_streams"]
 

@@ -6,6 +6,9 @@ of ``bench/`` fan-out, most of the hub's CPU. Under uvicorn's httptools protocol
 response's transport is reachable from ``send``; once a stream is live (its replay is
 written and nothing is queued), the live reader writes each event onto every client's
 transport itself, framed as an HTTP/1.1 chunk once per event, not once per client.
+A stream's start, its head and first chunk, goes out in one write the same way
+(:func:`write_stream_start`), and so do the whole small answers of
+:mod:`hub.answers` and :mod:`hub.small_posts`, from the parts built here.
 
 Anything else (h11, another ASGI server, a test client) keeps the generic path: this
 module only ever answers "not available".
@@ -13,12 +16,27 @@ module only ever answers "not available".
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Send
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-__all__ = ["DirectWriter", "direct_writer", "disconnect_hook"]
+__all__ = [
+    "DirectWriter",
+    "answer_parts",
+    "direct_writer",
+    "disconnect_hook",
+    "log_access",
+    "write_stream_start",
+]
 
 #: Write one SSE frame now; returns the bytes still buffered for this client afterwards,
 #: or -1 when the connection is closing (the disconnect watcher ends the stream).
@@ -109,3 +127,84 @@ def disconnect_hook(send: Send, callback: Callable[[], None]) -> Callable[[], No
 
 def _nothing() -> None:
     return None
+
+
+def write_stream_start(
+    send: Any, status: int, headers: list[tuple[bytes, bytes]], chunk: bytes
+) -> bool:
+    """Start a chunked response and write its first chunk, in one write, onto the socket
+    under ``send``, leaving the request's cycle as uvicorn's own ``send`` of the start
+    and of that chunk would (the rest of the body goes through ``send``). ``False``, with
+    nothing done, where :func:`hub.answers.write_whole` would decline, for an empty ``chunk`` or
+    where uvicorn would frame the response otherwise: then send both messages.
+
+    Through ``send`` the head and the first chunk are two writes. Opening a stream is
+    what thousands of clients do at once when a node restarts; the second write was a
+    tenth of the hub's CPU per stream set up (py-spy, 10,000 streams).
+    """
+    cycle = getattr(send, "__self__", None)
+    if (
+        type(cycle) is not RequestResponseCycle
+        or not chunk
+        or cycle.response_started
+        or cycle.disconnected
+        or cycle.flow.write_paused
+        or cycle.scope["method"] == "HEAD"
+    ):
+        return False
+    named = [(name.lower(), value) for name, value in headers]  # as uvicorn writes them
+    for name, value in named:
+        if (
+            name in _FRAMING
+            or HEADER_RE.search(name) is not None
+            or HEADER_VALUE_RE.search(value) is not None
+        ):
+            return False  # uvicorn's send frames it (or refuses it) as it decides
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    log_access(cycle.access_log, cycle.access_logger, cycle.scope, status)
+    cycle.chunked_encoding = True
+    framing = [] if cycle.keep_alive else [(b"connection", b"close")]
+    framing.append((b"transfer-encoding", b"chunked"))
+    body = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+    parts = answer_parts(status, cycle.default_headers, named + framing, None, body)
+    cycle.transport.write(b"".join(parts))
+    return True
+
+
+#: Headers that decide how uvicorn frames a response.
+_FRAMING = (b"content-length", b"transfer-encoding", b"connection")
+
+
+def answer_parts(
+    status: int,
+    default_headers: list[tuple[bytes, bytes]],
+    headers: list[tuple[bytes, bytes]],
+    connection: bytes | None,
+    body: bytes | memoryview,
+) -> list[bytes | memoryview]:
+    """A whole response, to be joined into one write: status line, uvicorn's default
+    headers (date, server), ``headers``, a ``connection`` header if given, the body."""
+    parts: list[bytes | memoryview] = [STATUS_LINE[status]]
+    for name, value in default_headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if connection is not None:
+        parts += (b"connection: ", connection, b"\r\n")
+    parts += (b"\r\n", body)
+    return parts
+
+
+def log_access(enabled: bool, logger: logging.Logger, scope: Any, status: int) -> None:
+    """uvicorn's access log line for a request answered ``status``, if it logs them."""
+    # (uvicorn's test: a handler anywhere above; the hub's own root handler is one.)
+    if enabled and logger.isEnabledFor(logging.INFO):
+        logger.info(
+            '%s - "%s %s HTTP/%s" %d',
+            get_client_addr(scope),
+            scope["method"],
+            get_path_with_query_string(scope),
+            scope["http_version"],
+            status,
+        )
