@@ -2,6 +2,7 @@
 
     python -m bench.many_streams [--redis-url URL] [--most 50000] [--seconds 5]
                                  [--no-nchan] [--no-workers] [--baseline DIR]
+                                 [--own-channels]
 
 The goal is 50,000 streams on one process and 100,000 on ``hub serve --workers 2``. A
 process here holds at most the hard ``RLIMIT_NOFILE`` in descriptors (20,000 on the VM
@@ -13,7 +14,9 @@ so does each load tool. So this runs what the limit allows, and says so:
   ``sseload`` per worker, each from a loopback address of its own (``SSELOAD_SOURCE``):
   one address has about 28,000 ephemeral ports.
 
-All streams follow one channel. For each server it reports the time to open them
+All streams follow one channel (with ``--own-channels``, each stream a channel of its
+own, as when each user or each answer has one; then only the set-up is measured, there
+being no one publish that reaches every stream). For each server it reports the time to open them
 (``sseload``'s connects, then until the server is idle again: every stream set up), the
 RSS per stream of the server's processes, and, over ``--seconds`` at one publish a
 second, how long each publish took to reach each stream (p50, p99, max; the p99 of
@@ -59,8 +62,11 @@ def _rss_kib(pids: list[int]) -> int:
     return sum(fanout.rss_kib(p) for p in pids)
 
 
-def measure(server: Server, conns: int, *, clients: int, seconds: float) -> dict[str, Any]:
-    """``conns`` streams on one channel from ``clients`` sseloads; see the module's text."""
+def measure(
+    server: Server, conns: int, *, clients: int, seconds: float, own_channels: bool = False
+) -> dict[str, Any]:
+    """``conns`` streams on one channel (or each on its own) from ``clients`` sseloads;
+    see the module's text."""
     own = server.server_pids
     before = _rss_kib(own)
     cpu0 = _cpu(own)
@@ -71,7 +77,9 @@ def measure(server: Server, conns: int, *, clients: int, seconds: float) -> dict
     loads = []
     for k in range(clients):
         env = dict(os.environ, SSELOAD_SOURCE=f"127.0.0.{k + 1}")
-        cmd = [fanout.build_sseload(), "127.0.0.1", str(server.port), path, str(per), "900"]
+        # sseload puts its client number where the path says {i}.
+        mine = server.sub_path(f"{channel}-{k}-{{i}}") if own_channels else path
+        cmd = [fanout.build_sseload(), "127.0.0.1", str(server.port), mine, str(per), "900"]
         loads.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env))
     opened = []
     for load in loads:
@@ -82,14 +90,15 @@ def measure(server: Server, conns: int, *, clients: int, seconds: float) -> dict
     ready_s = time.perf_counter() - t0
     after = _rss_kib(own)
     set_up_cpu = _cpu(own) - cpu0
-    cmd = [sys.executable, str(HERE / "ssepub.py"), server.pub_url(channel), "1", str(seconds)]
-    cmd += ["--body", server.pub_body(channel)]
-    for header in server.pub_headers():
-        cmd += ["--header", header]
-    published = json.loads(
-        subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout or "{}"
-    )
-    time.sleep(2.0)  # the last publish reaches the last stream
+    published: dict[str, Any] = {}
+    if not own_channels:
+        cmd = [sys.executable, str(HERE / "ssepub.py"), server.pub_url(channel), "1", str(seconds)]
+        cmd += ["--body", server.pub_body(channel)]
+        for header in server.pub_headers():
+            cmd += ["--header", header]
+        pub = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        published = json.loads(pub.stdout or "{}")
+        time.sleep(2.0)  # the last publish reaches the last stream
     outs = []
     for load in loads:
         load.send_signal(signal.SIGTERM)
@@ -108,9 +117,9 @@ def measure(server: Server, conns: int, *, clients: int, seconds: float) -> dict
         "rss_mib": round(after / 1024, 1),
         "published": sent,
         "delivered_ratio": round(events / (sent * held), 4) if sent and held else None,
-        "p50_ms": max(o["p50_ms"] for o in outs),
-        "p99_ms": max(o["p99_ms"] for o in outs),
-        "max_ms": max(o["max_ms"] for o in outs),
+        "p50_ms": max(o["p50_ms"] for o in outs) if sent else None,
+        "p99_ms": max(o["p99_ms"] for o in outs) if sent else None,
+        "max_ms": max(o["max_ms"] for o in outs) if sent else None,
         "sseload": opened,
     }
 
@@ -124,6 +133,7 @@ def run(
     nchan: bool,
     workers: bool,
     baseline: Path | None = None,
+    own_channels: bool = False,
 ) -> dict[str, Any]:
     """S8 on the hub, on the ``baseline`` checkout's hub if given, on Nchan and on the
     hub with two workers; results by server."""
@@ -143,7 +153,9 @@ def run(
         print(f"S8 {name}: {conns} streams", file=sys.stderr, flush=True)
         server = start()
         try:
-            made[name] = measure(server, conns, clients=clients, seconds=seconds)
+            made[name] = measure(
+                server, conns, clients=clients, seconds=seconds, own_channels=own_channels
+            )
         finally:
             server.stop()
             cleanup_redis(redis_url)
@@ -177,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-nchan", action="store_true")
     ap.add_argument("--no-workers", action="store_true")
     ap.add_argument("--baseline", type=Path, help="also the hub of this checkout, one process")
+    ap.add_argument(
+        "--own-channels", action="store_true", help="each stream on a channel of its own"
+    )
     a = ap.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -191,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         nchan=nchan,
         workers=not a.no_workers,
         baseline=a.baseline,
+        own_channels=a.own_channels,
     )
     print(json.dumps(made, indent=2))
     print()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Iterable
 from functools import partial
 from typing import Any, Protocol
 
@@ -88,6 +89,19 @@ class Sessions:
         #: Set to look at once: a channel needs a session, or a session ended.
         self.wake = asyncio.Event()
         self._stale = False
+
+    def ask(self, shards: Iterable[str | None]) -> None:
+        """Channels on these shards want a session: wake :meth:`run` unless each shard's
+        session is already running (it, or :meth:`LivePath.confirm`, subscribes them).
+
+        Each wake scans every channel, so waking per new channel made a burst of
+        streams on distinct channels cost the square of their number.
+        """
+        for shard in shards:
+            task = self._tasks.get(shard) if shard is not None else None
+            if task is None or task.done():
+                self.wake.set()
+                return
 
     async def aclose(self) -> None:
         """Stop every session (the node is stopping)."""
