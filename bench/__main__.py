@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import alternating, many_streams, publish_cost
+from . import alternating, many_streams, publish_cost, report
 from . import scenarios as sc
 from .servers import Server, cleanup_redis, nchan_missing, start_hub, start_nchan
 
@@ -102,49 +102,6 @@ SIZES: dict[str, dict[str, Any]] = {
     },
 }
 
-#: the figures that go in the table: (scenario, key in its result, label, lower is better)
-TABLE = [
-    ("S1a", "cpu_us_per_delivery", "CPU us / delivery (server + Redis)"),
-    ("S1a", "deliveries_per_s", "deliveries/s"),
-    ("S1a", "p50_ms", "p50 ms"),
-    ("S1a", "p99_ms", "p99 ms"),
-    ("S1a", "delivered_ratio", "delivered ratio"),
-    ("S1b", "cpu_us_per_delivery", "CPU us / delivery"),
-    ("S1b", "deliveries_per_s", "deliveries/s"),
-    ("S1b", "p50_ms", "p50 ms"),
-    ("S1b", "p99_ms", "p99 ms"),
-    ("S1b", "delivered_ratio", "delivered ratio"),
-    ("S1c", "cpu_us_per_delivery", "CPU us / delivery"),
-    ("S1c", "deliveries_per_s", "deliveries/s"),
-    ("S1c", "p50_ms", "p50 ms"),
-    ("S1c", "p99_ms", "p99 ms"),
-    ("S1c", "delivered_ratio", "delivered ratio"),
-    ("S2", "max_deliveries_per_s", "max deliveries/s"),
-    ("S3", "kib_per_conn", "KiB RSS / idle connection"),
-    ("S4", "events_per_s", "replay events/s"),
-    ("S5", "ab_msgs_per_s", "HTTP publishes/s (ab -k, C client)"),
-    ("S5", "ab_cpu_us_per_publish", "CPU us / HTTP publish (server + Redis)"),
-    ("S5", "http_msgs_per_s", "HTTP publishes/s (httpx, one Python client)"),
-    ("S5", "publisher_single_msgs_per_s", "Python Publisher, sequential msgs/s"),
-    ("S5", "publisher_batch_msgs_per_s", "Python Publisher, gather x100 msgs/s"),
-    ("S5", "publisher_many_msgs_per_s", "Python Publisher, publish_many x100 msgs/s"),
-    ("S6", "cycles_per_s", "connects + disconnects /s"),
-    (
-        "S7",
-        "batch_cpu_us_per_event",
-        "CPU us / event: hub batches vs Nchan single (server + Redis)",
-    ),
-    ("S7", "single_cpu_us_per_event", "CPU us / event: single HTTP publish, same run"),
-    ("S8", "streams", "streams on one process (the descriptor limit)"),
-    ("S8", "seconds_to_set_up", "s to open them all and set them up"),
-    ("S8", "kib_per_stream", "KiB RSS / stream"),
-    ("S8", "p99_ms", "p99 ms of a publish reaching every stream"),
-    ("S8w", "streams", "streams on hub serve --workers 2"),
-    ("S8w", "seconds_to_set_up", "s to open them all and set them up"),
-    ("S8w", "kib_per_stream", "KiB RSS / stream (all processes)"),
-    ("S8w", "p99_ms", "p99 ms of a publish reaching every stream"),
-]
-
 
 def machine(redis_url: str) -> dict[str, Any]:
     """What the figures were measured on: they mean little without it."""
@@ -210,35 +167,6 @@ def run_scenario(sid: str, server: Server, redis_url: str, size: dict[str, Any])
     if sid == "S6":
         return asyncio.run(sc.churn(server, **size))
     raise ValueError(sid)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
-def table(results: dict[str, Any]) -> str:
-    """The Markdown table: scenario, metric, hub, nchan, hub/nchan."""
-    lines = [
-        "| scenario | metric | hub | nchan | hub/nchan |",
-        "| --- | --- | ---: | ---: | ---: |",
-    ]
-    sizes = results["sizes"]
-    for sid, key, label in TABLE:
-        res = results["scenarios"].get(sid)
-        if not res:
-            continue
-        hub = res.get("hub", {}).get(key) if isinstance(res.get("hub"), dict) else None
-        nch = res.get("nchan", {}).get(key) if isinstance(res.get("nchan"), dict) else None
-        ratio = f"{hub / nch:.2f}" if isinstance(hub, int | float) and nch else "n/a"
-        size = ", ".join(f"{k}={v}" for k, v in sizes[sid].items() if k not in ("rates", "settle"))
-        lines.append(f"| {sid} ({size}) | {label} | {_fmt(hub)} | {_fmt(nch)} | {ratio} |")
-    return "\n".join(lines)
 
 
 def _raise_nofile() -> None:
@@ -321,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         for res in results["scenarios"].values():
             res["nchan"] = {"skipped": nchan_why}
     results["machine"]["loadavg_at_end"] = list(os.getloadavg())
-    md = _markdown(results)
+    md = report.markdown(results)
     print(md)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -415,19 +343,6 @@ def _one(
     res["quiesce_s"] = waited
     print(f"  {json.dumps(res)}", file=sys.stderr, flush=True)
     results["scenarios"].setdefault(sid, {})[name] = res
-
-
-def _markdown(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    head = (
-        f"Measured {m['date_utc']} UTC on {m['nproc']} x {m['cpu_model']}, "
-        f"Python {m['python']}, {m['nginx'] or 'no nginx'}; load average at start "
-        f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}, at end "
-        f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_end'])}."
-        + (" QUICK (tiny sizes: not a measurement)." if results["quick"] else "")
-        + f" Nchan: {results['nchan']}."
-    )
-    return head + "\n\n" + table(results)
 
 
 if __name__ == "__main__":
