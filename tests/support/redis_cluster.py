@@ -1,8 +1,8 @@
 """A real Redis Cluster for tests: 3 masters and 3 replicas on loopback, nothing on disk.
 
 Started with ``redis-server --cluster-enabled yes`` and ``redis-cli --cluster create``.
-A node's cluster bus listens on its port + 10000, so ports are picked below 55535 with
-both the port and its bus port free.
+A node's cluster bus listens on its port + 10000, so ports are picked with both the
+port and its bus port free, and both below every other range a test takes ports from.
 """
 
 from __future__ import annotations
@@ -46,11 +46,16 @@ def _free_ports(count: int, first: int, last: int) -> list[int]:
 
 def _port_range() -> tuple[int, int]:
     """A range of its own for each pytest-xdist worker (``gw0``, ``gw1``...): two
-    workers scanning one range at once could both pick a port before either binds it."""
+    workers scanning one range at once could both pick a port before either binds it.
+
+    Ports 1100-1999, so bus ports 11100-11999: under ``support.net``'s blocks (from
+    12000) and far under the kernel's ephemeral range (32768-60999 here). Bus ports at
+    40301 and up once all lay under a test's outgoing connections, and the cluster
+    could not start."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
-    first = 30001 + 300 * (index % 3 + 3 * run_slot())
-    return first, first + 299
+    first = 1100 + 100 * (index % 3 + 3 * run_slot())
+    return first, first + 99
 
 
 class RedisCluster:
