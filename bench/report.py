@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,62 +112,48 @@ def markdown(results: dict[str, Any]) -> str:
     return head + "\n\n" + table(results)
 
 
-def _clients(size: dict[str, Any]) -> str:
-    return f"{size['conns']:,} clients x {size['rate']:g} msg/s"
-
-
-#: the docs table: (label from the scenario's sizes, scenario, key, unit)
-DOCS: list[tuple[Callable[[dict[str, Any]], str], str, str, str]] = [
+#: the docs table: (label, filled in from the scenario's sizes; scenario; key; unit)
+DOCS = [
     (
-        lambda s: f"{_clients(s)}: CPU per delivery (server + Redis)",
+        "{conns:,} clients x {rate:g} msg/s: CPU per delivery (server + Redis)",
         "S1a",
         "cpu_us_per_delivery",
         "µs",
     ),
-    (lambda s: "the same: p99 publish-to-receive latency", "S1a", "p99_ms", "ms"),
-    (lambda s: f"{_clients(s)}: CPU per delivery", "S1b", "cpu_us_per_delivery", "µs"),
-    (lambda s: "the same: p99 latency", "S1b", "p99_ms", "ms"),
+    ("the same: p99 publish-to-receive latency", "S1a", "p99_ms", "ms"),
+    ("{conns:,} clients x {rate:g} msg/s: CPU per delivery", "S1b", "cpu_us_per_delivery", "µs"),
+    ("the same: p99 latency", "S1b", "p99_ms", "ms"),
     (
-        lambda s: f"{s['conns']:,} clients on {s['channels']:,} channels: CPU per delivery",
+        "{conns:,} clients on {channels:,} channels: CPU per delivery",
         "S1c",
         "cpu_us_per_delivery",
         "µs",
     ),
-    (lambda s: "the same: p99 latency", "S1c", "p99_ms", "ms"),
+    ("the same: p99 latency", "S1c", "p99_ms", "ms"),
     (
-        lambda s: f"highest deliveries/s with p99 < 100 ms, nothing lost ({s['conns']:,} clients)",
+        "highest deliveries/s with p99 < 100 ms, nothing lost ({conns:,} clients)",
         "S2",
         "max_deliveries_per_s",
         "",
     ),
-    (lambda s: f"replay to a client {s['events']:,} events behind", "S4", "events_per_s", "/s"),
-    (lambda s: "connects + disconnects per second", "S6", "cycles_per_s", ""),
+    ("replay to a client {events:,} events behind", "S4", "events_per_s", "/s"),
+    ("connects + disconnects per second", "S6", "cycles_per_s", ""),
+    ("memory per idle connection ({conns:,} connections)", "S3", "kib_per_conn", "KiB"),
+    ("HTTP publishes/s (`ab -k -c {concurrency}`)", "S5", "ab_msgs_per_s", ""),
+    ("CPU per HTTP publish (server + Redis, S5)", "S5", "ab_cpu_us_per_publish", "µs"),
     (
-        lambda s: f"memory per idle connection ({s['conns']:,} connections)",
-        "S3",
-        "kib_per_conn",
-        "KiB",
-    ),
-    (lambda s: f"HTTP publishes/s (`ab -k -c {s['concurrency']}`)", "S5", "ab_msgs_per_s", ""),
-    (lambda s: "CPU per HTTP publish (server + Redis, S5)", "S5", "ab_cpu_us_per_publish", "µs"),
-    (
-        lambda s: f"CPU per event, batches of {s['batch']} against Nchan's single publish (S7)",
+        "CPU per event, batches of {batch} against Nchan's single publish (S7)",
         "S7",
         "batch_cpu_us_per_event",
         "µs",
     ),
-    (
-        lambda s: "CPU per event, one event per request (S7, same run)",
-        "S7",
-        "single_cpu_us_per_event",
-        "µs",
-    ),
-    (lambda s: "streams on one process (the descriptor limit here, S8)", "S8", "streams", ""),
-    (lambda s: "the same: memory per stream", "S8", "kib_per_stream", "KiB"),
-    (lambda s: "the same: p99 of one publish reaching every stream", "S8", "p99_ms", "ms"),
-    (lambda s: "the same: seconds to open and set them all up", "S8", "seconds_to_set_up", "s"),
-    (lambda s: "streams on `hub serve --workers 2` (S8)", "S8w", "streams", ""),
-    (lambda s: "the same: memory per stream", "S8w", "kib_per_stream", "KiB"),
+    ("CPU per event, one event per request (S7, same run)", "S7", "single_cpu_us_per_event", "µs"),
+    ("streams on one process (the descriptor limit here, S8)", "S8", "streams", ""),
+    ("the same: memory per stream", "S8", "kib_per_stream", "KiB"),
+    ("the same: p99 of one publish reaching every stream", "S8", "p99_ms", "ms"),
+    ("the same: seconds to open and set them all up", "S8", "seconds_to_set_up", "s"),
+    ("streams on `hub serve --workers 2` (S8)", "S8w", "streams", ""),
+    ("the same: memory per stream", "S8w", "kib_per_stream", "KiB"),
 ]
 
 
@@ -187,7 +172,12 @@ def docs_table(results: dict[str, Any]) -> str:
             continue
         hub, nch = _figure(results, sid, "hub", key), _figure(results, sid, "nchan", key)
         ratio = _ratio(hub, nch) if nch is not None else ""
-        row = [label(results["sizes"][sid]), _with_unit(hub, unit), _with_unit(nch, unit), ratio]
+        row = [
+            label.format(**results["sizes"][sid]),
+            _with_unit(hub, unit),
+            _with_unit(nch, unit),
+            ratio,
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

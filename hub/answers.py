@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from hub.delivery.writer import answer_parts, log_access
+from hub.delivery.writer import answer_parts, begin_response
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGISendEvent
@@ -70,9 +70,7 @@ def write_whole(
         return False
     if cycle.disconnected:
         return True  # as uvicorn's send: no one to answer
-    cycle.response_started = True
-    cycle.waiting_for_100_continue = False
-    log_access(cycle.access_log, cycle.access_logger, cycle.scope, status)
+    begin_response(cycle, status)
     if keep_http10:
         cycle.keep_alive = True
     connection = b"keep-alive" if keep_http10 else None if cycle.keep_alive else b"close"

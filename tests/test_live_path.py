@@ -39,17 +39,24 @@ async def test_streams_that_attach_while_the_live_connection_starts_all_go_live(
         await admin.execute_command("CLIENT", "PAUSE", "500", "ALL")
         await asyncio.sleep(0.1)
         await asyncio.gather(opening, *(s.__aenter__() for s in later))
-        streams = [first, *later]
-        for n in range(len(streams)):
-            await publisher.publish(f"start-{n}", f"to {n}")
-        for n, stream in enumerate(streams):
-            assert [e.data for e in await stream.wait_for(1, timeout=5)] == [f"to {n}"]
-            assert not any("did not confirm" in c for c in stream.comments)
+        await _each_gets_its_own_event(publisher, [first, *later], "start")
     finally:
         await publisher.aclose()
         await admin.aclose()
         for stream in [first, *later]:
             await stream.close()
+
+
+async def _each_gets_its_own_event(
+    publisher: Publisher, streams: list[SSEStream], prefix: str
+) -> None:
+    """Stream n follows channel ``{prefix}-{n}``: one event to each, and each gets its
+    own without having waited out a confirmation."""
+    for n in range(len(streams)):
+        await publisher.publish(f"{prefix}-{n}", f"to {n}")
+    for n, stream in enumerate(streams):
+        assert [e.data for e in await stream.wait_for(1, timeout=5)] == [f"to {n}"]
+        assert not any("did not confirm" in c for c in stream.comments)
 
 
 async def _live_connection_open(admin: redis.asyncio.Redis) -> None:
@@ -70,11 +77,7 @@ async def test_a_burst_of_streams_on_distinct_channels_each_get_their_own_events
     streams = [SSEStream(hub.url, [f"own-{i}"]) for i in range(200)]
     try:
         await asyncio.gather(*(s.__aenter__() for s in streams))
-        for n in range(len(streams)):
-            await publisher.publish(f"own-{n}", f"to {n}")
-        for n, stream in enumerate(streams):
-            assert [e.data for e in await stream.wait_for(1, timeout=5)] == [f"to {n}"]
-            assert not any("did not confirm" in c for c in stream.comments)
+        await _each_gets_its_own_event(publisher, streams, "own")
     finally:
         await publisher.aclose()
         for stream in streams:

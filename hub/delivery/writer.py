@@ -32,6 +32,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 __all__ = [
     "DirectWriter",
     "answer_parts",
+    "begin_response",
     "direct_writer",
     "disconnect_hook",
     "log_access",
@@ -160,9 +161,7 @@ def write_stream_start(
             or HEADER_VALUE_RE.search(value) is not None
         ):
             return False  # uvicorn's send frames it (or refuses it) as it decides
-    cycle.response_started = True
-    cycle.waiting_for_100_continue = False
-    log_access(cycle.access_log, cycle.access_logger, cycle.scope, status)
+    begin_response(cycle, status)
     cycle.chunked_encoding = True
     framing = [] if cycle.keep_alive else [(b"connection", b"close")]
     framing.append((b"transfer-encoding", b"chunked"))
@@ -174,6 +173,14 @@ def write_stream_start(
 
 #: Headers that decide how uvicorn frames a response.
 _FRAMING = (b"content-length", b"transfer-encoding", b"connection")
+
+
+def begin_response(cycle: RequestResponseCycle, status: int) -> None:
+    """Mark ``cycle``'s response as begun, as uvicorn's ``send`` of its start does, for a
+    head that the caller writes onto the transport itself."""
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    log_access(cycle.access_log, cycle.access_logger, cycle.scope, status)
 
 
 def answer_parts(
